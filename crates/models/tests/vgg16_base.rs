@@ -1,0 +1,105 @@
+//! The VGG16 conv base as a tch module: output shapes, variable names, parameter count, and clear
+//! errors for inputs it cannot run on. Random weights from a fixed seed; CPU only.
+
+use expect_test::expect;
+use models::{Vgg16Base, Vgg16Layer, parameter_count};
+use tch::{Device, Kind, Tensor, nn};
+
+fn base() -> (nn::VarStore, Vgg16Base) {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let base = Vgg16Base::new(&vs.root());
+    (vs, base)
+}
+
+fn check_forward(n: i64, h: i64, w: i64, layer: &str, expect: &[i64]) {
+    let (_vs, base) = base();
+    let xs = Tensor::randn([n, 3, h, w], (Kind::Float, Device::Cpu));
+    let ys = tch::no_grad(|| base.forward_to(&xs, layer.parse().unwrap())).unwrap();
+    assert_eq!(ys.size(), expect, "{n}x3x{h}x{w} to {layer}");
+}
+
+#[test]
+fn forward_shapes_match_keras() {
+    check_forward(2, 150, 150, "block5_pool", &[2, 512, 4, 4]);
+    check_forward(1, 64, 64, "block5_pool", &[1, 512, 2, 2]);
+    check_forward(3, 32, 32, "block5_pool", &[3, 512, 1, 1]);
+    check_forward(1, 64, 64, "features.23", &[1, 512, 4, 4]);
+    check_forward(1, 40, 56, "block3_conv3", &[1, 256, 10, 14]);
+}
+
+#[test]
+fn relu_is_fused_into_conv_layers() {
+    let (_vs, base) = base();
+    let xs = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let ys = tch::no_grad(|| base.forward_to(&xs, "block1_conv1".parse().unwrap())).unwrap();
+    assert_eq!(ys.min().double_value(&[]), 0.0, "a ReLU output has no negatives and some zeros");
+}
+
+#[test]
+fn parameter_count_is_keras_total() {
+    let (vs, _base) = base();
+    assert_eq!(parameter_count(&vs), 14_714_688);
+}
+
+#[test]
+fn variable_names_and_shapes() {
+    let (vs, _base) = base();
+    let mut vars: Vec<(String, Vec<i64>)> =
+        vs.variables().into_iter().map(|(name, t)| (name, t.size())).collect();
+    let index = |name: &str| name.split('.').nth(1).and_then(|i| i.parse::<usize>().ok());
+    vars.sort_by_key(|(name, _)| (index(name), name.clone()));
+    let listing: String = vars.iter().map(|(name, shape)| format!("{name} {shape:?}\n")).collect();
+    expect![[r#"
+        features.0.bias [64]
+        features.0.weight [64, 3, 3, 3]
+        features.2.bias [64]
+        features.2.weight [64, 64, 3, 3]
+        features.5.bias [128]
+        features.5.weight [128, 64, 3, 3]
+        features.7.bias [128]
+        features.7.weight [128, 128, 3, 3]
+        features.10.bias [256]
+        features.10.weight [256, 128, 3, 3]
+        features.12.bias [256]
+        features.12.weight [256, 256, 3, 3]
+        features.14.bias [256]
+        features.14.weight [256, 256, 3, 3]
+        features.17.bias [512]
+        features.17.weight [512, 256, 3, 3]
+        features.19.bias [512]
+        features.19.weight [512, 512, 3, 3]
+        features.21.bias [512]
+        features.21.weight [512, 512, 3, 3]
+        features.24.bias [512]
+        features.24.weight [512, 512, 3, 3]
+        features.26.bias [512]
+        features.26.weight [512, 512, 3, 3]
+        features.28.bias [512]
+        features.28.weight [512, 512, 3, 3]
+    "#]]
+    .assert_eq(&listing);
+}
+
+fn check_error(shape: &[i64], layer: Vgg16Layer, expect: &str) {
+    let (_vs, base) = base();
+    let xs = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
+    let err = base.forward_to(&xs, layer).unwrap_err().to_string();
+    assert!(err.contains(expect), "{shape:?}: {err}");
+}
+
+#[test]
+fn bad_inputs_are_errors_not_aborts() {
+    check_error(&[0, 3, 150, 150], Vgg16Layer::LAST, "empty");
+    check_error(&[1, 3, 31, 31], Vgg16Layer::LAST, "too small");
+    check_error(&[2, 3, 16, 64], Vgg16Layer::LAST, "16x64");
+    check_error(&[1, 1, 64, 64], Vgg16Layer::LAST, "[1, 1, 64, 64]");
+    check_error(&[3, 64, 64], Vgg16Layer::LAST, "[3, 64, 64]");
+}
+
+#[test]
+fn wrong_dtype_is_an_error_not_an_abort() {
+    let (_vs, base) = base();
+    let xs = Tensor::zeros([1, 3, 32, 32], (Kind::Int64, Device::Cpu));
+    assert!(base.forward(&xs).is_err());
+}
