@@ -1,0 +1,181 @@
+//! The cache root: looking entries up by key (verified, corrupt ones recomputed), starting new
+//! ones, listing, verifying and garbage-collecting. The root may be a folder shared by several
+//! people; entries are immutable once published, so readers never need a lock.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::entry::{self, EntryWriter, LoadedEntry, Manifest};
+use crate::key::{FeatureKey, is_key};
+use crate::CacheError;
+
+/// Prefix of in-progress entries; never a valid key, so never mistaken for an entry.
+const TMP_PREFIX: &str = ".tmp-";
+/// Temp folders of other hosts (or whose owner we cannot check) are old leftovers after this long.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// A cache root folder.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// What `lookup` found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A verified entry.
+    Hit(Box<LoadedEntry>),
+    /// No entry under this key.
+    Miss,
+    /// An entry was there but failed verification; it has been removed and must be recomputed.
+    Corrupt(CacheError),
+}
+
+/// One line of `ls` / `verify`.
+#[derive(Debug)]
+pub struct EntryStatus {
+    pub key: String,
+    pub path: PathBuf,
+    pub result: Result<Manifest, CacheError>,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache root.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, CacheError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(CacheError::io(&root))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn entry_dir(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// Loads the entry for `key` if it exists and every byte verifies. A corrupt entry is moved
+    /// aside and deleted, and reported so the caller recomputes it.
+    pub fn lookup(&self, key: &FeatureKey) -> Result<Lookup, CacheError> {
+        let dir = self.entry_dir(&key.digest());
+        if !dir.exists() {
+            return Ok(Lookup::Miss);
+        }
+        match entry::load(&dir) {
+            Ok(loaded) => Ok(Lookup::Hit(Box::new(loaded))),
+            Err(err) if err.is_corruption() => {
+                tracing::warn!(path = %dir.display(), %err, "corrupt cache entry: removing it, it will be recomputed");
+                self.discard(&dir);
+                Ok(Lookup::Corrupt(err))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Starts writing the entry for `key`: `rows` rows of `row_shape` (e.g. `[4, 4, 512]`).
+    pub fn writer(&self, key: FeatureKey, tool: &str, rows: u64, row_shape: &[u64]) -> Result<EntryWriter, CacheError> {
+        let final_dir = self.entry_dir(&key.digest());
+        EntryWriter::create(self.tmp_dir(), final_dir, key, tool, rows, row_shape)
+    }
+
+    /// A fresh temp folder name: host and pid tell later runs whether its writer is still alive.
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        self.root.join(format!("{TMP_PREFIX}{}-{}-{n}-{nanos}", hostname(), std::process::id()))
+    }
+
+    /// All entries, each verified (reads every byte).
+    pub fn verify_all(&self) -> Result<Vec<EntryStatus>, CacheError> {
+        Ok(self.keys()?.into_iter().map(|key| {
+            let path = self.entry_dir(&key);
+            let result = entry::verify(&path);
+            EntryStatus { key, path, result }
+        }).collect())
+    }
+
+    /// Entry names under the root, sorted.
+    pub fn keys(&self) -> Result<Vec<String>, CacheError> {
+        let mut keys: Vec<String> = fs::read_dir(&self.root)
+            .map_err(CacheError::io(&self.root))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| is_key(name))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Removes leftovers of interrupted writers: temp folders of dead processes on this host, and
+    /// any older than a day. Returns the folders removed.
+    pub fn clean_leftovers(&self) -> Result<Vec<PathBuf>, CacheError> {
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(CacheError::io(&self.root))?.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TMP_PREFIX) else { continue };
+            if is_leftover(rest, &entry.path()) {
+                entry::remove_dir_quietly(&entry.path());
+                removed.push(entry.path());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes leftovers and every entry that does not verify (and, with `keep`, every entry not
+    /// listed). Returns what was removed.
+    pub fn gc(&self, keep: Option<&[String]>) -> Result<Vec<PathBuf>, CacheError> {
+        let mut removed = self.clean_leftovers()?;
+        for status in self.verify_all()? {
+            let unwanted = keep.is_some_and(|k| !k.contains(&status.key));
+            if status.result.is_err() || unwanted {
+                self.discard(&status.path);
+                removed.push(status.path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Renames an entry out of the key namespace first (atomic), then deletes it, so a reader
+    /// never sees half an entry under a key.
+    fn discard(&self, dir: &Path) {
+        let aside = aside_name(dir, "trash");
+        match fs::rename(dir, &aside) {
+            Ok(()) => entry::remove_dir_quietly(&aside),
+            Err(err) => tracing::warn!(path = %dir.display(), %err, "could not remove a corrupt entry"),
+        }
+    }
+}
+
+/// A temp-prefixed sibling name for moving `dir` out of the way.
+pub(crate) fn aside_name(dir: &Path, what: &str) -> PathBuf {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.with_file_name(format!("{TMP_PREFIX}{what}-{name}-{}-{}", hostname(), std::process::id()))
+}
+
+/// `rest` is `<host>-<pid>-...` (or `trash-...`): a leftover if its process is gone or it is old.
+fn is_leftover(rest: &str, path: &Path) -> bool {
+    if rest.starts_with("trash-") {
+        // Moved out of the key namespace to be deleted; a kill came before the delete.
+        return true;
+    }
+    let old = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_AFTER);
+    let host = hostname();
+    let ours_and_dead = rest
+        .strip_prefix(&format!("{host}-"))
+        .and_then(|r| r.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
+    old || ours_and_dead
+}
+
+fn hostname() -> String {
+    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}

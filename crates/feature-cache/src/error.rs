@@ -1,0 +1,45 @@
+//! The error type of the feature cache: each variant names the path it is about and why.
+
+use std::path::PathBuf;
+
+use crate::npy::{NpyError, ReadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Npy { path: PathBuf, source: NpyError },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: digest mismatch for {file}: recorded {recorded}, actual {actual}")]
+    Digest { path: PathBuf, file: String, recorded: String, actual: String },
+    #[error("{path}: {reason}")]
+    Usage { path: PathBuf, reason: String },
+}
+
+impl CacheError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| CacheError::Io { path, source }
+    }
+
+    pub(crate) fn corrupt(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        CacheError::Corrupt { path: path.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn from_read(path: impl Into<PathBuf>, err: ReadError) -> Self {
+        let path = path.into();
+        match err {
+            ReadError::Format(source) => CacheError::Npy { path, source },
+            ReadError::Io(source) => CacheError::Io { path, source },
+        }
+    }
+
+    /// True when the entry itself is damaged (as opposed to the cache being unreadable), so
+    /// recomputing it is the right response.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, CacheError::Npy { .. } | CacheError::Corrupt { .. } | CacheError::Digest { .. })
+            || matches!(self, CacheError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}

@@ -1,0 +1,37 @@
+//! Content-addressed cache of extracted features, shareable between teammates.
+//!
+//! An entry holds the features and labels of one dataset split under one set of extraction
+//! settings, named by the sha256 of those settings ([`FeatureKey`]). Entries are written to a temp
+//! folder and renamed into place, every byte is covered by a digest and checked when read, and a
+//! corrupt entry is removed and recomputed, never used. See `entry.rs` for the on-disk layout.
+//!
+//! Use: `Cache::open(root)`, then `cache.lookup(&key)` -> `Hit(LoadedEntry)` / `Miss` /
+//! `Corrupt`; on a miss `cache.writer(key, tool, rows, row_shape)`, `append` batches, `finish`.
+
+mod bundle;
+mod cache;
+mod entry;
+mod error;
+mod key;
+pub mod npy;
+
+pub use bundle::{export, import};
+pub use cache::{Cache, EntryStatus, Lookup};
+pub use entry::{CHECKSUMS, EntryWriter, FEATURES, FileDigest, LABELS, LoadedEntry, MANIFEST, Manifest, load, verify};
+pub use error::CacheError;
+pub use key::{AugmentationKey, DatasetKey, FORMAT_VERSION, FeatureKey, FileKey, is_key};
+
+/// The cache root when none is given: `$TRANSFER_KIT_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/transfer-kit/features`, else `~/.cache/transfer-kit/features`, else
+/// `.cache/features` in the current folder.
+pub fn default_cache_dir() -> std::path::PathBuf {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    if let Some(dir) = var("TRANSFER_KIT_CACHE_DIR") {
+        return dir;
+    }
+    let base = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")));
+    match base {
+        Some(base) => base.join("transfer-kit").join("features"),
+        None => std::path::PathBuf::from(".cache/features"),
+    }
+}

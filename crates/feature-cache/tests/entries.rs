@@ -1,0 +1,247 @@
+//! Cache entries end to end: round trip, exhaustive corruption (every truncation, every flipped
+//! byte, a trailing byte in every file), concurrent writers, kill -9 during writes, read-only
+//! roots, and export/import with a tampered bundle.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use feature_cache::{
+    CHECKSUMS, Cache, DatasetKey, FEATURES, FORMAT_VERSION, FeatureKey, FileKey, LABELS, Lookup, MANIFEST,
+};
+
+fn key(split: &str, rows: u32) -> FeatureKey {
+    FeatureKey {
+        format_version: FORMAT_VERSION,
+        weights_sha256: "ab".repeat(32),
+        architecture: "vgg16_conv_base".into(),
+        layer: "block5_pool".into(),
+        input_size: [32, 32],
+        resize: "nearest".into(),
+        preprocessing: "caffe".into(),
+        pooling: "none".into(),
+        precision: "f32".into(),
+        augmentation: None,
+        dataset: DatasetKey {
+            split: split.into(),
+            classes: vec!["a".into(), "b".into()],
+            files: (0..rows).map(|i| FileKey { path: format!("x/{i}.png"), label: i % 2, sha256: "cd".repeat(32) }).collect(),
+        },
+    }
+}
+
+/// Writes a `rows` x [1, 1, 3] entry with recognisable values; returns its folder.
+fn write_entry(cache: &Cache, k: &FeatureKey) -> PathBuf {
+    let rows = k.dataset.files.len() as u64;
+    let mut w = cache.writer(k.clone(), "test", rows, &[1, 1, 3]).unwrap();
+    for i in 0..rows {
+        w.append(&[i as f32, -(i as f32), 0.5], &[(i % 2) as i32]).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+fn hit(cache: &Cache, k: &FeatureKey) -> feature_cache::LoadedEntry {
+    match cache.lookup(k).unwrap() {
+        Lookup::Hit(e) => *e,
+        other => panic!("expected a hit, got {other:?}"),
+    }
+}
+
+#[test]
+fn round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 5);
+    assert!(matches!(cache.lookup(&k).unwrap(), Lookup::Miss));
+    let path = write_entry(&cache, &k);
+    assert_eq!(path, cache.entry_dir(&k.digest()));
+    let e = hit(&cache, &k);
+    assert_eq!(e.shape(), &[5, 1, 1, 3]);
+    assert_eq!(e.labels, vec![0, 1, 0, 1, 0]);
+    assert_eq!(&e.features[3..6], &[1.0, -1.0, 0.5]);
+    assert_eq!(e.manifest.components, k);
+    assert_eq!(cache.keys().unwrap(), vec![k.digest()]);
+}
+
+#[test]
+fn wrong_row_count_or_width_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let mut w = cache.writer(key("train", 2), "test", 2, &[3]).unwrap();
+    assert!(w.append(&[1.0, 2.0], &[0]).unwrap_err().to_string().contains("rows have 3 values"));
+    w.append(&[1.0, 2.0, 3.0], &[0]).unwrap();
+    assert!(w.finish().unwrap_err().to_string().contains("1 rows written, 2 announced"));
+    assert!(cache.keys().unwrap().is_empty());
+}
+
+/// Applies `damage` to a copy of a good entry's file and checks the damage is detected, the
+/// entry removed, and the lookup reported as corrupt.
+fn check_detected(good: &Path, file: &str, damage: &dyn Fn(&mut Vec<u8>), k: &FeatureKey, what: &str) {
+    let scratch = tempfile::tempdir().unwrap();
+    let cache = Cache::open(scratch.path()).unwrap();
+    let dir = cache.entry_dir(&k.digest());
+    fs::create_dir(&dir).unwrap();
+    for name in [FEATURES, LABELS, MANIFEST, CHECKSUMS] {
+        fs::copy(good.join(name), dir.join(name)).unwrap();
+    }
+    let mut bytes = fs::read(dir.join(file)).unwrap();
+    damage(&mut bytes);
+    fs::write(dir.join(file), &bytes).unwrap();
+    match cache.lookup(k).unwrap() {
+        Lookup::Corrupt(err) => {
+            let msg = err.to_string();
+            assert!(msg.contains(&k.digest()), "{what}: error does not name the entry: {msg}");
+        }
+        other => panic!("{what} in {file} not detected: {other:?}"),
+    }
+    assert!(!dir.exists(), "{what} in {file}: corrupt entry left in place");
+}
+
+#[test]
+fn every_truncation_flip_and_trailing_byte_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 3);
+    let good = write_entry(&cache, &k);
+    for file in [FEATURES, LABELS, MANIFEST, CHECKSUMS] {
+        let len = fs::read(good.join(file)).unwrap().len();
+        for cut in 0..len {
+            check_detected(&good, file, &|b| b.truncate(cut), &k, &format!("truncation at {cut}"));
+        }
+        for at in 0..len {
+            check_detected(&good, file, &|b| b[at] ^= 0x01, &k, &format!("flip at {at}"));
+        }
+        check_detected(&good, file, &|b| b.push(b'\n'), &k, "trailing byte");
+    }
+    // The original is untouched by all that and still loads.
+    assert_eq!(hit(&cache, &k).labels, vec![0, 1, 0]);
+}
+
+#[test]
+fn a_missing_file_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 2);
+    let path = write_entry(&cache, &k);
+    fs::remove_file(path.join(LABELS)).unwrap();
+    assert!(matches!(cache.lookup(&k).unwrap(), Lookup::Corrupt(_)));
+}
+
+#[test]
+fn two_writers_of_the_same_key_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 200);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| write_entry(&cache, &k))).collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), cache.entry_dir(&k.digest()));
+        }
+    });
+    assert_eq!(hit(&cache, &k).labels.len(), 200);
+    let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "temp folders left behind: {leftovers:?}");
+}
+
+#[test]
+fn kill_during_writes_never_leaves_an_entry_that_verifies_wrongly() {
+    let bin = env!("CARGO_BIN_EXE_feature-cache");
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let mut published = 0;
+    for trial in 0..50u64 {
+        let sub = dir.path().join(format!("t{trial}"));
+        let mut child = Command::new(bin)
+            .args(["--cache-dir", sub.to_str().unwrap(), "debug-write", "--rows", "400", "--sleep-us", "20"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Spread the kills over the whole write, including before start and after publish.
+        std::thread::sleep(std::time::Duration::from_micros(trial * 1000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let Ok(c) = Cache::open(&sub) else { continue };
+        for status in c.verify_all().unwrap() {
+            let manifest = status.result.unwrap_or_else(|e| panic!("trial {trial}: a published entry does not verify: {e}"));
+            assert_eq!(manifest.feature_shape, vec![400, 2, 3]);
+            published += 1;
+        }
+        let removed = c.clean_leftovers().unwrap();
+        let rest: Vec<_> = fs::read_dir(&sub).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert!(rest.iter().all(|n| feature_cache::is_key(n)), "trial {trial}: leftovers after cleaning {rest:?} (removed {removed:?})");
+    }
+    drop(cache);
+    eprintln!("{published} of 50 killed writers had published before the kill");
+}
+
+#[test]
+fn read_only_root_fails_to_write_with_the_path() {
+    if nix_is_root() {
+        eprintln!("skipped: running as root, which ignores folder permissions; the error path is covered by a root that is a file");
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        let mut perms = fs::metadata(dir.path()).unwrap().permissions();
+        perms.set_readonly(true);
+        fs::set_permissions(dir.path(), perms).unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        assert!(cache.writer(key("train", 1), "t", 1, &[3]).is_err());
+    }
+    // A root that cannot be a folder at all.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-folder");
+    fs::write(&file, b"x").unwrap();
+    let err = Cache::open(&file).unwrap_err().to_string();
+    assert!(err.contains("not-a-folder"), "{err}");
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+#[test]
+fn export_then_import_elsewhere() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (ca, cb) = (Cache::open(a.path().join("c")).unwrap(), Cache::open(b.path().join("c")).unwrap());
+    let keys = [key("train", 3), key("test", 2)];
+    for k in &keys {
+        write_entry(&ca, k);
+    }
+    let names: Vec<String> = keys.iter().map(FeatureKey::digest).collect();
+    let bundle = a.path().join("bundle.tar");
+    feature_cache::export(&ca, &names, &bundle).unwrap();
+    let mut imported = feature_cache::import(&cb, &bundle).unwrap();
+    imported.sort();
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(imported, expected);
+    for k in &keys {
+        assert_eq!(hit(&cb, k).features, hit(&ca, k).features);
+    }
+    // Importing again is harmless.
+    feature_cache::import(&cb, &bundle).unwrap();
+}
+
+#[test]
+fn tampered_bundle_is_refused_naming_entry_and_digests() {
+    let a = tempfile::tempdir().unwrap();
+    let ca = Cache::open(a.path().join("c")).unwrap();
+    let k = key("train", 3);
+    write_entry(&ca, &k);
+    let bundle = a.path().join("bundle.tar");
+    feature_cache::export(&ca, &[k.digest()], &bundle).unwrap();
+    let mut bytes = fs::read(&bundle).unwrap();
+    // Flip a byte of the feature data (the first member's data starts after a 512-byte header
+    // and its own 128-byte npy header).
+    bytes[512 + 128 + 1] ^= 0x40;
+    fs::write(&bundle, &bytes).unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let cb = Cache::open(b.path().join("c")).unwrap();
+    let err = feature_cache::import(&cb, &bundle).unwrap_err().to_string();
+    assert!(err.contains(&k.digest()) && err.contains("recorded") && err.contains("actual"), "{err}");
+    let rest: Vec<_> = fs::read_dir(cb.root()).unwrap().collect();
+    assert!(rest.is_empty(), "a refused import left files behind");
+}
