@@ -1,0 +1,21 @@
+//! The error type of the training crate.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("non-finite loss ({loss}) at epoch {epoch}, step {step}: training stopped, no weights written from this state")]
+    NonFinite { epoch: usize, step: usize, loss: f64 },
+    #[error("{path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
+    #[error("head expects inputs of width {expected}, but the features have width {actual} (shape {shape:?})")]
+    WidthMismatch { expected: i64, actual: i64, shape: Vec<i64> },
+    #[error("{0}")]
+    Config(String),
+    #[error("plot {path}: {reason}")]
+    Plot { path: PathBuf, reason: String },
+    #[error("libtorch error: {0}")]
+    Torch(#[from] tch::TchError),
+}

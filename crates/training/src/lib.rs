@@ -1,0 +1,21 @@
+//! Training pieces shared by the stages that train (`train-head`, `fine-tune`): the seed's dense
+//! head, optimizers with Keras semantics and checkpointable state, the epoch loop on cached
+//! features, metrics, history CSV, PNG plots, and atomic writes of everything a run produces.
+
+mod atomic;
+mod error;
+pub mod fit;
+pub mod head;
+mod history;
+mod metrics;
+pub mod optim;
+pub mod plot;
+pub mod tensors_io;
+
+pub use atomic::{write_atomic, write_atomic_ctx};
+pub use error::TrainError;
+pub use fit::{EarlyStopping, Evaluation, FeatureSet, FitConfig, evaluate, fit};
+pub use head::{DenseHead, HeadSpec};
+pub use history::{EpochRecord, read_csv as read_history, to_csv as history_csv, write_csv as write_history};
+pub use metrics::{ClassReport, ConfusionMatrix};
+pub use optim::{Optimizer, OptimizerSpec};
