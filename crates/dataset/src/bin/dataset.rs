@@ -1,0 +1,94 @@
+//! `dataset`: command-line tools over an image-folder dataset. `dataset check <root>` prints a
+//! health report (counts, sizes, formats, leakage between splits, bad files) and exits non-zero
+//! when the dataset has errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use dataset::check::{CheckOptions, CheckProgress, check};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Tools for image-folder datasets laid out as <root>/<split>/<class>/<image>.
+#[derive(Parser)]
+#[command(name = "dataset", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Report counts, sizes and formats per split and class, files shared between splits
+    /// (leakage), duplicates and bad files. Exits 1 if there are errors.
+    Check {
+        /// Dataset root holding the split folders (train/, validation/, test/).
+        root: PathBuf,
+        /// Check only these splits (repeatable); default: every non-hidden subfolder.
+        #[arg(long = "split")]
+        splits: Vec<String>,
+        /// Follow symlinks (a loop is then an error).
+        #[arg(long)]
+        follow_links: bool,
+        /// An empty class folder is not an error.
+        #[arg(long)]
+        allow_empty_classes: bool,
+        /// Print the report as JSON on stdout instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Returns whether the command found the dataset healthy.
+fn run(cli: Cli) -> Result<bool> {
+    match cli.command {
+        Cmd::Check { root, splits, follow_links, allow_empty_classes, json } => {
+            let opts = CheckOptions {
+                splits: (!splits.is_empty()).then_some(splits),
+                follow_links,
+                allow_empty_classes,
+                ..Default::default()
+            };
+            let bar = ProgressBar::hidden();
+            let progress = |event| match event {
+                CheckProgress::Files(n) => {
+                    bar.set_length(n);
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                    bar.set_style(
+                        ProgressStyle::with_template("{bar:40} {pos}/{len} files {per_sec}")
+                            .expect("valid template"),
+                    );
+                }
+                CheckProgress::Tick => bar.inc(1),
+            };
+            let report = check(&root, &opts, &progress)
+                .with_context(|| format!("checking {}", root.display()))?;
+            bar.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(report.is_ok())
+        }
+    }
+}

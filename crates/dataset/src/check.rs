@@ -1,0 +1,338 @@
+//! `dataset check`: a health report of a dataset root (`<root>/<split>/<class>/...`): per split
+//! and class the image counts, bytes, formats and pixel sizes; files whose content appears in
+//! more than one split (train/test leakage) or more than once in a split; bad files; entries the
+//! scan left out. Every file is read, hashed and fully decoded, in parallel.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::batch::Skipped;
+use crate::decode::{DecodeLimits, DecodeOptions, decode_bytes, read_image_file};
+use crate::digest::sha256_hex;
+use crate::error::{Error, Result};
+use crate::scan::{ClassMode, Omitted, ScanOptions, SplitIndex, scan_dir};
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// Only these splits (folder names under the root); default: every non-hidden subfolder.
+    pub splits: Option<Vec<String>>,
+    pub follow_links: bool,
+    /// An empty class folder is reported but is not an error.
+    pub allow_empty_classes: bool,
+    pub limits: DecodeLimits,
+}
+
+/// Progress events, for a progress bar in the caller.
+#[derive(Debug, Clone, Copy)]
+pub enum CheckProgress {
+    /// Scanning is done; this many files will be read.
+    Files(u64),
+    /// One more file was read.
+    Tick,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub root: PathBuf,
+    pub splits: Vec<SplitReport>,
+    /// Groups of files with identical content (cross-split groups are leakage).
+    pub duplicates: Vec<Duplicate>,
+    /// Problems that make the dataset unusable as it is: the command exits non-zero.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitReport {
+    pub name: String,
+    pub classes: Vec<ClassReport>,
+    pub omitted: Vec<Omitted>,
+    pub bad: Vec<Skipped>,
+    pub extension_mismatches: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClassReport {
+    pub name: String,
+    pub images: usize,
+    pub bytes: u64,
+    pub formats: BTreeMap<String, usize>,
+    /// Stored `WIDTHxHEIGHT` -> count, for good images.
+    pub sizes: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Duplicate {
+    pub digest: String,
+    /// `(split, class, path)` of every copy, sorted.
+    pub copies: Vec<(String, String, PathBuf)>,
+}
+
+impl Duplicate {
+    pub fn crosses_splits(&self) -> bool {
+        self.copies.iter().any(|c| c.0 != self.copies[0].0)
+    }
+}
+
+impl CheckReport {
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    pub fn leaks(&self) -> impl Iterator<Item = &Duplicate> {
+        self.duplicates.iter().filter(|d| d.crosses_splits())
+    }
+
+    /// The human-readable report printed by `dataset check`.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let w = &mut out;
+        let _ = writeln!(w, "dataset {}", self.root.display());
+        let _ = writeln!(
+            w,
+            "{:<12} {:<16} {:>7} {:>11}  {:<14} sizes",
+            "split", "class", "images", "bytes", "formats"
+        );
+        for split in &self.splits {
+            let mut total = ClassReport { name: "(all)".into(), ..Default::default() };
+            for class in &split.classes {
+                render_row(w, &split.name, class);
+                total.images += class.images;
+                total.bytes += class.bytes;
+                for (k, v) in &class.formats {
+                    *total.formats.entry(k.clone()).or_default() += v;
+                }
+                for (k, v) in &class.sizes {
+                    *total.sizes.entry(k.clone()).or_default() += v;
+                }
+            }
+            render_row(w, &split.name, &total);
+        }
+        let leaks: Vec<_> = self.leaks().collect();
+        let _ = writeln!(
+            w,
+            "leakage: {}",
+            if leaks.is_empty() {
+                "none (no content is shared between splits)".to_owned()
+            } else {
+                format!("{} contents appear in more than one split", leaks.len())
+            }
+        );
+        for d in &leaks {
+            render_duplicate(w, d);
+        }
+        let within: Vec<_> = self.duplicates.iter().filter(|d| !d.crosses_splits()).collect();
+        if !within.is_empty() {
+            let _ = writeln!(w, "duplicates within a split: {}", within.len());
+            for d in &within {
+                render_duplicate(w, d);
+            }
+        }
+        let bad: Vec<_> = self.splits.iter().flat_map(|s| &s.bad).collect();
+        let _ = writeln!(w, "bad files: {}", bad.len());
+        for b in bad {
+            let _ = writeln!(w, "  {}: {}", b.path.display(), b.reason);
+        }
+        for s in &self.splits {
+            for p in &s.extension_mismatches {
+                let _ = writeln!(w, "warning: {}: content does not match the extension", p.display());
+            }
+        }
+        let omitted: Vec<_> = self.splits.iter().flat_map(|s| &s.omitted).collect();
+        if !omitted.is_empty() {
+            let _ = writeln!(w, "left out: {}", omitted.len());
+            for o in omitted {
+                let _ = writeln!(w, "  {}: {}", o.path.display(), o.why.describe());
+            }
+        }
+        for e in &self.errors {
+            let _ = writeln!(w, "error: {e}");
+        }
+        let _ = writeln!(
+            w,
+            "{}",
+            if self.is_ok() { "ok".to_owned() } else { format!("{} errors", self.errors.len()) }
+        );
+        out
+    }
+}
+
+fn render_row(w: &mut String, split: &str, c: &ClassReport) {
+    let formats: Vec<String> = c.formats.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let sizes = match c.sizes.len() {
+        0 => "-".to_owned(),
+        1 => c.sizes.keys().next().cloned().unwrap_or_default(),
+        n => {
+            let mut top: Vec<_> = c.sizes.iter().collect();
+            top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            format!("{n} sizes, most {} ({})", top[0].0, top[0].1)
+        }
+    };
+    let _ = writeln!(
+        w,
+        "{:<12} {:<16} {:>7} {:>11}  {:<14} {}",
+        split,
+        c.name,
+        c.images,
+        c.bytes,
+        if formats.is_empty() { "-".to_owned() } else { formats.join(", ") },
+        sizes
+    );
+}
+
+fn render_duplicate(w: &mut String, d: &Duplicate) {
+    let _ = writeln!(w, "  sha256 {}:", &d.digest[..16]);
+    for (split, class, path) in &d.copies {
+        let _ = writeln!(w, "    {split}/{class}: {}", path.display());
+    }
+}
+
+/// Conventional split names first, in pipeline order; any other split after, by name.
+fn split_rank(name: &str) -> usize {
+    ["train", "training", "validation", "valid", "val", "test"]
+        .iter()
+        .position(|s| *s == name)
+        .unwrap_or(usize::MAX)
+}
+
+/// Checks every split of `root`; see the module doc. Errors only when `root` itself cannot be
+/// listed: problems inside it go into the report.
+pub fn check(
+    root: &Path,
+    opts: &CheckOptions,
+    progress: &(dyn Fn(CheckProgress) + Sync),
+) -> Result<CheckReport> {
+    let mut errors = Vec::new();
+    let names = match &opts.splits {
+        Some(s) => s.clone(),
+        None => {
+            let mut names = Vec::new();
+            for entry in fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+                let entry = entry.map_err(|e| Error::io(root, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') && entry.path().is_dir() {
+                    names.push(name);
+                }
+            }
+            names.sort_by(|a, b| split_rank(a).cmp(&split_rank(b)).then(a.cmp(b)));
+            names
+        }
+    };
+    if names.is_empty() {
+        errors.push(format!("{}: no split folders (expected <root>/<split>/<class>/<image>)", root.display()));
+    }
+    let scan_opts = ScanOptions {
+        class_mode: ClassMode::Sparse,
+        classes: None,
+        follow_links: opts.follow_links,
+        allow_empty_classes: true,
+    };
+    let mut indices: Vec<(String, SplitIndex)> = Vec::new();
+    for name in names {
+        match scan_dir(&root.join(&name), &scan_opts) {
+            Ok(index) => {
+                for (class, n) in index.classes.iter().zip(index.class_counts()) {
+                    if n == 0 && !opts.allow_empty_classes {
+                        errors.push(
+                            Error::EmptyClass { path: index.dir.join(class) }.to_string(),
+                        );
+                    }
+                }
+                indices.push((name, index));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if let Some((first, reference)) = indices.first() {
+        for (_, index) in &indices[1..] {
+            if index.classes != reference.classes {
+                errors.push(format!(
+                    "{}: classes {:?} differ from those of {first} {:?}",
+                    index.dir.display(),
+                    index.classes,
+                    reference.classes
+                ));
+            }
+        }
+    }
+
+    let total: usize = indices.iter().map(|(_, i)| i.len()).sum();
+    progress(CheckProgress::Files(total as u64));
+    let decode_opts = DecodeOptions { limits: opts.limits, ..Default::default() };
+    let mut splits = Vec::new();
+    let mut by_digest: BTreeMap<String, Vec<(String, String, PathBuf)>> = BTreeMap::new();
+    for (name, index) in &indices {
+        let results: Vec<_> = index
+            .files
+            .par_iter()
+            .map(|f| {
+                let r = read_image_file(&f.path).and_then(|bytes| {
+                    let digest = sha256_hex(&bytes);
+                    decode_bytes(&f.path, &bytes, &decode_opts).map(|(_, info)| (digest, info))
+                });
+                progress(CheckProgress::Tick);
+                r
+            })
+            .collect();
+        let mut classes: Vec<ClassReport> = index
+            .classes
+            .iter()
+            .map(|c| ClassReport { name: c.clone(), ..Default::default() })
+            .collect();
+        let mut report = SplitReport {
+            name: name.clone(),
+            classes: Vec::new(),
+            omitted: index.omitted.clone(),
+            bad: Vec::new(),
+            extension_mismatches: Vec::new(),
+        };
+        for (f, r) in index.files.iter().zip(results) {
+            let class = &mut classes[f.class];
+            class.images += 1;
+            class.bytes += f.bytes;
+            match r {
+                Ok((digest, info)) => {
+                    *class.formats.entry(info.format.clone()).or_default() += 1;
+                    *class.sizes.entry(format!("{}x{}", info.width, info.height)).or_default() += 1;
+                    if info.extension_mismatch {
+                        report.extension_mismatches.push(f.path.clone());
+                    }
+                    by_digest.entry(digest).or_default().push((
+                        name.clone(),
+                        index.classes[f.class].clone(),
+                        f.path.clone(),
+                    ));
+                }
+                Err(e) => {
+                    *class.formats.entry("bad".into()).or_default() += 1;
+                    let reason = match &e {
+                        Error::BadImage { reason, .. } => reason.to_string(),
+                        Error::Io { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    };
+                    errors.push(e.to_string());
+                    report.bad.push(Skipped { path: f.path.clone(), reason });
+                }
+            }
+        }
+        report.classes = classes;
+        splits.push(report);
+    }
+    let duplicates: Vec<Duplicate> = by_digest
+        .into_iter()
+        .filter(|(_, copies)| copies.len() > 1)
+        .map(|(digest, mut copies)| {
+            copies.sort();
+            Duplicate { digest, copies }
+        })
+        .collect();
+    for d in duplicates.iter().filter(|d| d.crosses_splits()) {
+        let places: Vec<String> = d.copies.iter().map(|c| c.2.display().to_string()).collect();
+        errors.push(format!("leakage: same content in {}", places.join(" and ")));
+    }
+    Ok(CheckReport { root: root.to_owned(), splits, duplicates, errors })
+}

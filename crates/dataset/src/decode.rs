@@ -1,0 +1,311 @@
+//! Decode one image file into RGB8 under strict limits, apply its EXIF orientation, then
+//! optionally centre-crop to the target aspect ratio and resize (Keras `load_img` order).
+//!
+//! The colour rule, one for every input: the decoder's pixels become RGB8 by
+//! [`image::DynamicImage::into_rgb8`], that is
+//! - gray is replicated into R, G and B;
+//! - alpha is dropped, not composited over a background (what PIL's `convert("RGB")`, used by
+//!   Keras, does too), so a fully transparent pixel keeps its stored colour;
+//! - palette images are expanded through their palette (and its alpha dropped);
+//! - 16-bit samples are scaled to 8 bits as `round(v * 255 / 65535)` (PIL instead clips 16-bit
+//!   gray at 255, which turns most real 16-bit images white);
+//! - CMYK and YCCK JPEGs are converted to RGB by the JPEG decoder (Adobe inverted CMYK handled);
+//! - GIF gives its first frame.
+//!
+//! Strictness beyond the decoders: a JPEG must have an end-of-image marker after its last scan
+//! and a PNG must have its `IEND` chunk, because the decoders fill a truncated image with grey
+//! instead of failing; width, height and the decoder's allocation are checked from the header,
+//! before any pixel is decoded, so a decompression bomb costs nothing.
+
+use std::fs;
+use std::io::Cursor;
+use std::path::Path;
+
+use image::{
+    DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage, imageops,
+    metadata::Orientation,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BadImage, Error, Result};
+
+/// Resampling used for `target_size` (Keras `interpolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// PIL `NEAREST`: output pixel `x` samples input `floor((x + 0.5) * in / out)` (Keras default).
+    #[default]
+    Nearest,
+    /// PIL `BILINEAR`: triangle filter, widened when shrinking so it antialiases; matches PIL
+    /// within one grey level.
+    Bilinear,
+}
+
+/// Output size, `(height, width)` order as in Keras `target_size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Size {
+    pub height: u32,
+    pub width: u32,
+}
+
+impl Size {
+    pub const fn new(height: u32, width: u32) -> Size {
+        Size { height, width }
+    }
+
+    pub const fn square(side: u32) -> Size {
+        Size { height: side, width: side }
+    }
+}
+
+/// Refuse images beyond these, from the header, before decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecodeLimits {
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Bytes the decoder may allocate for the decoded image.
+    pub max_alloc: u64,
+}
+
+impl Default for DecodeLimits {
+    /// 16384 x 16384 pixels and 512 MiB: far above any photo a transfer-learning set holds.
+    fn default() -> Self {
+        DecodeLimits { max_width: 16384, max_height: 16384, max_alloc: 512 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DecodeOptions {
+    /// Resize to this size; `None` keeps the stored size.
+    pub target_size: Option<Size>,
+    pub interpolation: Interpolation,
+    /// Before resizing, crop the largest centred box with the target's aspect ratio
+    /// (Keras `keep_aspect_ratio=True`), so nothing is stretched.
+    pub crop_to_aspect_ratio: bool,
+    pub limits: DecodeLimits,
+}
+
+/// What decoding learnt about a file, for `check` and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Format sniffed from the content, lower case (`png`, `jpeg`, ...).
+    pub format: String,
+    /// Stored size, before orientation and resizing.
+    pub width: u32,
+    pub height: u32,
+    /// The decoder's colour type, e.g. `L8`, `Rgba16`.
+    pub color: String,
+    /// The extension names another format than the content (e.g. a PNG named `.jpg`).
+    pub extension_mismatch: bool,
+}
+
+/// Decodes `path` into RGB8 with `opts`; a format that contradicts the extension is logged.
+pub fn decode(path: &Path, opts: &DecodeOptions) -> Result<RgbImage> {
+    let (image, info) = decode_with_info(path, opts)?;
+    if info.extension_mismatch {
+        tracing::warn!(path = %path.display(), format = info.format, "content does not match the extension");
+    }
+    Ok(image)
+}
+
+/// Like [`decode`], and returns what was learnt about the file.
+pub fn decode_with_info(path: &Path, opts: &DecodeOptions) -> Result<(RgbImage, ImageInfo)> {
+    let bytes = read_image_file(path)?;
+    decode_bytes(path, &bytes, opts)
+}
+
+/// Reads a candidate image file, refusing folders and special files before opening them
+/// (a FIFO would block).
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let bad = |reason| Error::BadImage { path: path.to_owned(), reason };
+    if meta.is_dir() {
+        return Err(bad(BadImage::IsADirectory));
+    }
+    if !meta.is_file() {
+        return Err(bad(BadImage::NotARegularFile));
+    }
+    fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Decodes image bytes; `path` is used for the extension check and error messages.
+pub fn decode_bytes(path: &Path, bytes: &[u8], opts: &DecodeOptions) -> Result<(RgbImage, ImageInfo)> {
+    let bad = |reason| Error::BadImage { path: path.to_owned(), reason };
+    let format = sniff(bytes).map_err(bad)?;
+    let name = format_name(format);
+    check_complete(format, bytes).map_err(bad)?;
+
+    let limits = opts.limits;
+    // Width and height are checked below from the header, for a message with the numbers;
+    // the allocation limit also binds the decoder's own buffers.
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_alloc);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(image_limits.clone());
+    let mut decoder = reader.into_decoder().map_err(|e| bad(classify(format, e)))?;
+
+    let (width, height) = decoder.dimensions();
+    if width > limits.max_width || height > limits.max_height {
+        return Err(bad(BadImage::TooLarge(format!(
+            "{width}x{height} pixels, over the {}x{} limit",
+            limits.max_width, limits.max_height
+        ))));
+    }
+    let total = decoder.total_bytes();
+    if total > limits.max_alloc {
+        return Err(bad(BadImage::TooLarge(format!(
+            "{width}x{height} pixels need {total} bytes, over the {} byte limit",
+            limits.max_alloc
+        ))));
+    }
+    image_limits.max_image_width = Some(limits.max_width);
+    image_limits.max_image_height = Some(limits.max_height);
+    decoder.set_limits(image_limits).map_err(|e| bad(classify(format, e)))?;
+    let color = format!("{:?}", decoder.color_type());
+    let orientation = decoder.orientation().unwrap_or_else(|e| {
+        tracing::debug!(path = %path.display(), error = %e, "unreadable EXIF, orientation ignored");
+        Orientation::NoTransforms
+    });
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| bad(classify(format, e)))?;
+    image.apply_orientation(orientation);
+    let rgb = image.into_rgb8();
+
+    let extension_mismatch = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .and_then(ImageFormat::from_extension)
+        .is_some_and(|ext| ext != format);
+    let info = ImageInfo { format: name, width, height, color, extension_mismatch };
+    let out = match opts.target_size {
+        Some(size) => resize(&rgb, size, opts.interpolation, opts.crop_to_aspect_ratio),
+        None => rgb,
+    };
+    Ok((out, info))
+}
+
+/// The supported formats; everything `image` can only recognise is reported as unsupported.
+const SUPPORTED: &[ImageFormat] =
+    &[ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Bmp, ImageFormat::Gif, ImageFormat::WebP];
+
+/// The format from the first bytes of the content.
+pub fn sniff(bytes: &[u8]) -> Result<ImageFormat, BadImage> {
+    if bytes.is_empty() {
+        return Err(BadImage::Empty);
+    }
+    let format = image::guess_format(bytes).map_err(|_| BadImage::NotAnImage)?;
+    if !SUPPORTED.contains(&format) {
+        return Err(BadImage::Unsupported(format_name(format)));
+    }
+    Ok(format)
+}
+
+/// Lower-case format name: `png`, `jpeg`, `bmp`, `gif`, `webp`, `tiff`, ...
+pub fn format_name(format: ImageFormat) -> String {
+    format!("{format:?}").to_ascii_lowercase()
+}
+
+fn check_complete(format: ImageFormat, bytes: &[u8]) -> Result<(), BadImage> {
+    match format {
+        ImageFormat::Jpeg => {
+            // Entropy-coded data stuffs every 0xFF with 0x00, so the last SOS marker is real.
+            let last_scan = rfind(bytes, &[0xFF, 0xDA]);
+            let eoi = rfind(bytes, &[0xFF, 0xD9]);
+            match (last_scan, eoi) {
+                (Some(s), Some(e)) if e > s => Ok(()),
+                _ => Err(BadImage::Truncated("jpeg (no end-of-image marker after the last scan)".into())),
+            }
+        }
+        ImageFormat::Png => match rfind(bytes, b"\0\0\0\0IEND") {
+            Some(_) => Ok(()),
+            None => Err(BadImage::Truncated("png (no IEND chunk)".into())),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
+}
+
+fn classify(format: ImageFormat, e: ImageError) -> BadImage {
+    let name = format_name(format);
+    match e {
+        ImageError::Limits(l) => BadImage::TooLarge(l.to_string()),
+        ImageError::Unsupported(u) => BadImage::Unsupported(format!("{name}: {u}")),
+        ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            BadImage::Truncated(name)
+        }
+        other => {
+            let reason = other.to_string();
+            if reason.to_ascii_lowercase().contains("eof") {
+                BadImage::Truncated(format!("{name} ({reason})"))
+            } else {
+                BadImage::Corrupt { format: name, reason }
+            }
+        }
+    }
+}
+
+/// Keras' `keep_aspect_ratio` crop box `(x, y, width, height)`: the largest centred box with
+/// the target's aspect ratio, in integer arithmetic exactly as `keras.utils.load_img`.
+pub fn aspect_crop_box(width: u32, height: u32, target: Size) -> (u32, u32, u32, u32) {
+    let (w, h) = (u64::from(width), u64::from(height));
+    let (tw, th) = (u64::from(target.width), u64::from(target.height));
+    let crop_h = (w * th / tw).min(h);
+    let crop_w = (h * tw / th).min(w);
+    (((w - crop_w) / 2) as u32, ((h - crop_h) / 2) as u32, crop_w as u32, crop_h as u32)
+}
+
+/// Resizes (after an optional centred aspect crop) to `size`.
+pub fn resize(image: &RgbImage, size: Size, interpolation: Interpolation, crop: bool) -> RgbImage {
+    let (x0, y0, cw, ch) = if crop {
+        aspect_crop_box(image.width(), image.height(), size)
+    } else {
+        (0, 0, image.width(), image.height())
+    };
+    if (x0, y0, cw, ch) == (0, 0, size.width, size.height) {
+        return image.clone();
+    }
+    match interpolation {
+        Interpolation::Nearest => resize_nearest(image, (x0, y0, cw, ch), size),
+        Interpolation::Bilinear => {
+            let view = imageops::crop_imm(image, x0, y0, cw, ch);
+            imageops::resize(&*view, size.width, size.height, imageops::FilterType::Triangle)
+        }
+    }
+}
+
+/// PIL's nearest neighbour: `src = floor((dst + 0.5) * in / out)`, whole rows copied when the
+/// source row repeats (upscaling), which is most of the work for small inputs.
+fn resize_nearest(image: &RgbImage, (x0, y0, cw, ch): (u32, u32, u32, u32), size: Size) -> RgbImage {
+    let map = |n_out: u32, n_in: u32, off: u32| -> Vec<usize> {
+        (0..n_out)
+            .map(|o| {
+                let s = ((f64::from(o) + 0.5) * f64::from(n_in) / f64::from(n_out)).floor() as u32;
+                (off + s.min(n_in - 1)) as usize
+            })
+            .collect()
+    };
+    let xs = map(size.width, cw, x0);
+    let ys = map(size.height, ch, y0);
+    let in_stride = image.width() as usize * 3;
+    let out_stride = size.width as usize * 3;
+    let src = image.as_raw();
+    let mut out = vec![0u8; out_stride * size.height as usize];
+    let mut prev: Option<(usize, usize)> = None;
+    for (oy, &sy) in ys.iter().enumerate() {
+        let start = oy * out_stride;
+        if let Some((py, prow)) = prev
+            && py == sy
+        {
+            out.copy_within(prow..prow + out_stride, start);
+            continue;
+        }
+        let row = &src[sy * in_stride..(sy + 1) * in_stride];
+        for (o, &sx) in out[start..start + out_stride].chunks_exact_mut(3).zip(&xs) {
+            o.copy_from_slice(&row[sx * 3..sx * 3 + 3]);
+        }
+        prev = Some((sy, start));
+    }
+    RgbImage::from_raw(size.width, size.height, out).expect("buffer has the output size")
+}

