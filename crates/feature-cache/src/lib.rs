@@ -12,6 +12,7 @@ mod bundle;
 mod cache;
 mod entry;
 mod error;
+mod extraction;
 mod key;
 pub mod npy;
 
@@ -19,6 +20,7 @@ pub use bundle::{export, import};
 pub use cache::{Cache, EntryStatus, Lookup};
 pub use entry::{CHECKSUMS, EntryWriter, FEATURES, FileDigest, LABELS, LoadedEntry, MANIFEST, Manifest, load, verify};
 pub use error::CacheError;
+pub use extraction::{EXTRACTION_FILE, EntryRef, ExtractionRecord};
 pub use key::{AugmentationKey, DatasetKey, FORMAT_VERSION, FeatureKey, FileKey, is_key};
 
 /// The cache root when none is given: `$TRANSFER_KIT_CACHE_DIR`, else

@@ -12,7 +12,7 @@ pub mod optim;
 pub mod plot;
 pub mod tensors_io;
 
-pub use atomic::{write_atomic, write_atomic_ctx};
+pub use atomic::write_atomic_ctx;
 pub use error::TrainError;
 pub use fit::{EarlyStopping, Evaluation, FeatureSet, FitConfig, evaluate, fit};
 pub use head::{DenseHead, HeadSpec};

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
@@ -27,13 +27,38 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         owned.push((name.clone(), shape, bytes));
     }
-    let views: Vec<(String, TensorView<'_>)> = owned
-        .iter()
-        .map(|(name, shape, bytes)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| err(e.to_string()))?)))
-        .collect::<Result<_, TrainError>>()?;
-    let bytes = safetensors::serialize(views, &Some(metadata.clone())).map_err(|e| err(e.to_string()))?;
+    let bytes = serialize(&owned, metadata);
     crate::write_atomic_ctx(path, &bytes)?;
     Ok(hex::encode(Sha256::digest(&bytes)))
+}
+
+/// The safetensors layout (8-byte little-endian header length, JSON header, data), written here
+/// rather than by the `safetensors` crate because its header comes from a `HashMap` and so
+/// changes order from run to run; ours is sorted, so the same weights give the same bytes.
+fn serialize(tensors: &[(String, Vec<usize>, Vec<u8>)], metadata: &HashMap<String, String>) -> Vec<u8> {
+    let mut sorted: Vec<&(String, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    let meta: std::collections::BTreeMap<&String, &String> = metadata.iter().collect();
+    header.insert("__metadata__".into(), serde_json::to_value(meta).expect("strings serialise"));
+    let mut offset = 0;
+    for (name, shape, bytes) in &sorted {
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
+        );
+        offset += bytes.len();
+    }
+    // serde_json's Map is a BTreeMap here (no preserve_order feature): keys come out sorted.
+    let mut json = serde_json::to_vec(&header).expect("header serialises");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, _, bytes) in sorted {
+        out.extend_from_slice(bytes);
+    }
+    out
 }
 
 /// Tensors (float32, CPU) and metadata read back from a file written by [`save`], plus the

@@ -1,0 +1,65 @@
+//! `features.json`: the record the extraction stage leaves in its run folder, telling later
+//! stages which cache entries hold which split (and which augmented pass).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Cache, CacheError, LoadedEntry};
+
+pub const EXTRACTION_FILE: &str = "features.json";
+
+/// What an extraction run produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExtractionRecord {
+    pub cache_dir: PathBuf,
+    pub classes: Vec<String>,
+    /// Per-sample feature shape, e.g. `[4, 4, 512]` (channels last, as Keras).
+    pub feature_shape: Vec<u64>,
+    pub layer: String,
+    pub weights_sha256: String,
+    pub entries: Vec<EntryRef>,
+}
+
+/// One cache entry of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRef {
+    pub split: String,
+    /// `None` for plain features, `Some(p)` for augmented pass `p`.
+    pub pass: Option<u32>,
+    pub key: String,
+    pub rows: u64,
+}
+
+impl ExtractionRecord {
+    /// The plain entry of `split`, if extracted.
+    pub fn plain(&self, split: &str) -> Option<&EntryRef> {
+        self.entries.iter().find(|e| e.split == split && e.pass.is_none())
+    }
+
+    /// The augmented passes of `split`, in pass order.
+    pub fn passes(&self, split: &str) -> Vec<&EntryRef> {
+        let mut v: Vec<&EntryRef> = self.entries.iter().filter(|e| e.split == split && e.pass.is_some()).collect();
+        v.sort_by_key(|e| e.pass);
+        v
+    }
+
+    /// Loads and verifies an entry from `cache` (any error, including a missing or corrupt
+    /// entry, names the key and tells how to recompute).
+    pub fn load(cache: &Cache, entry: &EntryRef, record_path: &Path) -> Result<LoadedEntry, CacheError> {
+        let dir = cache.entry_dir(&entry.key);
+        let reason = match crate::entry::load(&dir) {
+            Ok(loaded) => return Ok(loaded),
+            Err(err) => err.to_string(),
+        };
+        Err(CacheError::Corrupt {
+            path: dir,
+            reason: format!(
+                "cache entry {} ({} of {}) cannot be used: {reason}; rerun extract-features to recompute it",
+                entry.key,
+                entry.split,
+                record_path.display()
+            ),
+        })
+    }
+}

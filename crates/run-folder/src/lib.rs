@@ -1,0 +1,157 @@
+//! The run-folder contract shared by the stage binaries and `cargo xtask pipeline`.
+//!
+//! A stage writes into its own folder `runs/<name>/<stage>/`:
+//! - `config.json` before any work starts (the resolved settings, so a crash leaves a record);
+//! - its outputs, each written atomically;
+//! - `stage.json` last: the digest of the config, the digests of the inputs it read, and the
+//!   length and sha256 of every output. A stage is *done* exactly when `stage.json` exists, its
+//!   config and input digests equal what would be passed now, and every output still matches its
+//!   digest. `stage.json` is written after the outputs, so a kill at any moment leaves a stage
+//!   that is not done, never one that looks done.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const STAGE_FILE: &str = "stage.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io { path: path.to_owned(), source }
+}
+
+/// Writes `bytes` to `path` via a temp file in the same folder: write, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(io(dir))?;
+    tmp.write_all(bytes).map_err(io(path))?;
+    tmp.as_file().sync_all().map_err(io(path))?;
+    tmp.persist(path).map_err(|e| RunError::Io { path: path.to_owned(), source: e.error })?;
+    Ok(())
+}
+
+/// Writes a value as pretty JSON, atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RunError> {
+    let mut bytes = serde_json::to_vec_pretty(value).expect("stage records serialise");
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes).map_err(|e| RunError::Invalid { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// sha256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<FileDigest, RunError> {
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileDigest { bytes, sha256: hex::encode(hasher.finalize()) })
+}
+
+/// sha256 of a JSON value's canonical (serde) form: the config digest.
+pub fn json_sha256<T: Serialize>(value: &T) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(value).expect("configs serialise")))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// `stage.json`: what a finished stage ran on and produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub stage: String,
+    /// [`json_sha256`] of the stage's resolved config.
+    pub config_sha256: String,
+    /// Named inputs (files of earlier stages, weights, dataset digests) and their sha256.
+    pub inputs: BTreeMap<String, String>,
+    /// Output files relative to the stage folder.
+    pub outputs: BTreeMap<String, FileDigest>,
+    pub seconds: f64,
+    /// Free-form facts for the report (device, cache hits, accuracy, ...).
+    #[serde(default)]
+    pub summary: serde_json::Value,
+}
+
+impl StageRecord {
+    /// Digests every file in `outputs` (relative to `dir`) and writes `dir/stage.json`.
+    pub fn write(
+        dir: &Path,
+        stage: &str,
+        config_sha256: String,
+        inputs: BTreeMap<String, String>,
+        outputs: &[&str],
+        seconds: f64,
+        summary: serde_json::Value,
+    ) -> Result<Self, RunError> {
+        let outputs = outputs
+            .iter()
+            .map(|name| Ok(((*name).to_owned(), file_sha256(&dir.join(name))?)))
+            .collect::<Result<_, RunError>>()?;
+        let record = Self { stage: stage.to_owned(), config_sha256, inputs, outputs, seconds, summary };
+        write_json(&dir.join(STAGE_FILE), &record)?;
+        Ok(record)
+    }
+
+    pub fn read(dir: &Path) -> Result<Self, RunError> {
+        read_json(&dir.join(STAGE_FILE))
+    }
+
+    /// The first output that is missing or no longer matches its digest, if any.
+    pub fn damaged_output(&self, dir: &Path) -> Option<String> {
+        self.outputs.iter().find_map(|(name, digest)| match file_sha256(&dir.join(name)) {
+            Ok(actual) if &actual == digest => None,
+            Ok(_) => Some(format!("{name} changed since the stage finished")),
+            Err(err) => Some(err.to_string()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_detects_damaged_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomic(&dir.path().join("a.txt"), b"hello").unwrap();
+        let rec = StageRecord::write(dir.path(), "s", "c".into(), BTreeMap::new(), &["a.txt"], 1.0, serde_json::json!({})).unwrap();
+        assert_eq!(StageRecord::read(dir.path()).unwrap(), rec);
+        assert_eq!(rec.damaged_output(dir.path()), None);
+        std::fs::write(dir.path().join("a.txt"), b"hellO").unwrap();
+        assert!(rec.damaged_output(dir.path()).unwrap().contains("a.txt changed"));
+        std::fs::remove_file(dir.path().join("a.txt")).unwrap();
+        assert!(rec.damaged_output(dir.path()).unwrap().contains("a.txt"));
+    }
+
+    #[test]
+    fn config_digest_tracks_content() {
+        assert_eq!(json_sha256(&serde_json::json!({"a": 1})), json_sha256(&serde_json::json!({"a": 1})));
+        assert_ne!(json_sha256(&serde_json::json!({"a": 1})), json_sha256(&serde_json::json!({"a": 2})));
+    }
+}

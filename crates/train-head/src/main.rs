@@ -1,0 +1,273 @@
+//! `train-head`: the dense-head stage. Reads the train / validation / test features that
+//! `extract-features` cached (verifying every entry), trains Flatten -> Dense(256, relu) ->
+//! Dropout(0.5) -> Dense(1, sigmoid) or Dense(N, softmax) with Keras RMSprop, and writes the
+//! head weights, history, plots, confusion matrix and metrics into its run folder.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+use feature_cache::{Cache, ExtractionRecord, LoadedEntry};
+use models::DeviceChoice;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor, nn};
+use training::plot::{Metric, plot_confusion, plot_history};
+use training::{
+    ConfusionMatrix, DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec, evaluate,
+    tensors_io,
+};
+
+/// Train the dense classifier head on cached VGG16 features (the seed's "fast feature
+/// extraction without data augmentation"). Defaults are the seed's: RMSprop lr 2e-5, 30 epochs,
+/// batch 20.
+///
+/// Example: `train-head --features runs/demo/extract/features.json --out runs/demo/head`
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// The `features.json` written by extract-features.
+    #[arg(long)]
+    features: PathBuf,
+    /// Read the cache entries from this folder instead of the one recorded in features.json.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Stage folder for weights, history, plots and metrics.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 20)]
+    batch_size: i64,
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerChoice::Rmsprop)]
+    optimizer: OptimizerChoice,
+    /// L2 weight decay added to the gradients.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 256)]
+    hidden: i64,
+    #[arg(long, default_value_t = 0.5)]
+    dropout: f64,
+    /// Stop when validation loss has not improved for this many epochs.
+    #[arg(long)]
+    early_stopping_patience: Option<usize>,
+    /// With early stopping, put back the weights of the best epoch.
+    #[arg(long)]
+    restore_best: bool,
+    /// Use the augmented passes of the training split when the extraction made some (each
+    /// epoch draws one pass per sample). `--no-augmented-passes` trains on plain features.
+    #[arg(long = "no-augmented-passes", action = clap::ArgAction::SetFalse)]
+    augmented_passes: bool,
+    /// Also draw smoothed curves (Chollet's exponential moving average with this factor).
+    #[arg(long, default_value_t = 0.8)]
+    smoothing: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum OptimizerChoice {
+    Rmsprop,
+    Adam,
+}
+
+/// Everything that determines the result, written to config.json before training starts.
+#[derive(Debug, Serialize)]
+struct StageConfig<'a> {
+    features: &'a Path,
+    train_keys: Vec<String>,
+    validation_key: String,
+    test_key: Option<String>,
+    head: &'a HeadSpec,
+    optimizer: OptimizerSpec,
+    epochs: usize,
+    batch_size: i64,
+    early_stopping_patience: Option<usize>,
+    restore_best: bool,
+    seed: u64,
+    device: String,
+}
+
+#[derive(Debug, Serialize)]
+struct SplitMetrics {
+    loss: f64,
+    acc: f64,
+    per_class: Vec<training::ClassReport>,
+}
+
+const WEIGHTS_FILE: &str = "head.safetensors";
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let record: ExtractionRecord = run_folder::read_json(&args.features)?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| record.cache_dir.clone());
+    let cache = Cache::open(&cache_dir).with_context(|| format!("opening the feature cache {}", cache_dir.display()))?;
+    let device = args.device.resolve()?;
+
+    let entry = |split: &str| record.plain(split).with_context(|| format!("{} has no {split} features", args.features.display()));
+    let passes = if args.augmented_passes { record.passes("train") } else { Vec::new() };
+    let train_refs = if passes.is_empty() { vec![entry("train")?] } else { passes };
+    let val_ref = entry("validation")?;
+    let test_ref = record.plain("test");
+
+    let classes = record.classes.clone();
+    let width: u64 = record.feature_shape.iter().product();
+    let head_spec = HeadSpec { input_width: width as i64, hidden: args.hidden, dropout: args.dropout, classes: classes.len() };
+    let optimizer_spec = match args.optimizer {
+        OptimizerChoice::Rmsprop => OptimizerSpec::rmsprop(args.lr),
+        OptimizerChoice::Adam => OptimizerSpec::adam(args.lr),
+    }
+    .with_weight_decay(args.weight_decay);
+    let config = StageConfig {
+        features: &args.features,
+        train_keys: train_refs.iter().map(|e| e.key.clone()).collect(),
+        validation_key: val_ref.key.clone(),
+        test_key: test_ref.map(|e| e.key.clone()),
+        head: &head_spec,
+        optimizer: optimizer_spec,
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        early_stopping_patience: args.early_stopping_patience,
+        restore_best: args.restore_best,
+        seed: args.seed,
+        device: format!("{device:?}"),
+    };
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
+
+    let load = |e: &feature_cache::EntryRef| ExtractionRecord::load(&cache, e, &args.features);
+    let train_entries: Vec<LoadedEntry> = train_refs.iter().map(|e| load(e)).collect::<Result<_, _>>()?;
+    let val_entry = load(val_ref)?;
+    let test_entry = test_ref.map(load).transpose()?;
+    for e in train_entries.iter().chain([&val_entry]).chain(test_entry.as_ref()) {
+        if e.manifest.components.dataset.classes != classes {
+            bail!("cache entry {} has classes {:?}, the extraction record {:?}", e.manifest.key, e.manifest.components.dataset.classes, classes);
+        }
+    }
+    let train = FeatureSet {
+        passes: train_entries.iter().map(|e| to_tensor(e, device)).collect::<Result<_>>()?,
+        labels: labels(&train_entries[0], device),
+    };
+    if train_entries.iter().any(|e| e.labels != train_entries[0].labels) {
+        bail!("the augmented passes of the training split disagree on labels: re-extract them");
+    }
+    let val = FeatureSet { passes: vec![to_tensor(&val_entry, device)?], labels: labels(&val_entry, device) };
+    tracing::info!(
+        train = train.len(),
+        passes = train.passes.len(),
+        validation = val.len(),
+        test = test_entry.as_ref().map(|e| e.labels.len()),
+        width,
+        "features loaded and verified"
+    );
+
+    tch::manual_seed(args.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let head = DenseHead::new(&vs.root(), head_spec.clone());
+    let mut optimizer = Optimizer::new(optimizer_spec, tensors_io::named_variables(&vs));
+    let fit_config = FitConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        early_stopping: args.early_stopping_patience.map(|patience| EarlyStopping { patience, restore_best: args.restore_best }),
+    };
+    let mut so_far = Vec::new();
+    let history = training::fit(&head, &vs, &mut optimizer, &train, &val, &fit_config, |record| {
+        so_far.push(record.clone());
+        training::write_history(&args.out.join("history.csv"), &so_far)
+    })?;
+
+    // Outputs: plots, weights, evaluation.
+    let smoothing = (args.smoothing > 0.0).then_some(args.smoothing);
+    plot_history(&args.out.join("accuracy.png"), &history, Metric::Accuracy, None)?;
+    plot_history(&args.out.join("loss.png"), &history, Metric::Loss, None)?;
+    let mut outputs = vec!["history.csv", "accuracy.png", "loss.png", WEIGHTS_FILE, "metrics.json"];
+    if smoothing.is_some() {
+        plot_history(&args.out.join("accuracy_smoothed.png"), &history, Metric::Accuracy, smoothing)?;
+        plot_history(&args.out.join("loss_smoothed.png"), &history, Metric::Loss, smoothing)?;
+        outputs.extend(["accuracy_smoothed.png", "loss_smoothed.png"]);
+    }
+    let metadata = HashMap::from([
+        ("architecture".to_owned(), "dense_head".to_owned()),
+        ("head".to_owned(), serde_json::to_string(&head_spec)?),
+        ("input_shape".to_owned(), serde_json::to_string(&record.feature_shape)?),
+        ("layer".to_owned(), record.layer.clone()),
+        ("weights_sha256".to_owned(), record.weights_sha256.clone()),
+        ("class_names".to_owned(), serde_json::to_string(&classes)?),
+        ("cache_keys".to_owned(), serde_json::to_string(&config.train_keys)?),
+    ]);
+    tensors_io::save(&args.out.join(WEIGHTS_FILE), &tensors_io::named_variables(&vs), &metadata)?;
+
+    let mut metrics = BTreeMap::new();
+    let mut splits: Vec<(&str, &LoadedEntry)> = vec![("validation", &val_entry)];
+    if let Some(t) = &test_entry {
+        splits.push(("test", t));
+    }
+    for (split, entry) in splits {
+        let xs = to_tensor(entry, device)?;
+        let ys = labels(entry, device);
+        let eval = evaluate(&head, &xs, &ys, args.batch_size)?;
+        let truth: Vec<i64> = entry.labels.iter().map(|&l| l as i64).collect();
+        let matrix = ConfusionMatrix::new(&classes, &truth, &eval.predictions);
+        run_folder::write_atomic(&args.out.join(format!("confusion_{split}.csv")), matrix.to_csv().as_bytes())?;
+        plot_confusion(&args.out.join(format!("confusion_{split}.png")), &matrix, &format!("Confusion matrix ({split})"))?;
+        tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
+        metrics.insert(split.to_owned(), SplitMetrics { loss: eval.loss, acc: eval.acc, per_class: matrix.per_class() });
+    }
+    run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
+    let mut all_outputs: Vec<String> = outputs.iter().map(|s| (*s).to_owned()).collect();
+    for split in metrics.keys() {
+        all_outputs.push(format!("confusion_{split}.csv"));
+        all_outputs.push(format!("confusion_{split}.png"));
+    }
+    let inputs = BTreeMap::from([("features.json".to_owned(), run_folder::file_sha256(&args.features)?.sha256)]);
+    let summary = serde_json::json!({
+        "device": format!("{device:?}"),
+        "epochs_run": history.len(),
+        "validation_acc": metrics.get("validation").map(|m| m.acc),
+        "test_acc": metrics.get("test").map(|m| m.acc),
+        "augmented_passes": train.passes.len(),
+    });
+    let names: Vec<&str> = all_outputs.iter().map(String::as_str).collect();
+    run_folder::StageRecord::write(&args.out, "train-head", run_folder::json_sha256(&config), inputs, &names, started.elapsed().as_secs_f64(), summary)?;
+    eprintln!(
+        "train-head: validation acc {:.4}{} in {:.1}s -> {}",
+        metrics["validation"].acc,
+        metrics.get("test").map(|m| format!(", test acc {:.4}", m.acc)).unwrap_or_default(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Features of an entry as a `[N, ...]` float tensor on `device`.
+fn to_tensor(entry: &LoadedEntry, device: Device) -> Result<Tensor> {
+    let shape: Vec<i64> = entry.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::from_slice(&entry.features).f_reshape(&shape)?.f_to_device(device)?)
+}
+
+fn labels(entry: &LoadedEntry, device: Device) -> Tensor {
+    Tensor::from_slice(&entry.labels).to_kind(Kind::Int64).to_device(device)
+}
