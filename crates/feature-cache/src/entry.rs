@@ -44,6 +44,10 @@ pub struct Manifest {
     /// Program that wrote the entry, e.g. `extract-features 0.0.0`.
     pub tool: String,
     pub created_unix_s: u64,
+    /// Files of the key's list that could not be decoded and were skipped (`--skip-bad-images`);
+    /// their rows are absent, so `feature_shape[0]` is the file count minus these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +84,7 @@ pub struct EntryWriter {
     rows_written: u64,
     features: HashingWriter<BufWriter<File>>,
     labels: Vec<i32>,
+    skipped: Vec<String>,
 }
 
 impl EntryWriter {
@@ -111,6 +116,7 @@ impl EntryWriter {
             rows_written: 0,
             features,
             labels: Vec::with_capacity(rows as usize),
+            skipped: Vec::new(),
         })
     }
 
@@ -141,21 +147,33 @@ impl EntryWriter {
         Ok(())
     }
 
+    /// Records that one announced row will not come (its image was skipped as bad).
+    pub fn skip(&mut self, file: String) {
+        self.skipped.push(file);
+    }
+
     /// Writes labels, manifest and checksums, fsyncs everything and renames the folder into
     /// place. If another writer published the same key first, its entry is kept when it
     /// verifies (ours is discarded) and replaced when it does not.
     pub fn finish(self) -> Result<PathBuf, CacheError> {
-        let Self { tmp_dir, final_dir, key, tool, feature_shape, rows_written, features, labels, .. } = self;
-        if rows_written != feature_shape[0] {
+        let Self { tmp_dir, final_dir, key, tool, mut feature_shape, rows_written, features, labels, skipped, .. } = self;
+        if rows_written + skipped.len() as u64 != feature_shape[0] {
             return Err(CacheError::Usage {
                 path: tmp_dir.join(FEATURES),
-                reason: format!("{rows_written} rows written, {} announced", feature_shape[0]),
+                reason: format!("{rows_written} rows written and {} skipped, {} announced", skipped.len(), feature_shape[0]),
             });
         }
         let features_path = tmp_dir.join(FEATURES);
-        let (buffered, features_digest) = features.finish();
+        let (buffered, mut features_digest) = features.finish();
         let file = buffered.into_inner().map_err(|e| CacheError::Io { path: features_path.clone(), source: e.into_error() })?;
-        file.sync_all().map_err(CacheError::io(&features_path))?;
+        if skipped.is_empty() {
+            file.sync_all().map_err(CacheError::io(&features_path))?;
+        } else {
+            drop(file);
+            let announced = feature_shape.clone();
+            feature_shape[0] = rows_written;
+            features_digest = rewrite_header(&features_path, &announced, &feature_shape)?;
+        }
 
         let mut label_bytes = npy::header(Dtype::I32, &[labels.len() as u64]);
         for l in &labels {
@@ -174,6 +192,7 @@ impl EntryWriter {
             created_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            skipped,
         };
         let mut manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         manifest_bytes.push(b'\n');
@@ -220,6 +239,16 @@ pub(crate) fn remove_dir_quietly(dir: &Path) {
     if let Err(err) = fs::remove_dir_all(dir) {
         tracing::warn!(path = %dir.display(), %err, "could not remove a leftover folder");
     }
+}
+
+/// Rewrites `features.npy` with the header of the rows actually written (the header length may
+/// change with the row count, so the data is copied behind a fresh header); returns the digest.
+fn rewrite_header(path: &Path, announced: &[u64], actual: &[u64]) -> Result<FileDigest, CacheError> {
+    let old_header = npy::header(Dtype::F32, announced).len();
+    let bytes = fs::read(path).map_err(CacheError::io(path))?;
+    let mut out = npy::header(Dtype::F32, actual);
+    out.extend_from_slice(&bytes[old_header..]);
+    write_synced(path, &out)
 }
 
 fn checksums_text(files: &[(&str, &str)]) -> String {

@@ -70,7 +70,7 @@ fn wrong_row_count_or_width_is_refused() {
     let mut w = cache.writer(key("train", 2), "test", 2, &[3]).unwrap();
     assert!(w.append(&[1.0, 2.0], &[0]).unwrap_err().to_string().contains("rows have 3 values"));
     w.append(&[1.0, 2.0, 3.0], &[0]).unwrap();
-    assert!(w.finish().unwrap_err().to_string().contains("1 rows written, 2 announced"));
+    assert!(w.finish().unwrap_err().to_string().contains("1 rows written and 0 skipped, 2 announced"));
     assert!(cache.keys().unwrap().is_empty());
 }
 
@@ -244,4 +244,20 @@ fn tampered_bundle_is_refused_naming_entry_and_digests() {
     assert!(err.contains(&k.digest()) && err.contains("recorded") && err.contains("actual"), "{err}");
     let rest: Vec<_> = fs::read_dir(cb.root()).unwrap().collect();
     assert!(rest.is_empty(), "a refused import left files behind");
+}
+
+#[test]
+fn skipped_rows_shrink_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 4);
+    let mut w = cache.writer(k.clone(), "test", 4, &[2]).unwrap();
+    w.append(&[1.0, 2.0], &[0]).unwrap();
+    w.skip("x/1.png".into());
+    w.append(&[3.0, 4.0, 5.0, 6.0], &[0, 1]).unwrap();
+    w.finish().unwrap();
+    let e = hit(&cache, &k);
+    assert_eq!(e.shape(), &[3, 2]);
+    assert_eq!(e.features, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(e.manifest.skipped, vec!["x/1.png".to_owned()]);
 }
