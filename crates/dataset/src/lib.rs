@@ -53,6 +53,7 @@ pub mod check;
 pub mod decode;
 pub mod digest;
 pub mod error;
+pub mod resize;
 pub mod scan;
 
 pub use batch::{

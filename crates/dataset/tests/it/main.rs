@@ -7,4 +7,5 @@ mod check;
 mod decode;
 mod demo_data;
 mod fixtures;
+mod pil_parity;
 mod scan;
