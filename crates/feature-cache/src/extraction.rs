@@ -29,6 +29,10 @@ pub struct EntryRef {
     pub pass: Option<u32>,
     pub key: String,
     pub rows: u64,
+    /// Set when the entry lives in a private cache (the run folder's) because the shared one
+    /// could not be written; `None` means the record's `cache_dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl ExtractionRecord {
@@ -46,8 +50,12 @@ impl ExtractionRecord {
 
     /// Loads and verifies an entry from `cache` (any error, including a missing or corrupt
     /// entry, names the key and tells how to recompute).
+    /// An entry with its own `cache_dir` is read from there instead of `cache`.
     pub fn load(cache: &Cache, entry: &EntryRef, record_path: &Path) -> Result<LoadedEntry, CacheError> {
-        let dir = cache.entry_dir(&entry.key);
+        let dir = match &entry.cache_dir {
+            Some(private) => private.join(&entry.key),
+            None => cache.entry_dir(&entry.key),
+        };
         let reason = match crate::entry::load(&dir) {
             Ok(loaded) => return Ok(loaded),
             Err(err) => err.to_string(),
