@@ -130,6 +130,9 @@ pub fn run(full: bool) -> Result<()> {
         let sums = dir.join("SHA256SUMS");
         let expected = if sums.exists() { Some(read_sums(&sums)?) } else { None };
         if let Some(expected) = &expected {
+            for extra in unlisted(&dir, expected)? {
+                tracing::warn!(path = %extra.display(), "not listed in SHA256SUMS (left alone)");
+            }
             let damaged = verify(&dir, expected)?;
             if damaged.is_empty() {
                 tracing::info!(dir = %dir.display(), files = expected.len(), "up to date");
@@ -295,6 +298,27 @@ fn read_sums(path: &Path) -> Result<BTreeMap<String, String>> {
         sums.insert(file.to_owned(), digest.to_owned());
     }
     Ok(sums)
+}
+
+/// Files under `dir` that the digest list does not name (besides the list itself).
+fn unlisted(dir: &Path, expected: &BTreeMap<String, String>) -> Result<Vec<PathBuf>> {
+    let mut extra = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().replace('\\', "/");
+            if rel != "SHA256SUMS" && !expected.contains_key(&rel) {
+                extra.push(path);
+            }
+        }
+    }
+    extra.sort();
+    Ok(extra)
 }
 
 /// Files listed in `expected` that are missing or whose content differs.

@@ -87,3 +87,22 @@ fn leakage_bad_files_and_class_mismatch() {
     assert!(!report.is_ok());
     assert_eq!(report.leaks().count(), 1);
 }
+
+/// The `dataset check` binary: exit status 0 for a clean tree, 1 with leakage.
+fn check_binary(entries: &[(&str, Option<Vec<u8>>)], expect_ok: bool) {
+    let dir = tree(entries);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dataset"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.success(), expect_ok, "{stdout}");
+    assert!(stdout.lines().last().is_some_and(|l| l == if expect_ok { "ok" } else { "1 errors" }), "{stdout}");
+}
+
+#[test]
+fn binary_exit_status() {
+    check_binary(&[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 2)))], true);
+    check_binary(&[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 1)))], false);
+}
