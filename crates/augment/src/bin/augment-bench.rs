@@ -114,7 +114,7 @@ fn synthetic(h: usize, w: usize, k: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(h * w * 3);
     for r in 0..h {
         for col in 0..w {
-            let noise = ((r * 131 + col * 71 + k * 29) * 2654435761usize >> 13) % 32;
+            let noise = (((r * 131 + col * 71 + k * 29) * 2654435761usize) >> 13) % 32;
             out.push(((r * 255 / h + noise) % 256) as u8);
             out.push(((col * 255 / w + k * 16) % 256) as u8);
             out.push((((r + col) * 127 / (h + w) + noise * 2) % 256) as u8);
