@@ -47,10 +47,11 @@ pub(crate) trait Store: Copy {
 }
 
 impl Store for u8 {
-    /// Round half up and saturate, as scipy does for unsigned outputs.
+    /// Saturate to `[0, 255]` and round to nearest, ties to even: adding 1.5 * 2^23 leaves the
+    /// rounded integer in the low mantissa bits, far cheaper than a saturating float cast.
     #[inline(always)]
     fn store(v: f32) -> u8 {
-        (v.max(0.0) + 0.5) as u8
+        (v.clamp(0.0, 255.0) + 12_582_912.0).to_bits() as u8
     }
 }
 
