@@ -2,6 +2,7 @@
 //! processes (never timed tests). Each target lives in its own module; add a variant to
 //! [`Target`] and a match arm in [`run`] for a new one.
 
+mod augment;
 mod dataset;
 
 use anyhow::Result;
@@ -11,10 +12,13 @@ use anyhow::Result;
 pub enum Target {
     /// Image decode + resize throughput, directory scan time and memory bound (crates/dataset).
     Dataset,
+    /// Keras ImageDataGenerator augmentation throughput beside keras-preprocessing (crates/augment).
+    Augment,
 }
 
 pub fn run(target: Target, args: &[String]) -> Result<()> {
     match target {
         Target::Dataset => dataset::run(args),
+        Target::Augment => augment::run(args),
     }
 }
