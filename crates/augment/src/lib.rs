@@ -38,6 +38,12 @@
 //! the same input pixel) for nearest, on every pixel including fill and edge pixels, because the
 //! boundary rules are scipy's own (see `warp.rs`); only pixels whose sample coordinate lies within
 //! 1e-9 of a rounding or fill decision are excluded, since one ulp in the matrix decides them.
+//! Measured on the 21 goldens: max 3.1e-5 (bilinear, f32 weights), 0 (nearest), none excluded.
+//! `tests/model.rs` holds the fast paths (fixed-point stepping over 150-px rows, 1-pixel images,
+//! 1-5 channels) to the same 1e-3 against an independent per-pixel transcription of scipy.
+//!
+//! Speed (`cargo xtask bench augment`, BENCHMARKS.md): the seed generator on 150x150x3 runs at
+//! about 7,400 images/s per core, 19x keras-preprocessing, and scales to 2 threads.
 //!
 //! Not reproduced: Keras' brightness goes through PIL (min-max stretch to 0-255 and u8
 //! quantisation); here brightness multiplies and clamps to `[0, 255]`.
@@ -99,7 +105,8 @@ pub enum AugmentError {
 }
 
 impl Transform {
-    /// u8 in, u8 out (rounded, saturated). `rescale` does not apply: the output stays 0-255.
+    /// u8 in, u8 out (saturated, rounded to nearest with ties to even). `rescale` does not
+    /// apply: the output stays 0-255.
     pub fn apply_u8(
         &self,
         src: &[u8],
