@@ -133,9 +133,11 @@ pub(crate) fn warp<S: Texel, D: Store>(
     })
 }
 
+/// Sizes a scratch buffer; one huge image does not pin its memory to the thread forever.
 fn resize(buf: &mut Vec<f32>, n: usize) {
     if buf.len() != n {
         buf.clear();
+        buf.shrink_to(n.max(1 << 20));
         buf.resize(n, 0.0);
     }
 }
