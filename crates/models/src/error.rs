@@ -15,6 +15,8 @@ pub enum ModelError {
     UnknownDevice { given: String },
     #[error("device {given} requested, but libtorch sees {available} CUDA device(s)")]
     CudaUnavailable { given: String, available: i64 },
+    #[error("{path}: {reason}")]
+    Weights { path: std::path::PathBuf, reason: String },
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
 }

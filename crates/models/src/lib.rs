@@ -7,6 +7,8 @@
 
 mod device;
 mod error;
+pub mod import;
+mod onnx;
 mod vgg16;
 
 pub use device::DeviceChoice;

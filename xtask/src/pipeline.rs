@@ -1,0 +1,500 @@
+//! `cargo xtask pipeline`: the whole workflow in one command. Installs what is missing (libtorch,
+//! demo weights), builds the stage binaries, runs them one process at a time, skips stages that
+//! are up to date, and writes `runs/<name>/report.md` and `report.html`.
+//!
+//! A stage is up to date when its `stage.json` exists, every output still matches its digest, and
+//! the invocation (arguments and input digests, kept in `pipeline.json` beside it) is the one the
+//! pipeline would make now. `--status` prints that verdict per stage without running anything.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::libtorch::Libtorch;
+
+/// Command-line overrides of the config file.
+#[derive(Debug, clap::Args)]
+pub struct PipelineArgs {
+    /// Pipeline settings (TOML); default: pipeline.toml at the repository root.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Run folder name (runs/<name>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Dataset root with train/, validation/ and test/ class folders.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// VGG16 conv-base weights (our safetensors); default: the demo weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// Feature cache folder (may be shared with teammates).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// `seed` runs the seed's full settings (150x150, f32, 30 head epochs).
+    #[arg(long, value_enum)]
+    profile: Option<Profile>,
+    /// List each stage as done / stale / corrupt / missing, without running anything.
+    #[arg(long)]
+    status: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Profile {
+    Seed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Config {
+    run: RunConfig,
+    extract: ExtractConfig,
+    head: HeadConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RunConfig {
+    name: String,
+    data: PathBuf,
+    device: String,
+    cache_dir: Option<PathBuf>,
+    weights: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ExtractConfig {
+    input_size: u32,
+    layer: String,
+    pooling: String,
+    precision: String,
+    batch_size: u32,
+    augment_passes: u32,
+    augment_seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct HeadConfig {
+    epochs: u32,
+    batch_size: u32,
+    lr: f64,
+    optimizer: String,
+    seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { run: RunConfig::default(), extract: ExtractConfig::default(), head: HeadConfig::default() }
+    }
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self { name: "demo".into(), data: "data/fashion-mnist-small".into(), device: "auto".into(), cache_dir: None, weights: None }
+    }
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        Self {
+            input_size: 150,
+            layer: "block5_pool".into(),
+            pooling: "none".into(),
+            precision: "bf16".into(),
+            batch_size: 20,
+            augment_passes: 2,
+            augment_seed: 0,
+        }
+    }
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self { epochs: 30, batch_size: 20, lr: 2e-5, optimizer: "rmsprop".into(), seed: 0 }
+    }
+}
+
+/// One stage invocation: which binary, where, with what, on what.
+struct Step {
+    /// Folder name under the run folder, also the label.
+    name: &'static str,
+    binary: &'static str,
+    args: Vec<String>,
+    /// Named input digests; a change makes the stage stale, naming the input.
+    inputs: BTreeMap<String, String>,
+}
+
+/// `pipeline.json`: the invocation that produced a stage's outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Invocation {
+    binary: String,
+    args: Vec<String>,
+    inputs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Status {
+    Done,
+    Stale(String),
+    Corrupt(String),
+    Missing,
+}
+
+pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
+    let config = resolve_config(&args, workspace)?;
+    let run_dir = workspace.join("runs").join(&config.run.name);
+    let data = absolute(workspace, &config.run.data);
+    if !data.is_dir() {
+        bail!("dataset {} does not exist (run `cargo xtask data` for the demo data)", data.display());
+    }
+
+    let torch = crate::libtorch::ensure()?;
+    let weights = match &config.run.weights {
+        Some(w) => absolute(workspace, w),
+        None => crate::weights::ensure_demo(&torch, true)?,
+    };
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    run_folder::write_atomic(&run_dir.join("pipeline.resolved.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+
+    let steps = plan(&config, &run_dir, &data, &weights)?;
+    if args.status {
+        for step in &steps {
+            let dir = run_dir.join(step.name);
+            let status = status(step, &dir);
+            println!("{:<18} {}", step.name, describe(&status));
+        }
+        return Ok(());
+    }
+
+    build_stages(&torch, workspace)?;
+    let mut timings = Vec::new();
+    let mut steps = steps;
+    for i in 0..steps.len() {
+        if i > 0 {
+            // Later stages depend on the outputs of earlier ones, known only after those ran.
+            steps = plan(&config, &run_dir, &data, &weights)?;
+        }
+        let step = &steps[i];
+        let dir = run_dir.join(step.name);
+        let started = Instant::now();
+        let label = format!("[{}/{}] {}", i + 1, steps.len(), step.name);
+        match status(step, &dir) {
+            Status::Done => {
+                eprintln!("{label}: up to date (outputs verified)");
+                timings.push((step.name, 0.0, true));
+                continue;
+            }
+            other => eprintln!("{label}: {} -> running", describe(&other)),
+        }
+        run_stage(&torch, workspace, step, &dir)?;
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("{label}: done in {seconds:.1}s");
+        timings.push((step.name, seconds, false));
+    }
+    crate::report::write(&run_dir, &config_summary(&config, &weights), &timings)?;
+    eprintln!("report: {}", run_dir.join("report.html").display());
+    Ok(())
+}
+
+fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
+    let path = args.config.clone().unwrap_or_else(|| workspace.join("pipeline.toml"));
+    let mut config: Config = if path.exists() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+    } else if args.config.is_some() {
+        bail!("config file {} does not exist", path.display());
+    } else {
+        Config::default()
+    };
+    if let Some(Profile::Seed) = args.profile {
+        config.extract.input_size = 150;
+        config.extract.precision = "f32".into();
+        config.head.epochs = 30;
+    }
+    if let Some(v) = &args.name {
+        config.run.name = v.clone();
+    }
+    if let Some(v) = &args.data {
+        config.run.data = v.clone();
+    }
+    if let Some(v) = &args.weights {
+        config.run.weights = Some(v.clone());
+    }
+    if let Some(v) = &args.device {
+        config.run.device = v.clone();
+    }
+    if let Some(v) = &args.cache_dir {
+        config.run.cache_dir = Some(v.clone());
+    }
+    Ok(config)
+}
+
+fn absolute(workspace: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() { p.to_owned() } else { workspace.join(p) }
+}
+
+/// The stage invocations for `config`; inputs of later stages are the current outputs of
+/// earlier ones (absent until those ran).
+fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<Vec<Step>> {
+    let e = &config.extract;
+    let mut extract_args = vec![
+        "--data".into(),
+        data.display().to_string(),
+        "--weights".into(),
+        weights.display().to_string(),
+        "--out".into(),
+        run_dir.join("extract").display().to_string(),
+        "--layer".into(),
+        e.layer.clone(),
+        "--input-size".into(),
+        e.input_size.to_string(),
+        "--pooling".into(),
+        e.pooling.clone(),
+        "--precision".into(),
+        e.precision.clone(),
+        "--batch-size".into(),
+        e.batch_size.to_string(),
+        "--augment-passes".into(),
+        e.augment_passes.to_string(),
+        "--augment-seed".into(),
+        e.augment_seed.to_string(),
+        "--device".into(),
+        config.run.device.clone(),
+    ];
+    if let Some(c) = &config.run.cache_dir {
+        extract_args.extend(["--cache-dir".into(), c.display().to_string()]);
+    }
+    let extract_inputs = BTreeMap::from([
+        ("dataset".to_owned(), tree_fingerprint(data)?),
+        ("weights".to_owned(), run_folder::file_sha256(weights)?.sha256),
+    ]);
+    let features = run_dir.join("extract").join("features.json");
+    let features_digest = run_folder::file_sha256(&features).map(|d| d.sha256).unwrap_or_else(|_| "absent".into());
+    let h = &config.head;
+    let head_args = |out: &str, augmented: bool| {
+        let mut a = vec![
+            "--features".into(),
+            features.display().to_string(),
+            "--out".into(),
+            run_dir.join(out).display().to_string(),
+            "--epochs".into(),
+            h.epochs.to_string(),
+            "--batch-size".into(),
+            h.batch_size.to_string(),
+            "--lr".into(),
+            h.lr.to_string(),
+            "--optimizer".into(),
+            h.optimizer.clone(),
+            "--seed".into(),
+            h.seed.to_string(),
+            "--device".into(),
+            config.run.device.clone(),
+        ];
+        if !augmented {
+            a.push("--no-augmented-passes".into());
+        }
+        a
+    };
+    let head_inputs = BTreeMap::from([("extract/features.json".to_owned(), features_digest)]);
+    let mut steps = vec![
+        Step { name: "extract", binary: "extract-features", args: extract_args, inputs: extract_inputs },
+        Step { name: "head", binary: "train-head", args: head_args("head", false), inputs: head_inputs.clone() },
+    ];
+    if e.augment_passes > 0 {
+        steps.push(Step { name: "head-augmented", binary: "train-head", args: head_args("head-augmented", true), inputs: head_inputs });
+    }
+    Ok(steps)
+}
+
+/// A cheap fingerprint of a dataset tree: every file's relative path, size and modification
+/// time. Touching a file makes extraction rerun, and extraction's content-addressed cache then
+/// recomputes only what really changed.
+fn tree_fingerprint(root: &Path) -> Result<String> {
+    let mut entries = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
+                let rel = entry.path().strip_prefix(root).unwrap_or(&entry.path()).display().to_string();
+                entries.push(format!("{rel}\t{}\t{mtime}\n", meta.len()));
+            }
+        }
+    }
+    entries.sort();
+    let mut hasher = Sha256::new();
+    for e in &entries {
+        hasher.update(e.as_bytes());
+    }
+    Ok(format!("{} files, {}", entries.len(), hex::encode(hasher.finalize())))
+}
+
+fn status(step: &Step, dir: &Path) -> Status {
+    let Ok(record) = run_folder::StageRecord::read(dir) else {
+        return Status::Missing;
+    };
+    let invocation: Option<Invocation> = run_folder::read_json(&dir.join("pipeline.json")).ok();
+    let wanted = Invocation { binary: step.binary.into(), args: step.args.clone(), inputs: step.inputs.clone() };
+    match invocation {
+        None => return Status::Stale("no record of how it was run".into()),
+        Some(inv) if inv != wanted => {
+            let changed = wanted.inputs.iter().find(|(k, v)| inv.inputs.get(*k) != Some(v)).map(|(k, _)| format!("input {k} changed"));
+            return Status::Stale(changed.unwrap_or_else(|| "settings changed".into()));
+        }
+        Some(_) => {}
+    }
+    if let Some(damage) = record.damaged_output(dir) {
+        return Status::Corrupt(damage);
+    }
+    if step.name == "extract"
+        && let Some(problem) = missing_cache_entry(dir)
+    {
+        return Status::Stale(problem);
+    }
+    Status::Done
+}
+
+/// Extraction is only done while the cache entries it recorded still verify (a teammate may
+/// have run `gc`, or a disk may have flipped a bit).
+fn missing_cache_entry(dir: &Path) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Record {
+        cache_dir: PathBuf,
+        entries: Vec<Entry>,
+    }
+    #[derive(Deserialize)]
+    struct Entry {
+        key: String,
+        split: String,
+        #[serde(default)]
+        cache_dir: Option<PathBuf>,
+    }
+    let record: Record = run_folder::read_json(&dir.join("features.json")).ok()?;
+    for e in record.entries {
+        let root = e.cache_dir.unwrap_or_else(|| record.cache_dir.clone());
+        let checksums = root.join(&e.key).join("checksums.sha256");
+        let Ok(text) = std::fs::read_to_string(&checksums) else {
+            return Some(format!("cache entry {} ({}) is gone", e.key, e.split));
+        };
+        for line in text.lines() {
+            let Some((digest, name)) = line.split_once("  ") else { return Some(format!("cache entry {} is damaged", e.key)) };
+            match run_folder::file_sha256(&root.join(&e.key).join(name)) {
+                Ok(d) if d.sha256 == digest => {}
+                _ => return Some(format!("cache entry {} ({}) is damaged: {name}", e.key, e.split)),
+            }
+        }
+    }
+    None
+}
+
+fn describe(status: &Status) -> String {
+    match status {
+        Status::Done => "done".into(),
+        Status::Stale(why) => format!("stale ({why})"),
+        Status::Corrupt(why) => format!("corrupt ({why})"),
+        Status::Missing => "missing".into(),
+    }
+}
+
+fn build_stages(torch: &Libtorch, workspace: &Path) -> Result<()> {
+    eprintln!("building the stage binaries (release)");
+    let mut cmd = crate::cargo();
+    cmd.current_dir(workspace).args(["build", "--release", "--quiet", "-p", "extract-features", "-p", "train-head"]);
+    torch.configure(&mut cmd);
+    crate::run_checked(&mut cmd, "cargo build --release (stage binaries)")
+}
+
+/// Runs one stage binary, its stderr shown and copied to `<stage>/log.txt`; records the
+/// invocation once it succeeded.
+fn run_stage(torch: &Libtorch, workspace: &Path, step: &Step, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let _ = std::fs::remove_file(dir.join("pipeline.json"));
+    let binary = crate::weights::target_dir(workspace).join("release").join(step.binary);
+    let log_path = dir.join("log.txt");
+    let mut log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    writeln!(log, "$ {} {}", binary.display(), step.args.join(" "))?;
+    let mut cmd = Command::new(&binary);
+    cmd.args(&step.args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    torch.configure(&mut cmd);
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let tx2 = tx.clone();
+    let readers = [
+        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))),
+        std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(l)))),
+    ];
+    for line in rx {
+        eprintln!("    {line}");
+        writeln!(log, "{line}")?;
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("stage {} failed ({status}); its log: {}", step.name, log_path.display());
+    }
+    let invocation = Invocation { binary: step.binary.into(), args: step.args.clone(), inputs: step.inputs.clone() };
+    run_folder::write_json(&dir.join("pipeline.json"), &invocation)?;
+    Ok(())
+}
+
+fn config_summary(config: &Config, weights: &Path) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("data".into(), config.run.data.display().to_string()),
+        ("weights".into(), weights.display().to_string()),
+        ("device".into(), config.run.device.clone()),
+        ("input size".into(), format!("{0}x{0}", config.extract.input_size)),
+        ("layer".into(), config.extract.layer.clone()),
+        ("precision".into(), config.extract.precision.clone()),
+        ("augmented passes".into(), config.extract.augment_passes.to_string()),
+        ("head".into(), format!("{} epochs, {} lr {}, batch {}", config.head.epochs, config.head.optimizer, config.head.lr, config.head.batch_size)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_parses_and_defaults_fill_gaps() {
+        let c: Config = toml::from_str("[extract]\ninput_size = 64\n").unwrap();
+        assert_eq!(c.extract.input_size, 64);
+        assert_eq!(c.head.epochs, 30);
+        assert!(toml::from_str::<Config>("[extract]\ninput_sise = 64\n").is_err(), "typos must be errors");
+    }
+
+    #[test]
+    fn shipped_config_parses() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml")).unwrap();
+        let c: Config = toml::from_str(&text).unwrap();
+        assert_eq!(c.run.name, "demo");
+    }
+
+    #[test]
+    fn fingerprint_sees_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::fs::write(dir.path().join("a/x.png"), b"1").unwrap();
+        let before = tree_fingerprint(dir.path()).unwrap();
+        assert_eq!(before, tree_fingerprint(dir.path()).unwrap());
+        std::fs::write(dir.path().join("a/x.png"), b"12").unwrap();
+        assert_ne!(before, tree_fingerprint(dir.path()).unwrap());
+    }
+}
