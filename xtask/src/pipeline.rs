@@ -52,7 +52,7 @@ enum Profile {
     Seed,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Config {
     run: RunConfig,
@@ -92,12 +92,6 @@ struct HeadConfig {
     seed: u64,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self { run: RunConfig::default(), extract: ExtractConfig::default(), head: HeadConfig::default() }
-    }
-}
-
 impl Default for RunConfig {
     fn default() -> Self {
         Self { name: "demo".into(), data: "data/fashion-mnist-small".into(), device: "auto".into(), cache_dir: None, weights: None }
@@ -110,7 +104,7 @@ impl Default for ExtractConfig {
             input_size: 150,
             layer: "block5_pool".into(),
             pooling: "none".into(),
-            precision: "bf16".into(),
+            precision: "f32".into(),
             batch_size: 20,
             augment_passes: 2,
             augment_seed: 0,
@@ -428,7 +422,8 @@ fn run_stage(torch: &Libtorch, workspace: &Path, step: &Step, dir: &Path) -> Res
     let mut log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     writeln!(log, "$ {} {}", binary.display(), step.args.join(" "))?;
     let mut cmd = Command::new(&binary);
-    cmd.args(&step.args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // Output is piped into the log, so no colour codes.
+    cmd.args(&step.args).stdout(Stdio::piped()).stderr(Stdio::piped()).env("NO_COLOR", "1");
     torch.configure(&mut cmd);
     let mut child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
     let stdout = child.stdout.take().expect("piped");

@@ -413,6 +413,11 @@ fn extract(
         rows += batch.len() as u64;
         totals.images += batch.len();
         bar.inc(batch.len() as u64);
+        // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
+        let step = (total / 10).max(1);
+        if bar.is_hidden() && (rows / step != (rows - batch.len() as u64) / step || rows == total) {
+            tracing::info!(split = %label, done = rows, total, "extracting");
+        }
     }
     for skipped in batches.skipped() {
         tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "skipped a bad image");
