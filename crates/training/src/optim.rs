@@ -54,7 +54,21 @@ pub struct Optimizer {
     params: Vec<(String, Tensor)>,
     /// Per parameter: RMSprop `[v]`, Adam `[m, v]`.
     slots: Vec<Vec<Tensor>>,
+    /// Per parameter: a buffer for the update's denominator (not state: never saved).
+    scratch: Vec<Tensor>,
     steps: i64,
+}
+
+/// `g += wd p` (L2), in place.
+fn add_weight_decay(g: &mut Tensor, p: &Tensor, weight_decay: f64) {
+    if weight_decay > 0.0 {
+        let _ = g.f_add_(&(p * weight_decay));
+    }
+}
+
+/// `v = decay v + (1 - decay) g^2`, in place: scaled so that `addcmul_` (value 1) does the sum.
+fn accumulate_square(v: &mut Tensor, g: &Tensor, decay: f64) {
+    let _ = v.f_mul_scalar_(decay / (1.0 - decay)).and_then(|_| v.f_addcmul_(g, g)).and_then(|_| v.f_mul_scalar_(1.0 - decay));
 }
 
 impl Optimizer {
@@ -66,7 +80,8 @@ impl Optimizer {
             OptimizerSpec::Adam { .. } => 2,
         };
         let slots = params.iter().map(|(_, p)| (0..n_slots).map(|_| p.zeros_like()).collect()).collect();
-        Self { spec, params, slots, steps: 0 }
+        let scratch = params.iter().map(|(_, p)| p.zeros_like()).collect();
+        Self { spec, params, slots, scratch, steps: 0 }
     }
 
     pub fn spec(&self) -> &OptimizerSpec {
@@ -84,35 +99,46 @@ impl Optimizer {
     }
 
     /// One update from the gradients accumulated in the parameters.
+    ///
+    /// Written with in-place operations on the slots, the gradient and one scratch buffer per
+    /// parameter: allocating fresh multi-megabyte tensors for every term made the dense head's
+    /// 8192x256 layer ten times slower than torch's optimizer.
     pub fn step(&mut self) {
         self.steps += 1;
         let t = self.steps as f64;
         tch::no_grad(|| {
-            for ((_, p), slots) in self.params.iter_mut().zip(&mut self.slots) {
-                let g = p.grad();
+            for (((_, p), slots), scratch) in self.params.iter_mut().zip(&mut self.slots).zip(&mut self.scratch) {
+                let mut g = p.grad();
                 if !g.defined() {
                     continue;
                 }
-                match self.spec {
+                // The operands all have the parameter's shape, so these in-place calls cannot fail.
+                let (lr, numerator) = match self.spec {
                     OptimizerSpec::Rmsprop { lr, rho, eps, weight_decay } => {
-                        let g = if weight_decay > 0.0 { &g + &*p * weight_decay } else { g };
-                        let v = &mut slots[0];
-                        let new_v = &*v * rho + &g * &g * (1.0 - rho);
-                        v.copy_(&new_v);
-                        let update = &g * lr / (&*v + eps).sqrt();
-                        let _ = p.f_sub_(&update);
+                        add_weight_decay(&mut g, p, weight_decay);
+                        accumulate_square(&mut slots[0], &g, rho);
+                        let _ = scratch.f_copy_(&slots[0]);
+                        let _ = scratch.f_add_scalar_(eps);
+                        let _ = scratch.f_sqrt_();
+                        (lr, None)
                     }
                     OptimizerSpec::Adam { lr, beta1, beta2, eps, weight_decay } => {
-                        let g = if weight_decay > 0.0 { &g + &*p * weight_decay } else { g };
-                        let new_m = &slots[0] * beta1 + &g * (1.0 - beta1);
-                        slots[0].copy_(&new_m);
-                        let new_v = &slots[1] * beta2 + &g * &g * (1.0 - beta2);
-                        slots[1].copy_(&new_v);
-                        let lr_t = lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t));
-                        let update = &slots[0] * lr_t / (slots[1].sqrt() + eps);
-                        let _ = p.f_sub_(&update);
+                        add_weight_decay(&mut g, p, weight_decay);
+                        let _ = slots[0].f_lerp_(&g, 1.0 - beta1);
+                        accumulate_square(&mut slots[1], &g, beta2);
+                        let _ = scratch.f_copy_(&slots[1]);
+                        let _ = scratch.f_sqrt_();
+                        let _ = scratch.f_add_scalar_(eps);
+                        (lr * (1.0 - beta2.powf(t)).sqrt() / (1.0 - beta1.powf(t)), Some(&slots[0]))
                     }
+                };
+                // p -= lr * numerator / scratch; the gradient buffer holds the scaled numerator
+                // (it is zeroed before the next backward pass anyway).
+                if let Some(m) = numerator {
+                    let _ = g.f_copy_(m);
                 }
+                let _ = g.f_mul_scalar_(-lr);
+                let _ = p.f_addcdiv_(&g, scratch);
             }
         });
     }

@@ -4,6 +4,7 @@
 
 mod augment;
 mod dataset;
+mod head;
 
 use anyhow::Result;
 
@@ -14,11 +15,14 @@ pub enum Target {
     Dataset,
     /// Keras ImageDataGenerator augmentation throughput beside keras-preprocessing (crates/augment).
     Augment,
+    /// Dense-head training on cached-size features beside the same model in Python PyTorch.
+    Head,
 }
 
 pub fn run(target: Target, args: &[String]) -> Result<()> {
     match target {
         Target::Dataset => dataset::run(args),
         Target::Augment => augment::run(args),
+        Target::Head => head::run(args),
     }
 }
