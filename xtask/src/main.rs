@@ -84,9 +84,15 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Test { cargo_args } => {
             let torch = libtorch::ensure()?;
+            // The demo-weights parity test needs them; offline after the first fetch. Without
+            // them (no network) that test skips and says why, so this is a warning.
+            if let Err(err) = weights::ensure_demo(&torch, false) {
+                eprintln!("warning: demo weights unavailable, their parity test will skip: {err:#}");
+            }
             let mut cmd = cargo();
             cmd.arg("test").arg("--workspace").args(&cargo_args);
             torch.configure(&mut cmd);
+            cmd.env("TRANSFER_KIT_WEIGHTS_DIR", weights::weights_dir()?);
             run_checked(&mut cmd, "cargo test")
         }
         Cmd::Pipeline(args) => pipeline::run(args, &workspace_root()),

@@ -1,5 +1,7 @@
 //! The error type of the models crate: every variant says what was wrong and with which input.
 
+use std::path::PathBuf;
+
 /// Errors from building, loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -16,7 +18,23 @@ pub enum ModelError {
     #[error("device {given} requested, but libtorch sees {available} CUDA device(s)")]
     CudaUnavailable { given: String, available: i64 },
     #[error("{path}: {reason}")]
-    Weights { path: std::path::PathBuf, reason: String },
+    Weights { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: missing tensor {name} (expected shape {expected:?})")]
+    MissingTensor { path: PathBuf, name: String, expected: Vec<i64> },
+    #[error("{path}: tensor {name} has shape {actual:?}, expected {expected:?}")]
+    TensorShape { path: PathBuf, name: String, expected: Vec<i64>, actual: Vec<i64> },
+    #[error("{path}: several tensors could be {name}: {candidates:?}")]
+    AmbiguousTensor { path: PathBuf, name: String, candidates: Vec<String> },
+    #[error("{path}: tensor {name} holds a non-finite value ({value})")]
+    NonFinite { path: PathBuf, name: String, value: f32 },
+    #[error("unknown preprocessing {given:?}: expected caffe, torch or rescale")]
+    UnknownPreprocessing { given: String },
+    #[error("unknown pooling {given:?}: expected none, avg or max")]
+    UnknownPooling { given: String },
+    #[error("cannot preprocess a {kind} batch of shape {shape:?}: expected uint8 [N, H, W, 3] or float [N, 3, H, W]")]
+    BadBatch { kind: String, shape: Vec<i64> },
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -1,19 +1,34 @@
 //! Models for transfer learning on tch: the VGG16 convolutional base (Keras `include_top=False`)
-//! with both Keras (`block5_conv1`) and torchvision (`features.24`) layer names, a layer cut, and
-//! device selection (`auto|cpu|cuda|cuda:N`).
+//! with both Keras (`block5_conv1`) and torchvision (`features.24`) layer names, a layer cut with
+//! global pooling, the preprocessing each set of weights needs, weight import (ONNX of Keras
+//! lineage, PyTorch state dicts, tch-rs `.ot`, safetensors) into our safetensors format with
+//! provenance and digest, and device selection (`auto|cpu|cuda|cuda:N`).
 //!
 //! Variables are named like torchvision's `vgg16().features` (`features.N.weight`, `.bias`), so
 //! torchvision-style weight files load by name.
+//!
+//! Typical use: `let w = load_weights(path, device)?;` then
+//! `w.features(&u8_batch_nhwc, "block4_pool".parse()?, Pooling::Avg)?`, or
+//! `preprocess(&batch, mode)?` and `w.base.features(&xs, layer, pooling)?` to override the
+//! preprocessing recorded with the weights.
 
 mod device;
 mod error;
 pub mod import;
 mod onnx;
+mod pickle;
+mod pooling;
+mod preprocess;
 mod vgg16;
+pub mod weights;
 
 pub use device::DeviceChoice;
 pub use error::ModelError;
-pub use vgg16::{LayerKind, LayerSpec, VGG16_LAYERS, Vgg16Base, Vgg16Layer, output_shape};
+pub use import::{SourceFormat, import_weights};
+pub use pooling::{Pooling, feature_shape};
+pub use preprocess::{CAFFE_MEAN_BGR, Preprocessing, TORCH_MEAN_RGB, TORCH_STD_RGB, preprocess};
+pub use vgg16::{LayerKind, LayerSpec, VGG16_LAYERS, Vgg16Base, Vgg16Layer, is_trainable, output_shape};
+pub use weights::{LoadedWeights, WeightsMeta, load_weights};
 
 /// Number of trainable scalars held by a `VarStore`.
 pub fn parameter_count(vs: &tch::nn::VarStore) -> i64 {

@@ -101,7 +101,9 @@ mod tests {
         }
     }
 
-    fn check(bytes: &[u8], expect: Result<Vec<(&str, Vec<i64>, Vec<f32>)>, &str>) {
+    type Expected<'a> = Result<Vec<(&'a str, Vec<i64>, Vec<f32>)>, &'a str>;
+
+    fn check(bytes: &[u8], expect: Expected<'_>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.onnx");
         std::fs::write(&path, bytes).unwrap();

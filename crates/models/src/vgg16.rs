@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 use tch::{Tensor, nn};
 
-use crate::ModelError;
+use crate::{ModelError, Pooling};
 
 /// What a layer computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +89,14 @@ impl Vgg16Layer {
     /// All layers, input to output.
     pub fn all() -> impl Iterator<Item = Self> {
         (0..VGG16_LAYERS.len()).map(Self)
+    }
+
+    /// Weights and biases of this layer (0 for a pool).
+    pub fn parameter_count(self) -> i64 {
+        match self.spec().kind {
+            LayerKind::Conv { in_channels, out_channels } => out_channels * in_channels * 9 + out_channels,
+            LayerKind::Pool => 0,
+        }
     }
 }
 
@@ -207,6 +215,37 @@ impl Vgg16Base {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor, ModelError> {
         self.forward_to(xs, Vgg16Layer::LAST)
     }
+
+    /// Keras `VGG16(include_top=False, pooling=...)` cut at `layer`: xs `[N, 3, H, W]`
+    /// (preprocessed) -> `[N, C, H', W']` (pooling none) or `[N, C]` (avg, max).
+    pub fn features(&self, xs: &Tensor, layer: Vgg16Layer, pooling: Pooling) -> Result<Tensor, ModelError> {
+        pooling.apply(&self.forward_to(xs, layer)?)
+    }
+
+    /// Makes the conv layers from `unfreeze_from` up trainable (`requires_grad`) and those below
+    /// frozen; `None` freezes all. Returns the number of trainable parameters. The same rule as
+    /// [`is_trainable`], so `vgg16-layers --unfreeze-from` shows what this does.
+    pub fn set_unfreeze_from(&self, unfreeze_from: Option<Vgg16Layer>) -> i64 {
+        let conv_layers = Vgg16Layer::all().filter(|l| matches!(l.spec().kind, LayerKind::Conv { .. }));
+        let mut trainable = 0;
+        for (conv, layer) in self.convs.iter().zip(conv_layers) {
+            let on = is_trainable(layer, unfreeze_from);
+            let _ = conv.ws.set_requires_grad(on);
+            if let Some(bs) = &conv.bs {
+                let _ = bs.set_requires_grad(on);
+            }
+            if on {
+                trainable += layer.parameter_count();
+            }
+        }
+        trainable
+    }
+}
+
+/// Whether `layer` trains when fine-tuning from `unfreeze_from` (that layer and every later one;
+/// nothing when `None`). Pools have no parameters and so are never trainable.
+pub fn is_trainable(layer: Vgg16Layer, unfreeze_from: Option<Vgg16Layer>) -> bool {
+    layer.parameter_count() > 0 && unfreeze_from.is_some_and(|from| layer >= from)
 }
 
 #[cfg(test)]

@@ -1,18 +1,25 @@
 //! `vgg16-layers`: prints the VGG16 conv-base layer table (Keras name, torchvision index, output
-//! shape, parameters, frozen or trainable) for an input size, and checks it by running one forward
-//! pass on the chosen device.
+//! shape, parameters, frozen or trainable) for an input size, with the source, preprocessing and
+//! digest of a weights file when given one, and checks the table by running one forward pass on
+//! the chosen device.
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use models::{DeviceChoice, LayerKind, Vgg16Base, Vgg16Layer, output_shape};
+use models::{DeviceChoice, Vgg16Base, Vgg16Layer, is_trainable, load_weights, output_shape};
 use tch::{Kind, Tensor, nn};
 
 /// Show the layers of the VGG16 convolutional base (Keras `VGG16(include_top=False)`).
 ///
-/// Example: `vgg16-layers --input-size 150 --unfreeze-from block5_conv1`
+/// Example: `vgg16-layers --input-size 150 --unfreeze-from block5_conv1 --weights vgg16.safetensors`
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Args {
+    /// Our safetensors weights file: its source, preprocessing and sha256 are printed, and the
+    /// check forward pass runs with it (default: random weights).
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Input image size: one number for a square (150) or HEIGHTxWIDTH (150x200).
     #[arg(long, default_value = "150", value_parser = parse_size)]
     input_size: (i64, i64),
@@ -54,23 +61,39 @@ fn run(args: Args) -> Result<()> {
     output_shape(height, width, Vgg16Layer::LAST)
         .with_context(|| format!("input size {height}x{width}"))?;
 
-    println!("{:<14} {:<12} {:>16} {:>10}  {}", "layer", "torchvision", "output (H,W,C)", "params", "state");
+    let device = args.device.resolve()?;
+    let (_vs, base) = match &args.weights {
+        Some(path) => {
+            let w = load_weights(path, device).with_context(|| format!("loading weights {}", path.display()))?;
+            println!("weights: {}", path.display());
+            println!("source: {}", w.meta.source);
+            println!("source sha256: {}", w.meta.source_sha256.as_deref().unwrap_or("unknown"));
+            println!("preprocessing: {}", w.meta.preprocessing);
+            println!("sha256: {}", w.meta.digest);
+            println!();
+            (w.vs, w.base)
+        }
+        None => {
+            let vs = nn::VarStore::new(device);
+            let base = Vgg16Base::new(&vs.root());
+            (vs, base)
+        }
+    };
+
+    println!("{:<14} {:<12} {:>16} {:>10}  state", "layer", "torchvision", "output (H,W,C)", "params");
     let mut total = 0;
     let mut trainable = 0;
     for layer in Vgg16Layer::all() {
         let [c, h, w] = output_shape(height, width, layer)?;
-        let params = match layer.spec().kind {
-            LayerKind::Conv { in_channels, out_channels } => out_channels * in_channels * 9 + out_channels,
-            LayerKind::Pool => 0,
-        };
-        let is_trainable = args.unfreeze_from.is_some_and(|from| layer >= from);
-        let state = match (params, is_trainable) {
+        let params = layer.parameter_count();
+        let trains = is_trainable(layer, args.unfreeze_from);
+        let state = match (params, trains) {
             (0, _) => "-",
             (_, true) => "trainable",
             (_, false) => "frozen",
         };
         total += params;
-        trainable += if is_trainable { params } else { 0 };
+        trainable += if trains { params } else { 0 };
         println!(
             "{:<14} {:<12} {:>16} {:>10}  {state}",
             layer.keras_name(),
@@ -81,9 +104,6 @@ fn run(args: Args) -> Result<()> {
     }
     println!("total params: {total}; trainable: {trainable}; frozen: {}", total - trainable);
 
-    let device = args.device.resolve()?;
-    let vs = nn::VarStore::new(device);
-    let base = Vgg16Base::new(&vs.root());
     let xs = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
     let ys = tch::no_grad(|| base.forward(&xs))?;
     let [c, h, w] = output_shape(height, width, Vgg16Layer::LAST)?;

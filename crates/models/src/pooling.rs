@@ -1,0 +1,113 @@
+//! Global pooling after the layer cut, like Keras `VGG16(include_top=False, pooling=...)`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::{ModelError, Vgg16Layer, output_shape};
+
+/// What happens to the feature map at the cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Keep the whole map `[N, C, H, W]` (Keras `pooling=None`).
+    #[default]
+    None,
+    /// Global average over H and W: `[N, C]` (Keras `pooling='avg'`).
+    Avg,
+    /// Global maximum over H and W: `[N, C]` (Keras `pooling='max'`).
+    Max,
+}
+
+impl Pooling {
+    /// The name used in manifests and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Avg => "avg",
+            Self::Max => "max",
+        }
+    }
+
+    /// ys: `[N, C, H, W]` -> `[N, C, H, W]` (none) or `[N, C]` (avg, max), same kind and device.
+    pub fn apply(self, ys: &Tensor) -> Result<Tensor, ModelError> {
+        if ys.dim() != 4 {
+            return Err(ModelError::BadInputShape { shape: ys.size() });
+        }
+        Ok(match self {
+            Self::None => ys.shallow_clone(),
+            Self::Avg => ys.f_mean_dim(&[2i64, 3][..], false, None)?,
+            Self::Max => ys.f_amax(&[2i64, 3][..], false)?,
+        })
+    }
+}
+
+impl fmt::Display for Pooling {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Pooling {
+    type Err = ModelError;
+
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "avg" => Ok(Self::Avg),
+            "max" => Ok(Self::Max),
+            _ => Err(ModelError::UnknownPooling { given: s.to_owned() }),
+        }
+    }
+}
+
+/// Shape of one image's features at `layer` with `pooling` for an input of `height` x `width`:
+/// `[C, H, W]` or `[C]`.
+pub fn feature_shape(height: i64, width: i64, layer: Vgg16Layer, pooling: Pooling) -> Result<Vec<i64>, ModelError> {
+    let [c, h, w] = output_shape(height, width, layer)?;
+    Ok(match pooling {
+        Pooling::None => vec![c, h, w],
+        Pooling::Avg | Pooling::Max => vec![c],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn names_round_trip() {
+        for p in [Pooling::None, Pooling::Avg, Pooling::Max] {
+            assert_eq!(p.to_string().parse::<Pooling>().unwrap(), p);
+            assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
+        }
+        assert_eq!("average".parse::<Pooling>().unwrap_err().to_string(), r#"unknown pooling "average": expected none, avg or max"#);
+    }
+
+    fn check(pooling: Pooling, expect_shape: &[i64], expect: &[f32]) {
+        // two images, two channels, 2x3 maps: values 0..24
+        let ys = Tensor::arange(24, (Kind::Float, tch::Device::Cpu)).view([2, 2, 2, 3]);
+        let got = pooling.apply(&ys).unwrap();
+        assert_eq!(got.size(), expect_shape, "{pooling}");
+        assert_eq!(Vec::<f32>::try_from(got.flatten(0, -1)).unwrap(), expect, "{pooling}");
+    }
+
+    #[test]
+    fn global_pooling_over_height_and_width() {
+        check(Pooling::Avg, &[2, 2], &[2.5, 8.5, 14.5, 20.5]);
+        check(Pooling::Max, &[2, 2], &[5.0, 11.0, 17.0, 23.0]);
+        check(Pooling::None, &[2, 2, 2, 3], &(0..24).map(|v| v as f32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn shapes() {
+        let l = |s: &str| s.parse::<Vgg16Layer>().unwrap();
+        assert_eq!(feature_shape(150, 150, l("block5_pool"), Pooling::None).unwrap(), [512, 4, 4]);
+        assert_eq!(feature_shape(150, 150, l("block3_pool"), Pooling::Avg).unwrap(), [256]);
+        assert_eq!(feature_shape(48, 48, l("features.23"), Pooling::Max).unwrap(), [512]);
+        assert!(feature_shape(16, 16, l("block5_pool"), Pooling::Avg).is_err());
+    }
+}

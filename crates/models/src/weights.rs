@@ -1,0 +1,318 @@
+//! Our VGG16 weights file, the one format every stage reads: safetensors holding the 26 conv-base
+//! tensors (`features.N.weight` OIHW, `features.N.bias`, float32) and string metadata saying what
+//! they are (`architecture`, `preprocessing`, `source`, `source_sha256`, `source_format`,
+//! `format_version`). Loading checks every name, shape and value and exposes the file's sha256,
+//! which the feature cache keys on.
+//!
+//! The writer is ours rather than the `safetensors` crate's because that one takes metadata as a
+//! `HashMap` and so writes it in a different order each run; ours sorts names and keys, so the
+//! same weights always give the same bytes (and the same digest).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::{LayerKind, ModelError, Pooling, Preprocessing, VGG16_LAYERS, Vgg16Base, Vgg16Layer, preprocess};
+
+/// `architecture` metadata value of a VGG16 conv base (no classifier).
+pub const ARCHITECTURE: &str = "vgg16_conv_base";
+/// `format_version` metadata value this crate writes and reads.
+pub const FORMAT_VERSION: &str = "1";
+
+/// What a weights file says about itself, plus its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightsMeta {
+    pub path: PathBuf,
+    /// sha256 (hex) of the whole file: the identity of these weights in feature-cache keys.
+    pub digest: String,
+    pub architecture: String,
+    /// How input images must be preprocessed for these weights (overridable by the caller).
+    pub preprocessing: Preprocessing,
+    /// Free text: where the weights came from.
+    pub source: String,
+    /// sha256 of the file they were converted from, when known.
+    pub source_sha256: Option<String>,
+    /// `onnx`, `torch`, `tch` or `safetensors`, when known.
+    pub source_format: Option<String>,
+    pub format_version: String,
+}
+
+/// What an import records about its origin (the rest of the metadata is fixed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    pub preprocessing: Preprocessing,
+    pub source: String,
+    pub source_sha256: String,
+    pub source_format: String,
+}
+
+/// VGG16 weights ready to run: the variables, the module over them, and the file's metadata.
+#[derive(Debug)]
+pub struct LoadedWeights {
+    pub vs: nn::VarStore,
+    pub base: Vgg16Base,
+    pub meta: WeightsMeta,
+}
+
+impl LoadedWeights {
+    /// RGB batch (uint8 `[N, H, W, 3]` or float `[N, 3, H, W]` on 0-255) -> features at `layer`
+    /// with `pooling`, preprocessed as the file says. To override the preprocessing, call
+    /// [`preprocess`] and [`Vgg16Base::features`] yourself.
+    pub fn features(&self, batch: &Tensor, layer: Vgg16Layer, pooling: Pooling) -> Result<Tensor, ModelError> {
+        let xs = preprocess(batch, self.meta.preprocessing)?;
+        self.base.features(&xs, layer, pooling)
+    }
+}
+
+/// The 26 tensors of the conv base, in layer order: name and shape.
+pub fn expected_tensors() -> Vec<(String, Vec<i64>)> {
+    VGG16_LAYERS
+        .iter()
+        .filter_map(|spec| match spec.kind {
+            LayerKind::Conv { in_channels, out_channels } => Some([
+                (format!("features.{}.weight", spec.torch_index), vec![out_channels, in_channels, 3, 3]),
+                (format!("features.{}.bias", spec.torch_index), vec![out_channels]),
+            ]),
+            LayerKind::Pool => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Picks the conv-base tensors out of `tensors` (read from `path`) and checks them: every one
+/// present (exactly `features.N.weight`, or unambiguously ending in `.features.N.weight`, as
+/// with a `module.` prefix), with its shape, all values finite. Returns them in layer order as
+/// contiguous float32 on the CPU. Tensors that are not part of the conv base (a classifier, a
+/// dense head) are listed at debug level and dropped.
+pub fn check_conv_base(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ModelError> {
+    let mut out = Vec::new();
+    let mut used = vec![false; tensors.len()];
+    for (name, expected) in expected_tensors() {
+        let suffix = format!(".{name}");
+        let exact = tensors.iter().position(|(n, _)| *n == name);
+        let candidates: Vec<usize> = match exact {
+            Some(i) => vec![i],
+            None => (0..tensors.len()).filter(|&i| tensors[i].0.ends_with(&suffix)).collect(),
+        };
+        let index = match candidates[..] {
+            [i] => i,
+            [] => return Err(ModelError::MissingTensor { path: path.to_owned(), name, expected }),
+            _ => {
+                let candidates = candidates.iter().map(|&i| tensors[i].0.clone()).collect();
+                return Err(ModelError::AmbiguousTensor { path: path.to_owned(), name, candidates });
+            }
+        };
+        used[index] = true;
+        let (found_as, tensor) = &tensors[index];
+        if tensor.size() != expected {
+            return Err(ModelError::TensorShape { path: path.to_owned(), name: found_as.clone(), expected, actual: tensor.size() });
+        }
+        let t = tensor.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
+        check_finite(path, found_as, &t)?;
+        out.push((name, t));
+    }
+    let extras: Vec<&str> = tensors.iter().zip(&used).filter(|(_, u)| !**u).map(|((n, _), _)| n.as_str()).collect();
+    if !extras.is_empty() {
+        tracing::debug!(path = %path.display(), count = extras.len(), ?extras, "tensors outside the VGG16 conv base, ignored");
+    }
+    Ok(out)
+}
+
+fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<(), ModelError> {
+    let finite = t.f_isfinite()?;
+    if bool::try_from(finite.f_all()?)? {
+        return Ok(());
+    }
+    let bad = t.f_masked_select(&finite.f_logical_not()?)?;
+    let value = f32::try_from(bad.f_get(0)?)?;
+    Err(ModelError::NonFinite { path: path.to_owned(), name: name.to_owned(), value })
+}
+
+/// sha256 (hex) of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// sha256 (hex) of the file at `path`.
+pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
+    let mut file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes checked conv-base tensors (from [`check_conv_base`]) and their provenance to `path`
+/// atomically (temp file in the same folder, fsync, rename). Returns the new file's metadata.
+pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], provenance: &Provenance) -> Result<WeightsMeta, ModelError> {
+    let checked = check_conv_base(path, tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())?;
+    let metadata = BTreeMap::from([
+        ("architecture", ARCHITECTURE.to_owned()),
+        ("format_version", FORMAT_VERSION.to_owned()),
+        ("preprocessing", provenance.preprocessing.name().to_owned()),
+        ("source", provenance.source.clone()),
+        ("source_format", provenance.source_format.clone()),
+        ("source_sha256", provenance.source_sha256.clone()),
+    ]);
+    let bytes = serialize(&checked, &metadata)?;
+    write_atomic(path, &bytes)?;
+    Ok(WeightsMeta {
+        path: path.to_owned(),
+        digest: sha256_hex(&bytes),
+        architecture: ARCHITECTURE.to_owned(),
+        preprocessing: provenance.preprocessing,
+        source: provenance.source.clone(),
+        source_sha256: Some(provenance.source_sha256.clone()),
+        source_format: Some(provenance.source_format.clone()),
+        format_version: FORMAT_VERSION.to_owned(),
+    })
+}
+
+/// safetensors bytes: 8-byte little-endian header length, JSON header (sorted keys, padded with
+/// spaces to a multiple of 8 so the data is aligned), then the tensors in name order.
+fn serialize(tensors: &[(String, Tensor)], metadata: &BTreeMap<&str, String>) -> Result<Vec<u8>, ModelError> {
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialise"));
+    let mut data = Vec::new();
+    for (name, t) in sorted {
+        let values = Vec::<f32>::try_from(t.f_flatten(0, -1)?)?;
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": t.size(), "data_offsets": [start, data.len()]}));
+    }
+    // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
+    let mut json = serde_json::to_vec(&header).expect("header serialises");
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&data);
+    Ok(out)
+}
+
+/// Writes `bytes` to a temp file beside `path`, fsyncs it, renames it over `path`, and fsyncs the
+/// folder, so readers see the old file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+    let io = |source| ModelError::Io { path: path.to_owned(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| io(std::io::Error::other("not a file path")))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // A folder fsync makes the rename durable; not every platform allows opening a folder.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Reads and checks our weights file: metadata (architecture, preprocessing, format version),
+/// then every tensor. Returns the checked tensors (CPU float32, layer order) and the metadata.
+pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta), ModelError> {
+    let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
+    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let get = |key: &str| metadata.get(key).cloned();
+    let hint = "import it with `vgg16-weights import` to record what it is";
+    let architecture = get("architecture").ok_or_else(|| err(format!("no architecture in the metadata: not one of our weights files ({hint})")))?;
+    if architecture != ARCHITECTURE {
+        return Err(err(format!("architecture is {architecture:?}, expected {ARCHITECTURE:?}")));
+    }
+    let format_version = get("format_version").unwrap_or_default();
+    if format_version != FORMAT_VERSION {
+        return Err(err(format!("format_version is {format_version:?}, this build reads {FORMAT_VERSION:?}")));
+    }
+    let preprocessing = get("preprocessing").ok_or_else(|| err(format!("no preprocessing in the metadata ({hint})")))?;
+    let preprocessing = preprocessing.parse().map_err(|e: ModelError| err(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let mut tensors = Vec::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(err(format!("tensor {name} is {:?}, expected F32", view.dtype())));
+        }
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.push((name, Tensor::f_from_data_size(view.data(), &shape, Kind::Float)?));
+    }
+    let tensors = check_conv_base(path, tensors)?;
+    let meta = WeightsMeta {
+        path: path.to_owned(),
+        digest: sha256_hex(&bytes),
+        architecture,
+        preprocessing,
+        source: get("source").unwrap_or_default(),
+        source_sha256: get("source_sha256"),
+        source_format: get("source_format"),
+        format_version,
+    };
+    Ok((tensors, meta))
+}
+
+/// Loads our weights file onto `device`: the conv base with its variables filled, and the
+/// metadata (including the digest).
+pub fn load_weights(path: &Path, device: Device) -> Result<LoadedWeights, ModelError> {
+    let (tensors, meta) = read_weights(path)?;
+    let vs = nn::VarStore::new(device);
+    let base = Vgg16Base::new(&vs.root());
+    copy_into(&vs, &tensors, path)?;
+    tracing::info!(path = %path.display(), digest = %meta.digest, preprocessing = %meta.preprocessing, source = %meta.source, ?device, "loaded VGG16 weights");
+    Ok(LoadedWeights { vs, base, meta })
+}
+
+/// Copies checked tensors into the variables of `vs` with the same names (every variable must
+/// be there with its shape).
+pub fn copy_into(vs: &nn::VarStore, tensors: &[(String, Tensor)], path: &Path) -> Result<(), ModelError> {
+    let variables = vs.variables();
+    for (name, var) in &variables {
+        let (_, src) = tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| ModelError::MissingTensor { path: path.to_owned(), name: name.clone(), expected: var.size() })?;
+        if src.size() != var.size() {
+            return Err(ModelError::TensorShape { path: path.to_owned(), name: name.clone(), expected: var.size(), actual: src.size() });
+        }
+        tch::no_grad(|| var.shallow_clone().f_copy_(src))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_tensors_cover_the_base() {
+        let all = expected_tensors();
+        assert_eq!(all.len(), 26);
+        assert_eq!(all[0], ("features.0.weight".to_owned(), vec![64, 3, 3, 3]));
+        assert_eq!(all[25], ("features.28.bias".to_owned(), vec![512]));
+        let params: i64 = all.iter().map(|(_, s)| s.iter().product::<i64>()).sum();
+        assert_eq!(params, 14_714_688);
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.bin");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["w.bin"]);
+        let err = write_atomic(&dir.path().join("missing/w.bin"), b"x").unwrap_err().to_string();
+        assert!(err.contains("missing/w.bin"), "{err}");
+    }
+}
