@@ -1,0 +1,430 @@
+//! What the training loop eats: decoded splits held in memory, the seeded plan of every step
+//! (which samples, which augmentation, which cached pass), training batches built from images
+//! (augmented on the fly, run through the frozen trunk) or from the trunk cache, and the trunk's
+//! output for the validation and test splits, computed once.
+//!
+//! Every random choice is a pure function of `(seed, epoch, step)`: the batch order comes from
+//! `training::fit::epoch_permutation`, the augmentation from `AugmentConfig::sample`, the cached
+//! pass from [`mix`]. A resumed run therefore needs only `(epoch, step)` to continue exactly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use augment::AugmentConfig;
+use dataset::{BatchOptions, ClassMode, DecodeOptions, ScanOptions, Size, SplitIndex};
+use feature_cache::{Cache, EntryRef, ExtractionRecord, LoadedEntry};
+use rayon::prelude::*;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::net::Net;
+
+/// SplitMix64 over the words: a cheap, well-mixed, platform-independent hash for seeds.
+pub fn mix(words: &[u64]) -> u64 {
+    let mut h = 0x243f_6a88_85a3_08d3u64;
+    for &w in words {
+        h ^= w;
+        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h = z ^ (z >> 31);
+    }
+    h
+}
+
+/// The libtorch seed of a training step (dropout masks): reseeded before every step, so the
+/// global generator's state never has to be saved.
+pub fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
+    (mix(&[seed, 0x64726f70, epoch as u64, step as u64]) >> 1) as i64
+}
+
+/// One sample of a batch: which image, its appearance number in the epoch (an epoch longer than
+/// the split goes round it again in a new order), and the cached pass to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub index: usize,
+    pub round: usize,
+    pub pass: u32,
+}
+
+/// Which samples every step of one epoch sees: position `p` of the epoch is sample
+/// `perm(epoch, p / n)[p % n]`; batches are consecutive positions, always full.
+pub struct EpochPlan {
+    n: usize,
+    batch: usize,
+    seed: u64,
+    epoch: usize,
+    passes: u32,
+    rounds: Vec<Option<Vec<usize>>>,
+}
+
+impl EpochPlan {
+    /// `passes`: augmented passes to choose from (1 when not reading the trunk cache).
+    pub fn new(n: usize, batch: usize, seed: u64, epoch: usize, passes: u32) -> Self {
+        Self { n, batch, seed, epoch, passes: passes.max(1), rounds: Vec::new() }
+    }
+
+    pub fn batch(&mut self, step: usize) -> Vec<Sample> {
+        (step * self.batch..(step + 1) * self.batch)
+            .map(|p| {
+                let (round, at) = (p / self.n, p % self.n);
+                let index = self.order(round)[at];
+                let pass = (mix(&[self.seed, 0x70617373, self.epoch as u64, round as u64, index as u64]) % self.passes as u64) as u32;
+                Sample { index, round, pass }
+            })
+            .collect()
+    }
+
+    fn order(&mut self, round: usize) -> &[usize] {
+        if self.rounds.len() <= round {
+            self.rounds.resize(round + 1, None);
+        }
+        let (n, seed, stream) = (self.n, self.seed, ((self.epoch as u64) << 20) | round as u64);
+        self.rounds[round].get_or_insert_with(|| training::fit::epoch_permutation(n, seed, stream))
+    }
+}
+
+/// A split decoded to RGB8 at the input size, in file order.
+pub struct Images {
+    pub index: SplitIndex,
+    /// `[N, H, W, 3]`.
+    pub pixels: Vec<u8>,
+    pub labels: Vec<i64>,
+    pub size: usize,
+}
+
+impl Images {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    fn image(&self, i: usize) -> &[u8] {
+        let len = self.size * self.size * 3;
+        &self.pixels[i * len..(i + 1) * len]
+    }
+}
+
+/// Scans `<root>/<split>` like Keras `flow_from_directory` (sparse labels).
+pub fn scan(root: &Path, split: &str) -> Result<SplitIndex> {
+    dataset::scan(root, split, &ScanOptions { class_mode: ClassMode::Sparse, ..Default::default() })
+        .with_context(|| format!("scanning split {split} of {}", root.display()))
+}
+
+/// Decodes every image of `index`, resized (nearest, Keras' default) to `size` x `size`.
+pub fn decode(index: SplitIndex, size: usize) -> Result<Images> {
+    let decode = DecodeOptions { target_size: Some(Size::square(size as u32)), ..Default::default() };
+    let options = BatchOptions { batch_size: 64, shuffle: None, ..Default::default() };
+    let image_len = size * size * 3;
+    let mut pixels = vec![0u8; index.len() * image_len];
+    let mut labels = vec![0i64; index.len()];
+    for batch in dataset::batches(&index, &decode, &options, 0)? {
+        let batch = batch?;
+        for (row, &i) in batch.indices.iter().enumerate() {
+            pixels[i * image_len..(i + 1) * image_len].copy_from_slice(batch.image(row));
+            labels[i] = batch.classes[row] as i64;
+        }
+    }
+    Ok(Images { index, pixels, labels, size })
+}
+
+/// Copies a host tensor to `device`; for CUDA through pinned memory without blocking, so the
+/// copy overlaps with the work already queued.
+pub fn upload(t: Tensor, device: Device) -> Result<Tensor> {
+    Ok(match device {
+        Device::Cpu => t,
+        _ => t.f_pin_memory(device)?.f_to_device_(device, t.kind(), true, false)?,
+    })
+}
+
+/// The trunk's output for a whole split (validation, test): `[N, C, H, W]` and labels `[N]`.
+pub struct TrunkSet {
+    pub xs: Tensor,
+    pub labels: Tensor,
+    pub truth: Vec<i64>,
+    /// Where the features came from: `images` or `cache <key>`.
+    pub source: String,
+}
+
+/// Runs `images` through the frozen trunk once, in batches.
+pub fn trunk_of_images(net: &Net, images: &Images, batch: usize) -> Result<TrunkSet> {
+    let mut parts = Vec::new();
+    let s = images.size as i64;
+    for start in (0..images.len()).step_by(batch) {
+        let end = (start + batch).min(images.len());
+        let len = images.size * images.size * 3;
+        let host = Tensor::from_slice(&images.pixels[start * len..end * len]).f_view([(end - start) as i64, s, s, 3])?;
+        parts.push(net.trunk(&upload(host, net.device())?)?);
+    }
+    if parts.is_empty() {
+        bail!("split {} has no images", images.index.dir.display());
+    }
+    Ok(TrunkSet {
+        xs: Tensor::f_cat(&parts, 0)?,
+        labels: upload(Tensor::from_slice(&images.labels), net.device())?,
+        truth: images.labels.clone(),
+        source: "images".into(),
+    })
+}
+
+/// Where training batches come from.
+pub enum TrainSource {
+    /// Decoded images, augmented per (seed, epoch, appearance) and run through the trunk.
+    Images { images: Images, augment: Option<AugmentConfig> },
+    /// The trunk's output for K augmented passes, `[K * N, H, W, C]` (row `p * N + i` is image `i`
+    /// in pass `p`), from extract-features.
+    Cached { passes: Tensor, n: usize, k: u32, labels: Vec<i64> },
+}
+
+impl TrainSource {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Images { images, .. } => images.len(),
+            Self::Cached { n, .. } => *n,
+        }
+    }
+
+    pub fn passes(&self) -> u32 {
+        match self {
+            Self::Images { .. } => 1,
+            Self::Cached { k, .. } => *k,
+        }
+    }
+
+    /// The trunk's output for `samples` `[B, C, H, W]` and their labels `[B]`, on the device.
+    pub fn batch(&self, net: &Net, samples: &[Sample], seed: u64, epoch: usize) -> Result<(Tensor, Tensor)> {
+        let labels = |all: &[i64]| -> Result<Tensor> {
+            let ys: Vec<i64> = samples.iter().map(|s| all[s.index]).collect();
+            upload(Tensor::from_slice(&ys), net.device())
+        };
+        match self {
+            Self::Images { images, augment } => {
+                let (size, n) = (images.size, images.len());
+                let len = size * size * 3;
+                let mut buf = vec![0u8; samples.len() * len];
+                buf.par_chunks_mut(len).zip(samples.par_iter()).try_for_each(|(dst, s)| match augment {
+                    Some(config) => {
+                        let appearance = (s.round * n + s.index) as u64;
+                        config.sample(seed, epoch as u64, appearance).apply_u8(images.image(s.index), size, size, 3, dst)
+                    }
+                    None => {
+                        dst.copy_from_slice(images.image(s.index));
+                        Ok(())
+                    }
+                })?;
+                let host = Tensor::from_slice(&buf).f_view([samples.len() as i64, size as i64, size as i64, 3])?;
+                Ok((net.trunk(&upload(host, net.device())?)?, labels(&images.labels)?))
+            }
+            Self::Cached { passes, n, labels: all, .. } => {
+                let rows: Vec<i64> = samples.iter().map(|s| s.pass as i64 * *n as i64 + s.index as i64).collect();
+                let rows = upload(Tensor::from_slice(&rows), passes.device())?;
+                let xs = passes.f_index_select(0, &rows)?.f_permute([0, 3, 1, 2])?;
+                Ok((xs, labels(all)?))
+            }
+        }
+    }
+}
+
+/// What a trunk cache must have been extracted with to stand in for the trunk.
+pub struct TrunkExpect<'a> {
+    pub layer: &'a str,
+    pub weights_sha256: &'a str,
+    pub input_size: u32,
+    pub preprocessing: &'a str,
+    pub classes: &'a [String],
+    /// `[H, W, C]` of one row.
+    pub row_shape: [u64; 3],
+}
+
+/// What was read from `--trunk-cache`, for config.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrunkCacheInfo {
+    pub features_json: PathBuf,
+    pub train_keys: Vec<String>,
+    pub validation_key: Option<String>,
+    pub test_key: Option<String>,
+    /// sha256 of features.json: it names the keys, and the keys every setting of the extraction.
+    pub features_json_sha256: String,
+}
+
+/// `--trunk-cache`: the record, the opened cache and the checked entry references.
+pub struct TrunkCache {
+    pub info: TrunkCacheInfo,
+    record: ExtractionRecord,
+    cache: Cache,
+    path: PathBuf,
+}
+
+impl TrunkCache {
+    /// Reads `features.json` and checks that it describes the trunk (layer, weights, size,
+    /// preprocessing, classes, no pooling) before anything heavy is loaded.
+    pub fn open(path: &Path, cache_dir: Option<&Path>, expect: &TrunkExpect<'_>) -> Result<Self> {
+        let record: ExtractionRecord = run_folder::read_json(path)?;
+        let fail = |why: String| anyhow::anyhow!("trunk cache {}: {why}", path.display());
+        if record.layer != expect.layer {
+            return Err(fail(format!(
+                "holds {} features, but the frozen part ends at {}: extract with --layer {}",
+                record.layer, expect.layer, expect.layer
+            )));
+        }
+        if record.weights_sha256 != expect.weights_sha256 {
+            return Err(fail(format!("extracted with weights {}, not --weights ({})", record.weights_sha256, expect.weights_sha256)));
+        }
+        if record.classes != expect.classes {
+            return Err(fail(format!("classes {:?}, the dataset has {:?}", record.classes, expect.classes)));
+        }
+        if record.feature_shape != expect.row_shape {
+            return Err(fail(format!(
+                "rows of shape {:?}, the trunk at {}x{} gives {:?} (input size or pooling differs)",
+                record.feature_shape, expect.input_size, expect.input_size, expect.row_shape
+            )));
+        }
+        let train = record.passes("train");
+        if train.is_empty() {
+            return Err(fail("no augmented passes of the training split: run extract-features with --augment-passes K".into()));
+        }
+        let dir = cache_dir.map(Path::to_owned).unwrap_or_else(|| record.cache_dir.clone());
+        let cache = Cache::open(&dir).with_context(|| format!("opening the feature cache {}", dir.display()))?;
+        let info = TrunkCacheInfo {
+            features_json: path.to_owned(),
+            train_keys: train.iter().map(|e| e.key.clone()).collect(),
+            validation_key: record.plain("validation").map(|e| e.key.clone()),
+            test_key: record.plain("test").map(|e| e.key.clone()),
+            features_json_sha256: run_folder::file_sha256(path)?.sha256,
+        };
+        Ok(Self { info, record, cache, path: path.to_owned() })
+    }
+
+    /// Loads and verifies an entry, then checks its manifest against `expect` and, when given,
+    /// its file list against the scanned split.
+    fn load(&self, entry: &EntryRef, expect: &TrunkExpect<'_>, split: Option<&SplitIndex>) -> Result<LoadedEntry> {
+        let loaded = ExtractionRecord::load(&self.cache, entry, &self.path)?;
+        let c = &loaded.manifest.components;
+        let fail = |why: String| anyhow::anyhow!("trunk cache {}: entry {} ({}): {why}", self.path.display(), entry.key, entry.split);
+        let checks = [
+            ("layer", c.layer.as_str(), expect.layer.to_owned()),
+            ("pooling", c.pooling.as_str(), "none".to_owned()),
+            ("preprocessing", c.preprocessing.as_str(), expect.preprocessing.to_owned()),
+            ("resize", c.resize.as_str(), "nearest".to_owned()),
+            ("weights", c.weights_sha256.as_str(), expect.weights_sha256.to_owned()),
+        ];
+        for (what, found, wanted) in checks {
+            if found != wanted {
+                return Err(fail(format!("{what} is {found}, fine-tune needs {wanted}")));
+            }
+        }
+        if c.input_size != [expect.input_size; 2] {
+            return Err(fail(format!("input size {:?}, --input-size is {}", c.input_size, expect.input_size)));
+        }
+        if c.precision != "f32" {
+            tracing::warn!(key = %entry.key, precision = %c.precision, "trunk cache entry not extracted in f32: the top sees rounded features");
+        }
+        if !loaded.manifest.skipped.is_empty() {
+            return Err(fail(format!("{} images were skipped at extraction: rows no longer match files", loaded.manifest.skipped.len())));
+        }
+        if let Some(index) = split {
+            let files: Vec<(String, u32)> = index
+                .files
+                .iter()
+                .map(|f| (f.path.strip_prefix(&index.dir).unwrap_or(&f.path).to_string_lossy().replace('\\', "/"), f.class as u32))
+                .collect();
+            let cached: Vec<(String, u32)> = c.dataset.files.iter().map(|f| (f.path.clone(), f.label)).collect();
+            if files != cached {
+                return Err(fail(format!(
+                    "extracted from another file list ({} files) than {} holds now ({} files): extract again",
+                    cached.len(),
+                    index.dir.display(),
+                    files.len()
+                )));
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The training passes stacked on `device`, checked against the scanned training split.
+    pub fn train(&self, expect: &TrunkExpect<'_>, split: &SplitIndex, device: Device) -> Result<TrainSource> {
+        let refs = self.record.passes("train");
+        let mut parts = Vec::new();
+        let mut labels: Option<Vec<i32>> = None;
+        for entry in &refs {
+            let loaded = self.load(entry, expect, Some(split))?;
+            match &labels {
+                Some(l) if *l != loaded.labels => bail!("trunk cache {}: the training passes disagree on labels", self.path.display()),
+                Some(_) => {}
+                None => labels = Some(loaded.labels.clone()),
+            }
+            // One pass at a time becomes a tensor, so the f32 vectors are not all alive at once.
+            parts.push(upload(to_tensor(&loaded)?, device)?);
+        }
+        let n = split.len();
+        let labels: Vec<i64> = labels.unwrap_or_default().iter().map(|&l| l as i64).collect();
+        tracing::info!(passes = refs.len(), images = n, "training trunk features loaded from the cache");
+        Ok(TrainSource::Cached { passes: Tensor::f_cat(&parts, 0)?, n, k: refs.len() as u32, labels })
+    }
+
+    /// The plain entry of `split` as a [`TrunkSet`], if the record has one.
+    pub fn eval_set(&self, split_name: &str, expect: &TrunkExpect<'_>, split: &SplitIndex, device: Device) -> Result<Option<TrunkSet>> {
+        let Some(entry) = self.record.plain(split_name) else {
+            return Ok(None);
+        };
+        let loaded = self.load(entry, expect, Some(split))?;
+        let truth: Vec<i64> = loaded.labels.iter().map(|&l| l as i64).collect();
+        Ok(Some(TrunkSet {
+            xs: upload(to_tensor(&loaded)?, device)?.f_permute([0, 3, 1, 2])?,
+            labels: upload(Tensor::from_slice(&truth), device)?,
+            truth,
+            source: format!("cache {}", entry.key),
+        }))
+    }
+}
+
+/// An entry's features as `[N, H, W, C]` float32 on the CPU.
+fn to_tensor(entry: &LoadedEntry) -> Result<Tensor> {
+    let shape: Vec<i64> = entry.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::from_slice(&entry.features).f_reshape(&shape)?.f_to_kind(Kind::Float)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_visits_every_sample_once_per_round_in_a_seeded_order() {
+        let (n, batch) = (7, 3);
+        let mut plan = EpochPlan::new(n, batch, 5, 2, 4);
+        // 5 steps of 3 = 15 positions: two full rounds and one sample of a third.
+        let samples: Vec<Sample> = (0..5).flat_map(|s| plan.batch(s)).collect();
+        for round in 0..2 {
+            let mut seen: Vec<usize> = samples.iter().filter(|s| s.round == round).map(|s| s.index).collect();
+            seen.sort();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "round {round}");
+        }
+        assert_eq!(samples.iter().filter(|s| s.round == 2).count(), 1);
+        assert!(samples.iter().all(|s| s.pass < 4));
+        assert!(samples.iter().any(|s| s.pass != samples[0].pass), "passes vary");
+        // Any step can be computed alone (resume), and the order depends on seed and epoch.
+        assert_eq!(EpochPlan::new(n, batch, 5, 2, 4).batch(3), samples[9..12]);
+        assert_ne!(EpochPlan::new(n, batch, 5, 3, 4).batch(0), samples[0..3]);
+        assert_ne!(EpochPlan::new(n, batch, 6, 2, 4).batch(0), samples[0..3]);
+        assert!(EpochPlan::new(n, batch, 5, 2, 1).batch(4).iter().all(|s| s.pass == 0));
+    }
+
+    #[test]
+    fn step_seeds_differ_by_seed_epoch_and_step() {
+        let mut seeds: Vec<i64> = Vec::new();
+        for seed in 0..3 {
+            for epoch in 0..4 {
+                for step in 0..5 {
+                    let s = step_seed(seed, epoch, step);
+                    assert!(s >= 0);
+                    seeds.push(s);
+                }
+            }
+        }
+        let count = seeds.len();
+        seeds.sort();
+        seeds.dedup();
+        assert_eq!(seeds.len(), count);
+        assert_eq!(step_seed(1, 2, 3), step_seed(1, 2, 3));
+    }
+}

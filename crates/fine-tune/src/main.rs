@@ -1,0 +1,545 @@
+//! `fine-tune`: the fine-tuning stage (Chollet 5.3, "fine-tuning"). VGG16 conv base + Flatten +
+//! Dense(256, relu) (+ Dropout) + Dense(1, sigmoid) or Dense(N, softmax); first the head trains
+//! with the base frozen (or comes from `train-head`), then the base from `--unfreeze-from` up
+//! trains with it at a small learning rate, on images augmented on the fly or, in cached-trunk
+//! mode, on the frozen layers' output for K augmented passes read from the feature cache.
+//!
+//! Checkpoints after every epoch make `--resume` continue a killed run exactly; the outputs are
+//! those of `train-head` (weights, history, plots, confusion matrices, metrics, stage.json).
+
+mod data;
+mod net;
+mod train;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use augment::{AugmentConfig, AugmentSpec};
+use clap::{Parser, ValueEnum};
+use models::{DeviceChoice, Preprocessing, Vgg16Layer};
+use serde::Serialize;
+use training::checkpoint::CheckpointDir;
+use training::plot::{Metric, plot_confusion, plot_history};
+use training::{ConfusionMatrix, HeadSpec, OptimizerSpec, tensors_io};
+
+use crate::data::{TrainSource, TrunkCache, TrunkExpect, TrunkSet};
+use crate::net::{Net, head_input_width, trunk_layer};
+use crate::train::{Loop, Optimizers, Outcome, TrainState};
+
+/// Fine-tune the top of VGG16 together with the dense head (the seed's last experiment).
+/// Defaults are the seed's: 150x150, 30 epochs of head training with the base frozen (RMSprop
+/// lr 2e-5), then 100 epochs from block5_conv1 up with RMSprop lr 1e-5, 100 steps of 20
+/// augmented images per epoch (rotation 40, shifts 0.2, shear 0.2, zoom 0.2, horizontal flip).
+///
+/// Example: `fine-tune --data data/fashion-mnist-small --weights vgg16.safetensors --out
+/// runs/demo/fine-tune`
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Dataset root with train/, validation/ and (optionally) test/, one folder per class.
+    #[arg(long)]
+    data: PathBuf,
+    /// VGG16 conv-base weights (our safetensors, from `cargo xtask weights` or an import).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Stage folder for weights, checkpoints, history, plots and metrics.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images are resized to SIZE x SIZE (at least 32).
+    #[arg(long, default_value_t = 150)]
+    input_size: u32,
+    /// First layer that trains (Keras `block5_conv1` or torchvision `features.24`); every
+    /// layer below it stays frozen.
+    #[arg(long, default_value = "block5_conv1")]
+    unfreeze_from: Vgg16Layer,
+    /// Start from a head trained by `train-head` (its head.safetensors) instead of training one
+    /// with the base frozen; the default number of head epochs then becomes 0.
+    #[arg(long)]
+    head: Option<PathBuf>,
+    /// Epochs of head training with the whole base frozen [default: 30, or 0 with --head].
+    #[arg(long)]
+    head_epochs: Option<usize>,
+    /// Learning rate of the head-training epochs.
+    #[arg(long, default_value_t = 2e-5)]
+    head_phase_lr: f64,
+    /// Fine-tuning epochs (top of the base and head together).
+    #[arg(long, default_value_t = 100)]
+    epochs: usize,
+    /// Fine-tuning learning rate (RMSprop).
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f64,
+    /// Fine-tuning learning rate of the unfrozen base layers [default: --lr].
+    #[arg(long)]
+    base_lr: Option<f64>,
+    /// Fine-tuning learning rate of the head [default: --lr].
+    #[arg(long)]
+    head_lr: Option<f64>,
+    #[arg(long, value_enum, default_value_t = OptimizerChoice::Rmsprop)]
+    optimizer: OptimizerChoice,
+    /// Batches per epoch (Keras `steps_per_epoch`); an epoch longer than the training split
+    /// goes round it again in a new order.
+    #[arg(long, default_value_t = 100)]
+    steps_per_epoch: usize,
+    #[arg(long, default_value_t = 20)]
+    batch_size: usize,
+    /// Hidden units of the head (taken from --head when given).
+    #[arg(long)]
+    hidden: Option<i64>,
+    /// Dropout after the hidden layer [default: 0, the seed's fine-tuning model; with --head,
+    /// the head's own].
+    #[arg(long)]
+    dropout: Option<f64>,
+    /// Augmentation settings as JSON (Keras ImageDataGenerator argument names) [default: the
+    /// seed's generator].
+    #[arg(long, conflicts_with = "no_augment")]
+    augment_spec: Option<PathBuf>,
+    /// Train on the images as they are.
+    #[arg(long)]
+    no_augment: bool,
+    /// Override the preprocessing recorded with the weights.
+    #[arg(long, value_enum)]
+    preprocessing: Option<Preprocessing>,
+    /// Cached-trunk mode: the `features.json` of an extract-features run with `--layer` set to
+    /// the last frozen layer (block4_pool for block5_conv1) and `--augment-passes K`. Each epoch
+    /// draws one of the K passes per image and only the unfrozen top runs. The augmentation is
+    /// the extraction's; --augment-spec does not apply.
+    #[arg(long, conflicts_with_all = ["augment_spec", "no_augment"])]
+    trunk_cache: Option<PathBuf>,
+    /// Read the trunk cache's entries from this folder instead of the one its record names.
+    #[arg(long, requires = "trunk_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Continue the run whose checkpoint is in --out (same settings); starts afresh when there
+    /// is none.
+    #[arg(long)]
+    resume: bool,
+    /// Also checkpoint every N steps inside an epoch (0: at the end of each epoch only).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Draw smoothed curves too (Chollet's exponential moving average with this factor; 0: no).
+    #[arg(long, default_value_t = 0.8)]
+    smoothing: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// libtorch CPU threads [default: libtorch's choice]; results are bit-reproducible for a
+    /// given thread count.
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Test hook: exit like a crash (status 3) after N steps, right after saving a checkpoint.
+    #[arg(long, hide = true)]
+    stop_after_steps: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum OptimizerChoice {
+    Rmsprop,
+    Adam,
+}
+
+impl OptimizerChoice {
+    fn spec(self, lr: f64) -> OptimizerSpec {
+        match self {
+            Self::Rmsprop => OptimizerSpec::rmsprop(lr),
+            Self::Adam => OptimizerSpec::adam(lr),
+        }
+    }
+}
+
+/// Everything that determines the result, written to config.json before training starts; a
+/// checkpoint resumes only a run with the same digest.
+#[derive(Debug, Serialize)]
+struct StageConfig {
+    data: PathBuf,
+    weights: PathBuf,
+    weights_sha256: String,
+    preprocessing: Preprocessing,
+    input_size: u32,
+    unfreeze_from: String,
+    trunk_until: Option<String>,
+    head_init: Option<HeadInit>,
+    head_spec: HeadSpec,
+    head_epochs: usize,
+    epochs: usize,
+    optimizers: Optimizers,
+    steps_per_epoch: usize,
+    batch_size: usize,
+    mode: &'static str,
+    augmentation: Option<serde_json::Value>,
+    trunk_cache: Option<data::TrunkCacheInfo>,
+    seed: u64,
+    device: String,
+    threads: i32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct HeadInit {
+    path: PathBuf,
+    sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+struct SplitMetrics {
+    loss: f64,
+    acc: f64,
+    source: String,
+    per_class: Vec<training::ClassReport>,
+}
+
+const MODEL_FILE: &str = "model.safetensors";
+const BEST_FILE: &str = "best.safetensors";
+const CHECKPOINTS: &str = "checkpoints";
+/// Exit status of `--stop-after-steps`, distinct from errors (1).
+const STOPPED: u8 = 3;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(STOPPED),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The head to start from: its spec and tensors, checked against the network.
+fn read_head(path: &Path, input_width: i64, classes: usize) -> Result<(HeadSpec, Vec<(String, tch::Tensor)>, String)> {
+    let loaded = tensors_io::load(path)?;
+    let spec: HeadSpec = serde_json::from_str(loaded.metadata.get("head").with_context(|| format!("{}: no `head` in the metadata: not a train-head output", path.display()))?)
+        .with_context(|| format!("{}: unreadable `head` metadata", path.display()))?;
+    if spec.input_width != input_width {
+        bail!(
+            "{}: the head takes {} inputs, but block5_pool at this input size gives {input_width}: train the head on block5_pool features at the same --input-size",
+            path.display(),
+            spec.input_width
+        );
+    }
+    if let Some(layer) = loaded.metadata.get("layer").filter(|l| l.as_str() != Vgg16Layer::LAST.keras_name()) {
+        bail!("{}: the head was trained on {layer} features, fine-tuning needs a head on block5_pool", path.display());
+    }
+    if spec.classes != classes {
+        bail!("{}: the head predicts {} classes, the dataset has {classes}", path.display(), spec.classes);
+    }
+    Ok((spec, loaded.tensors, loaded.sha256))
+}
+
+fn run(args: Args) -> Result<bool> {
+    let started = Instant::now();
+    if args.batch_size == 0 || args.steps_per_epoch == 0 {
+        bail!("--batch-size and --steps-per-epoch must be at least 1");
+    }
+    if let Some(d) = args.dropout.filter(|d| !(0.0..1.0).contains(d)) {
+        bail!("--dropout must be in [0, 1), got {d}");
+    }
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
+    }
+    let device = args.device.resolve()?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let size = args.input_size as i64;
+    let input_width = head_input_width(size).with_context(|| format!("--input-size {}", args.input_size))?;
+    let trunk_until = trunk_layer(args.unfreeze_from);
+
+    let train_index = data::scan(&args.data, "train")?;
+    let classes = train_index.classes.clone();
+    let weights = models::load_weights(&args.weights, device).with_context(|| format!("loading VGG16 weights {}", args.weights.display()))?;
+    let weights_sha256 = weights.meta.digest.clone();
+    let preprocessing = args.preprocessing.unwrap_or(weights.meta.preprocessing);
+
+    let head_init = args.head.as_deref().map(|p| read_head(p, input_width, classes.len())).transpose()?;
+    let head_spec = match &head_init {
+        Some((spec, ..)) => HeadSpec { dropout: args.dropout.unwrap_or(spec.dropout), ..spec.clone() },
+        None => HeadSpec { input_width, hidden: args.hidden.unwrap_or(256), dropout: args.dropout.unwrap_or(0.0), classes: classes.len() },
+    };
+    if let (Some(h), Some((spec, ..))) = (args.hidden, &head_init)
+        && h != spec.hidden
+    {
+        bail!("--hidden {h} contradicts the head in --head ({} units)", spec.hidden);
+    }
+    let augment = match (&args.augment_spec, args.no_augment || args.trunk_cache.is_some()) {
+        (_, true) => None,
+        (Some(path), false) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(AugmentConfig::new(AugmentSpec::from_json(&text).with_context(|| path.display().to_string())?).with_context(|| format!("augmentation settings in {}", path.display()))?)
+        }
+        (None, false) => Some(AugmentConfig::new(AugmentSpec::seed_generator())?),
+    };
+
+    let trunk_name = trunk_until.map(|l| l.keras_name()).unwrap_or("input");
+    let [c, h, w] = match trunk_until {
+        Some(l) => models::output_shape(size, size, l)?,
+        None => [3, size, size],
+    };
+    let expect = TrunkExpect {
+        layer: trunk_name,
+        weights_sha256: &weights_sha256,
+        input_size: args.input_size,
+        preprocessing: preprocessing.name(),
+        classes: &classes,
+        row_shape: [h as u64, w as u64, c as u64],
+    };
+    let trunk_cache = match &args.trunk_cache {
+        Some(path) => {
+            if trunk_until.is_none() {
+                bail!("--trunk-cache needs frozen layers, but --unfreeze-from {} trains the whole base", args.unfreeze_from);
+            }
+            Some(TrunkCache::open(path, args.cache_dir.as_deref(), &expect)?)
+        }
+        None => None,
+    };
+
+    let optimizers = Optimizers {
+        head_phase: args.optimizer.spec(args.head_phase_lr),
+        base: args.optimizer.spec(args.base_lr.unwrap_or(args.lr)),
+        head: args.optimizer.spec(args.head_lr.unwrap_or(args.lr)),
+    };
+    let head_epochs = args.head_epochs.unwrap_or(if args.head.is_some() { 0 } else { 30 });
+    let config = StageConfig {
+        data: args.data.clone(),
+        weights: args.weights.clone(),
+        weights_sha256: weights_sha256.clone(),
+        preprocessing,
+        input_size: args.input_size,
+        unfreeze_from: args.unfreeze_from.keras_name().to_owned(),
+        trunk_until: trunk_until.map(|l| l.keras_name().to_owned()),
+        head_init: args.head.as_ref().zip(head_init.as_ref()).map(|(p, (_, _, sha))| HeadInit { path: p.clone(), sha256: sha.clone() }),
+        head_spec: head_spec.clone(),
+        head_epochs,
+        epochs: args.epochs,
+        optimizers,
+        steps_per_epoch: args.steps_per_epoch,
+        batch_size: args.batch_size,
+        mode: if trunk_cache.is_some() { "cached-trunk" } else { "plain" },
+        augmentation: augment.as_ref().map(|a| serde_json::from_str(&a.canonical_json())).transpose()?,
+        trunk_cache: trunk_cache.as_ref().map(|t| t.info.clone()),
+        seed: args.seed,
+        device: format!("{device:?}"),
+        threads: tch::get_num_threads(),
+    };
+    let config_sha256 = run_folder::json_sha256(&config);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
+
+    // Resume, or start afresh.
+    let checkpoints = CheckpointDir::new(args.out.join(CHECKPOINTS));
+    let resumed = if args.resume {
+        match checkpoints.load::<TrainState>(train::LATEST).context("reading the checkpoint to resume")? {
+            Some(ckpt) => Some(ckpt),
+            None => {
+                tracing::warn!(dir = %checkpoints.dir().display(), "--resume: no checkpoint, starting afresh");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let checkpoint_path = checkpoints.pointer_path(train::LATEST);
+    if let Some(ckpt) = &resumed {
+        if ckpt.state.version != train::STATE_VERSION || ckpt.state.config_sha256 != config_sha256 {
+            bail!(
+                "{}: the checkpoint belongs to a run with other settings (config sha256 {}, now {config_sha256}): run with the same flags, or without --resume to start afresh",
+                checkpoint_path.display(),
+                ckpt.state.config_sha256
+            );
+        }
+        tracing::info!(epoch = ckpt.state.epoch + 1, step = ckpt.state.step, "resuming");
+    } else {
+        checkpoints.clear()?;
+    }
+
+    tch::manual_seed(args.seed as i64);
+    let net = Net::new(weights, preprocessing, args.unfreeze_from, head_spec.clone())?;
+    if let (Some((_, tensors, _)), None) = (&head_init, &resumed) {
+        net.load_trainable(tensors, Some("head."), args.head.as_deref().expect("head_init comes from --head"))?;
+    }
+
+    // Data: the training source, and the trunk's output for validation and test, computed once.
+    let batch = args.batch_size;
+    let source = match &trunk_cache {
+        Some(cache) => cache.train(&expect, &train_index, device)?,
+        None => TrainSource::Images { images: data::decode(train_index, args.input_size as usize)?, augment },
+    };
+    let eval_set = |split: &str| -> Result<Option<TrunkSet>> {
+        if !args.data.join(split).is_dir() {
+            return Ok(None);
+        }
+        let index = data::scan(&args.data, split)?;
+        if index.classes != classes {
+            bail!("split {split} has classes {:?}, train has {classes:?}", index.classes);
+        }
+        if let Some(set) = trunk_cache.as_ref().map(|t| t.eval_set(split, &expect, &index, device)).transpose()?.flatten() {
+            return Ok(Some(set));
+        }
+        Ok(Some(data::trunk_of_images(&net, &data::decode(index, args.input_size as usize)?, batch)?))
+    };
+    let validation = eval_set("validation")?.with_context(|| format!("{} has no validation split", args.data.display()))?;
+    let test = eval_set("test")?;
+    tracing::info!(
+        mode = config.mode,
+        train = source.len(),
+        passes = source.passes(),
+        validation = validation.truth.len(),
+        test = test.as_ref().map(|t| t.truth.len()),
+        trunk = trunk_name,
+        "data ready"
+    );
+
+    let metadata = HashMap::from([
+        ("architecture".to_owned(), "vgg16_fine_tune_checkpoint".to_owned()),
+        ("config_sha256".to_owned(), config_sha256.clone()),
+    ]);
+    let history_path = args.out.join("history.csv");
+    let on_epoch = |history: &[training::EpochRecord]| -> Result<()> { Ok(training::write_history(&history_path, history)?) };
+    let training_loop = Loop {
+        source: &source,
+        validation: &validation,
+        head_epochs,
+        epochs: args.epochs,
+        steps_per_epoch: args.steps_per_epoch,
+        batch_size: batch,
+        optimizers,
+        checkpoints: &checkpoints,
+        metadata: &metadata,
+        checkpoint_every: args.checkpoint_every,
+        stop_after_steps: args.stop_after_steps,
+        on_epoch: &on_epoch,
+    };
+    let (state, resume_tensors) = match resumed {
+        Some(ckpt) => (ckpt.state, Some(ckpt.tensors)),
+        None => (TrainState::new(config_sha256.clone(), args.seed), None),
+    };
+    let state = match training_loop.run(&net, state, resume_tensors.as_deref(), &checkpoint_path)? {
+        Outcome::Finished(state) => state,
+        Outcome::Stopped(state) => {
+            eprintln!(
+                "fine-tune: stopped after {} steps as asked (epoch {}, step {}); continue with --resume",
+                args.stop_after_steps.unwrap_or_default(),
+                state.epoch + 1,
+                state.step
+            );
+            return Ok(false);
+        }
+    };
+    let history = state.history.clone();
+    training::write_history(&history_path, &history)?;
+
+    // Outputs: weights (final and best), plots, evaluation, stage record.
+    let model_meta = |which: &str, epoch: usize| -> Result<HashMap<String, String>> {
+        Ok(HashMap::from([
+            ("architecture".to_owned(), "vgg16_fine_tuned".to_owned()),
+            ("weights".to_owned(), which.to_owned()),
+            ("epoch".to_owned(), epoch.to_string()),
+            ("head".to_owned(), serde_json::to_string(&head_spec)?),
+            ("preprocessing".to_owned(), preprocessing.name().to_owned()),
+            ("input_size".to_owned(), args.input_size.to_string()),
+            ("unfreeze_from".to_owned(), args.unfreeze_from.keras_name().to_owned()),
+            ("base_weights_sha256".to_owned(), weights_sha256.clone()),
+            ("class_names".to_owned(), serde_json::to_string(&classes)?),
+            ("config_sha256".to_owned(), config_sha256.clone()),
+        ]))
+    };
+    tensors_io::save(&args.out.join(MODEL_FILE), &net.export(), &model_meta("final", history.len())?)?;
+    let mut outputs: Vec<String> = vec![MODEL_FILE.into(), "history.csv".into()];
+    let mut best_summary = None;
+    if let Some(best) = checkpoints.load::<TrainState>(train::BEST)? {
+        let trained: HashMap<String, tch::Tensor> = best.tensors.into_iter().collect();
+        let tensors: Vec<(String, tch::Tensor)> =
+            net.export().into_iter().map(|(n, t)| match trained.get(&n) { Some(b) => (n, b.shallow_clone()), None => (n, t) }).collect();
+        let b = best.state.best.context("the best checkpoint records no best epoch")?;
+        tensors_io::save(&args.out.join(BEST_FILE), &tensors, &model_meta("best", b.epoch)?)?;
+        outputs.push(BEST_FILE.into());
+        best_summary = Some(b);
+    }
+    if !history.is_empty() {
+        plot_history(&args.out.join("accuracy.png"), &history, Metric::Accuracy, None)?;
+        plot_history(&args.out.join("loss.png"), &history, Metric::Loss, None)?;
+        outputs.extend(["accuracy.png".into(), "loss.png".into()]);
+        if args.smoothing > 0.0 {
+            plot_history(&args.out.join("accuracy_smoothed.png"), &history, Metric::Accuracy, Some(args.smoothing))?;
+            plot_history(&args.out.join("loss_smoothed.png"), &history, Metric::Loss, Some(args.smoothing))?;
+            outputs.extend(["accuracy_smoothed.png".into(), "loss_smoothed.png".into()]);
+        }
+    }
+    let mut metrics = BTreeMap::new();
+    for (split, set) in [("validation", Some(&validation)), ("test", test.as_ref())] {
+        let Some(set) = set else { continue };
+        let eval = train::evaluate(&net, set, batch)?;
+        let matrix = ConfusionMatrix::new(&classes, &set.truth, &eval.predictions);
+        run_folder::write_atomic(&args.out.join(format!("confusion_{split}.csv")), matrix.to_csv().as_bytes())?;
+        plot_confusion(&args.out.join(format!("confusion_{split}.png")), &matrix, &format!("Confusion matrix ({split})"))?;
+        outputs.extend([format!("confusion_{split}.csv"), format!("confusion_{split}.png")]);
+        tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
+        metrics.insert(split.to_owned(), serde_json::to_value(SplitMetrics { loss: eval.loss, acc: eval.acc, source: set.source.clone(), per_class: matrix.per_class() })?);
+    }
+    let seconds: Vec<f64> = history.iter().map(|r| r.seconds).collect();
+    let median_epoch_seconds = median(&seconds);
+    metrics.insert("best".to_owned(), serde_json::to_value(&best_summary)?);
+    metrics.insert("median_epoch_seconds".to_owned(), serde_json::to_value(median_epoch_seconds)?);
+    run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
+    outputs.push("metrics.json".into());
+
+    let mut inputs = BTreeMap::from([("weights".to_owned(), weights_sha256.clone()), ("data".to_owned(), data_digest(&args.data)?)]);
+    if let Some(HeadInit { sha256, .. }) = &config.head_init {
+        inputs.insert("head".to_owned(), sha256.clone());
+    }
+    if let Some(info) = &config.trunk_cache {
+        inputs.insert("trunk_cache".to_owned(), info.features_json_sha256.clone());
+    }
+    let acc = |split: &str| metrics.get(split).and_then(|m| m.get("acc")).and_then(|a| a.as_f64());
+    let summary = serde_json::json!({
+        "device": format!("{device:?}"),
+        "mode": config.mode,
+        "epochs_run": history.len(),
+        "validation_acc": acc("validation"),
+        "test_acc": acc("test"),
+        "best_epoch": best_summary.as_ref().map(|b| b.epoch),
+        "median_epoch_seconds": median_epoch_seconds,
+        "train_images_per_second": median_epoch_seconds.map(|s| (args.steps_per_epoch * batch) as f64 / s),
+    });
+    let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    run_folder::StageRecord::write(&args.out, "fine-tune", config_sha256, inputs, &names, started.elapsed().as_secs_f64(), summary)?;
+    eprintln!(
+        "fine-tune ({}): validation acc {:.4}{} after {} epochs in {:.1}s -> {}",
+        config.mode,
+        acc("validation").unwrap_or(f64::NAN),
+        acc("test").map(|a| format!(", test acc {a:.4}")).unwrap_or_default(),
+        history.len(),
+        started.elapsed().as_secs_f64(),
+        args.out.display()
+    );
+    Ok(true)
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// One digest over every split's files (path, class, content sha256): the dataset as an input.
+fn data_digest(root: &Path) -> Result<String> {
+    let mut all = Vec::new();
+    for split in ["train", "validation", "test"] {
+        if !root.join(split).is_dir() {
+            continue;
+        }
+        let index = data::scan(root, split)?;
+        let digests = dataset::digests(&index)?;
+        for (f, d) in index.files.iter().zip(digests) {
+            all.push((split, f.path.strip_prefix(root).unwrap_or(&f.path).to_string_lossy().into_owned(), f.class, d));
+        }
+    }
+    Ok(run_folder::json_sha256(&all))
+}
