@@ -31,6 +31,8 @@ pub enum ModelError {
     NonFinite { path: PathBuf, name: String, value: f32 },
     #[error("unknown preprocessing {given:?}: expected caffe, torch or rescale")]
     UnknownPreprocessing { given: String },
+    #[error("unknown weights format {given:?}: expected onnx, torch, tch or safetensors")]
+    UnknownFormat { given: String },
     #[error("unknown pooling {given:?}: expected none, avg or max")]
     UnknownPooling { given: String },
     #[error("cannot preprocess a {kind} batch of shape {shape:?}: expected uint8 [N, H, W, 3] or float [N, 3, H, W]")]

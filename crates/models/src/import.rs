@@ -26,6 +26,7 @@ use std::str::FromStr;
 use tch::Tensor;
 
 use crate::onnx::{Initializer, read_initializers};
+pub use crate::pickle::read_torch_state_dict;
 use crate::weights::{Provenance, WeightsMeta, check_conv_base, file_sha256, save_weights};
 use crate::{LayerKind, ModelError, Preprocessing, VGG16_LAYERS};
 
@@ -88,10 +89,7 @@ impl FromStr for SourceFormat {
     type Err = ModelError;
 
     fn from_str(s: &str) -> Result<Self, ModelError> {
-        <Self as clap::ValueEnum>::from_str(s, true).map_err(|_| ModelError::Weights {
-            path: s.into(),
-            reason: "unknown weights format: expected onnx, torch, tch or safetensors".into(),
-        })
+        <Self as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| ModelError::UnknownFormat { given: s.to_owned() })
     }
 }
 

@@ -102,7 +102,8 @@ pub fn check_conv_base(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Ve
             [i] => i,
             [] => return Err(ModelError::MissingTensor { path: path.to_owned(), name, expected }),
             _ => {
-                let candidates = candidates.iter().map(|&i| tensors[i].0.clone()).collect();
+                let mut candidates: Vec<String> = candidates.iter().map(|&i| tensors[i].0.clone()).collect();
+                candidates.sort();
                 return Err(ModelError::AmbiguousTensor { path: path.to_owned(), name, candidates });
             }
         };
