@@ -20,7 +20,8 @@ use models::{DeviceChoice, Vgg16Layer};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::model::{FeatureModel, Pooling, Precision, Preprocessing};
+use crate::model::{FeatureModel, Precision};
+use models::{Pooling, Preprocessing};
 
 /// Extract VGG16 conv-base features of an image-folder dataset into the shared feature cache
 /// (the seed's `conv_base.predict` over each split). Defaults reproduce the seed: 150x150,

@@ -2,7 +2,6 @@
 //! entries for every split and augmented pass, reuse on the second run, recompute of only what a
 //! changed image touches, bf16 close to f32, pooling, the private-cache fallback, numpy interop.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,11 +30,15 @@ fn make_weights(path: &Path) {
     tch::manual_seed(7);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let _base = models::Vgg16Base::new(&vs.root());
-    let meta = HashMap::from([
-        ("architecture".to_owned(), "vgg16_conv_base".to_owned()),
-        ("preprocessing".to_owned(), "caffe".to_owned()),
-    ]);
-    training::tensors_io::save(path, &training::tensors_io::named_variables(&vs), &meta).unwrap();
+    let provenance = models::weights::Provenance {
+        preprocessing: models::Preprocessing::Caffe,
+        source: "random, tch::manual_seed(7)".into(),
+        source_sha256: String::new(),
+        source_format: "test".into(),
+    };
+    let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    models::weights::save_weights(path, &vars, &provenance).unwrap();
 }
 
 struct Fixture {
