@@ -90,7 +90,12 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("warning: demo weights unavailable, their parity test will skip: {err:#}");
             }
             let mut cmd = cargo();
-            cmd.arg("test").arg("--workspace").args(&cargo_args);
+            cmd.arg("test");
+            // The whole workspace unless the caller picked packages.
+            if !cargo_args.iter().any(|a| a == "-p" || a.starts_with("--package")) {
+                cmd.arg("--workspace");
+            }
+            cmd.args(&cargo_args);
             torch.configure(&mut cmd);
             cmd.env("TRANSFER_KIT_WEIGHTS_DIR", weights::weights_dir()?);
             run_checked(&mut cmd, "cargo test")

@@ -2,7 +2,7 @@
 PyTorch users write it (PIL decode + resize, caffe preprocessing, VGG16 conv base, a DataLoader
 with 2 workers, numpy save), timed over the same images.
 
-Usage: python pytorch_reference.py --weights W.safetensors --size 150 --out feats.npy IMAGE...
+Usage: python pytorch_reference.py --weights W.safetensors --size 150 --out feats.npy --list FILE
 Prints one JSON line: {"images": N, "seconds": S, "images_per_second": R}.
 """
 
@@ -73,8 +73,9 @@ def main():
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", required=True)
-    p.add_argument("images", nargs="+")
+    p.add_argument("--list", required=True, help="file with one image path per line")
     a = p.parse_args()
+    a.images = [line.strip() for line in open(a.list) if line.strip()]
     torch.set_num_threads(torch.get_num_threads())
     model = conv_base(read_safetensors(a.weights))
     loader = torch.utils.data.DataLoader(Images(a.images, a.size), batch_size=a.batch_size, num_workers=a.workers)

@@ -319,6 +319,7 @@ fn run(args: Args) -> Result<()> {
         "images_per_second": if totals.images > 0 { totals.images as f64 / wall } else { 0.0 },
         "model_time_fraction": model_share,
         "skipped": totals.skipped,
+        "peak_rss_mb": peak_rss_mb(),
         "feature_shape": row_shape,
     });
     let inputs: BTreeMap<String, String> = BTreeMap::from([("weights".to_owned(), model.weights_sha256().to_owned())])
@@ -345,6 +346,13 @@ fn run(args: Args) -> Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// The process's peak resident memory (`VmHWM`), for the streaming-memory benchmark.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn tool() -> &'static str {

@@ -4,6 +4,7 @@
 
 mod augment;
 mod dataset;
+mod extract;
 mod head;
 
 use anyhow::Result;
@@ -15,6 +16,8 @@ pub enum Target {
     Dataset,
     /// Keras ImageDataGenerator augmentation throughput beside keras-preprocessing (crates/augment).
     Augment,
+    /// VGG16 feature extraction (f32, bf16) beside a PyTorch DataLoader reference on the same images.
+    Extract,
     /// Dense-head training on cached-size features beside the same model in Python PyTorch.
     Head,
 }
@@ -24,5 +27,6 @@ pub fn run(target: Target, args: &[String]) -> Result<()> {
         Target::Dataset => dataset::run(args),
         Target::Augment => augment::run(args),
         Target::Head => head::run(args),
+        Target::Extract => extract::run(args),
     }
 }
