@@ -170,7 +170,7 @@ pub fn trunk_of_images(net: &Net, images: &Images, batch: usize) -> Result<Trunk
 /// Where training batches come from.
 pub enum TrainSource {
     /// Decoded images, augmented per (seed, epoch, appearance) and run through the trunk.
-    Images { images: Images, augment: Option<AugmentConfig> },
+    Images { images: Box<Images>, augment: Option<AugmentConfig> },
     /// The trunk's output for K augmented passes, `[K * N, H, W, C]` (row `p * N + i` is image `i`
     /// in pass `p`), from extract-features.
     Cached { passes: Tensor, n: usize, k: u32, labels: Vec<i64> },

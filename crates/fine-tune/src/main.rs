@@ -183,6 +183,14 @@ struct HeadInit {
     sha256: String,
 }
 
+/// The best epoch in metrics.json.
+#[derive(Debug, Serialize)]
+struct BestMetrics {
+    epoch: usize,
+    val_loss: f64,
+    val_acc: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct SplitMetrics {
     loss: f64,
@@ -212,8 +220,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// The head to start from: its spec and tensors, checked against the network.
-fn read_head(path: &Path, input_width: i64, classes: usize) -> Result<(HeadSpec, Vec<(String, tch::Tensor)>, String)> {
+/// A `train-head` output to start from.
+struct HeadFile {
+    spec: HeadSpec,
+    tensors: Vec<(String, tch::Tensor)>,
+    sha256: String,
+}
+
+/// Reads `--head` and checks it against the network.
+fn read_head(path: &Path, input_width: i64, classes: usize) -> Result<HeadFile> {
     let loaded = tensors_io::load(path)?;
     let spec: HeadSpec = serde_json::from_str(loaded.metadata.get("head").with_context(|| format!("{}: no `head` in the metadata: not a train-head output", path.display()))?)
         .with_context(|| format!("{}: unreadable `head` metadata", path.display()))?;
@@ -230,7 +245,7 @@ fn read_head(path: &Path, input_width: i64, classes: usize) -> Result<(HeadSpec,
     if spec.classes != classes {
         bail!("{}: the head predicts {} classes, the dataset has {classes}", path.display(), spec.classes);
     }
-    Ok((spec, loaded.tensors, loaded.sha256))
+    Ok(HeadFile { spec, tensors: loaded.tensors, sha256: loaded.sha256 })
 }
 
 fn run(args: Args) -> Result<bool> {
@@ -260,13 +275,13 @@ fn run(args: Args) -> Result<bool> {
 
     let head_init = args.head.as_deref().map(|p| read_head(p, input_width, classes.len())).transpose()?;
     let head_spec = match &head_init {
-        Some((spec, ..)) => HeadSpec { dropout: args.dropout.unwrap_or(spec.dropout), ..spec.clone() },
+        Some(head) => HeadSpec { dropout: args.dropout.unwrap_or(head.spec.dropout), ..head.spec.clone() },
         None => HeadSpec { input_width, hidden: args.hidden.unwrap_or(256), dropout: args.dropout.unwrap_or(0.0), classes: classes.len() },
     };
-    if let (Some(h), Some((spec, ..))) = (args.hidden, &head_init)
-        && h != spec.hidden
+    if let (Some(h), Some(head)) = (args.hidden, &head_init)
+        && h != head.spec.hidden
     {
-        bail!("--hidden {h} contradicts the head in --head ({} units)", spec.hidden);
+        bail!("--hidden {h} contradicts the head in --head ({} units)", head.spec.hidden);
     }
     let augment = match (&args.augment_spec, args.no_augment || args.trunk_cache.is_some()) {
         (_, true) => None,
@@ -314,7 +329,7 @@ fn run(args: Args) -> Result<bool> {
         input_size: args.input_size,
         unfreeze_from: args.unfreeze_from.keras_name().to_owned(),
         trunk_until: trunk_until.map(|l| l.keras_name().to_owned()),
-        head_init: args.head.as_ref().zip(head_init.as_ref()).map(|(p, (_, _, sha))| HeadInit { path: p.clone(), sha256: sha.clone() }),
+        head_init: args.head.as_ref().zip(head_init.as_ref()).map(|(p, h)| HeadInit { path: p.clone(), sha256: h.sha256.clone() }),
         head_spec: head_spec.clone(),
         head_epochs,
         epochs: args.epochs,
@@ -329,8 +344,6 @@ fn run(args: Args) -> Result<bool> {
         threads: tch::get_num_threads(),
     };
     let config_sha256 = run_folder::json_sha256(&config);
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
 
     // Resume, or start afresh.
     let checkpoints = CheckpointDir::new(args.out.join(CHECKPOINTS));
@@ -355,21 +368,25 @@ fn run(args: Args) -> Result<bool> {
             );
         }
         tracing::info!(epoch = ckpt.state.epoch + 1, step = ckpt.state.step, "resuming");
-    } else {
+    }
+    // Only now, so a refused resume leaves the run's config.json as it was.
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
+    if resumed.is_none() {
         checkpoints.clear()?;
     }
 
     tch::manual_seed(args.seed as i64);
     let net = Net::new(weights, preprocessing, args.unfreeze_from, head_spec.clone())?;
-    if let (Some((_, tensors, _)), None) = (&head_init, &resumed) {
-        net.load_trainable(tensors, Some("head."), args.head.as_deref().expect("head_init comes from --head"))?;
+    if let (Some(head), None) = (&head_init, &resumed) {
+        net.load_trainable(&head.tensors, Some("head."), args.head.as_deref().expect("head_init comes from --head"))?;
     }
 
     // Data: the training source, and the trunk's output for validation and test, computed once.
     let batch = args.batch_size;
     let source = match &trunk_cache {
         Some(cache) => cache.train(&expect, &train_index, device)?,
-        None => TrainSource::Images { images: data::decode(train_index, args.input_size as usize)?, augment },
+        None => TrainSource::Images { images: Box::new(data::decode(train_index, args.input_size as usize)?), augment },
     };
     let eval_set = |split: &str| -> Result<Option<TrunkSet>> {
         if !args.data.join(split).is_dir() {
@@ -485,7 +502,8 @@ fn run(args: Args) -> Result<bool> {
     }
     let seconds: Vec<f64> = history.iter().map(|r| r.seconds).collect();
     let median_epoch_seconds = median(&seconds);
-    metrics.insert("best".to_owned(), serde_json::to_value(&best_summary)?);
+    let best_metrics = best_summary.as_ref().map(|b| BestMetrics { epoch: b.epoch, val_loss: b.val_loss, val_acc: b.val_acc });
+    metrics.insert("best".to_owned(), serde_json::to_value(best_metrics)?);
     metrics.insert("median_epoch_seconds".to_owned(), serde_json::to_value(median_epoch_seconds)?);
     run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
     outputs.push("metrics.json".into());

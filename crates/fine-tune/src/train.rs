@@ -223,7 +223,7 @@ impl Loop<'_> {
                 bar.inc(1);
                 steps_here += 1;
                 let stop = self.stop_after_steps == Some(steps_here);
-                let periodic = self.checkpoint_every > 0 && state.step % self.checkpoint_every == 0 && state.step < self.steps_per_epoch;
+                let periodic = self.checkpoint_every > 0 && state.step.is_multiple_of(self.checkpoint_every) && state.step < self.steps_per_epoch;
                 if stop || periodic {
                     state.running.seconds += started.elapsed().as_secs_f64();
                     started = Instant::now();
