@@ -106,6 +106,7 @@ struct SplitMetrics {
 const WEIGHTS_FILE: &str = "head.safetensors";
 
 fn main() -> ExitCode {
+    training::cpu::flush_denormals();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
