@@ -113,13 +113,8 @@ pub fn folder_name(class: &str) -> String {
         .collect()
 }
 
-/// The workspace root (xtask lives one folder below it).
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent folder").to_owned()
-}
-
 pub fn run(full: bool) -> Result<()> {
-    let data = repo_root().join("data");
+    let data = crate::workspace_root().join("data");
     let mut specs = vec![small_spec()];
     if full {
         specs.extend(full_specs());

@@ -30,7 +30,7 @@ struct Args {
 pub fn run(args: &[String]) -> Result<()> {
     let args =
         Args::try_parse_from(std::iter::once("augment".to_owned()).chain(args.iter().cloned()))?;
-    let root = crate::data::repo_root();
+    let root = crate::workspace_root();
     let common = [
         "--images".to_owned(),
         args.images.to_string(),

@@ -14,6 +14,6 @@ pub fn run(args: &[String]) -> Result<()> {
     if let Some(python) = python {
         cmd.arg("--python").arg(python);
     }
-    cmd.args(args).current_dir(crate::data::repo_root());
+    cmd.args(args).current_dir(crate::workspace_root());
     crate::run_checked(&mut cmd, "the dataset benchmark")
 }
