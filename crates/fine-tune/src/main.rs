@@ -206,6 +206,7 @@ const CHECKPOINTS: &str = "checkpoints";
 const STOPPED: u8 = 3;
 
 fn main() -> ExitCode {
+    training::cpu::flush_denormals();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
