@@ -207,18 +207,8 @@ const STOPPED: u8 = 3;
 
 fn main() -> ExitCode {
     training::cpu::flush_denormals();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(STOPPED),
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cli_support::init_logging();
+    cli_support::exit_code(run(Args::parse()).map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }))
 }
 
 /// A `train-head` output to start from.

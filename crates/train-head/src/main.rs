@@ -107,17 +107,7 @@ const WEIGHTS_FILE: &str = "head.safetensors";
 
 fn main() -> ExitCode {
     training::cpu::flush_denormals();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cli_support::main(|| run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {

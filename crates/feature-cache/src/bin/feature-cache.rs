@@ -54,20 +54,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    cli_support::init_logging();
+    cli_support::exit_code(run(Args::parse()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }))
 }
 
 fn run(args: Args) -> Result<bool> {
