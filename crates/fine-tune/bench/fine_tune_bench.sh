@@ -5,7 +5,8 @@
 # + head), medians of RUNS runs each; then validation and test accuracy of both modes with a
 # small budget (1 head epoch + 2 fine-tuning epochs) on data/fashion-mnist-small.
 #
-# Usage: crates/fine-tune/bench/fine_tune_bench.sh   (env: WEIGHTS, OUT, RUNS, PASSES, SIZE)
+# Usage: crates/fine-tune/bench/fine_tune_bench.sh   (env: WEIGHTS, OUT, RUNS, PASSES, SIZE,
+# SKIP_ACCURACY=1 for the timings only)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 eval "$(cargo xtask libtorch)"
@@ -29,21 +30,22 @@ target/release/extract-features --data "$DATA" --weights "$WEIGHTS" --layer bloc
 echo "extraction: $(echo "$(date +%s.%N) - $start" | bc) s"
 cached=(--trunk-cache "$OUT/extract/features.json")
 
-echo "== one fine-tuning epoch (100 steps x 20 images, validation on 1000 images included), $RUNS runs per mode"
-for mode in plain cached; do
-  for r in $(seq "$RUNS"); do
+echo "== one fine-tuning epoch (100 steps x 20 images, validation on 1000 images included), $RUNS runs per mode, interleaved"
+rm -f "$OUT"/epoch-plain.txt "$OUT"/epoch-cached.txt
+for r in $(seq "$RUNS"); do
+  for mode in plain cached; do
     extra=()
     [ "$mode" = cached ] && extra=("${cached[@]}")
     "$FT" "${common[@]}" --head-epochs 0 --epochs 1 --out "$OUT/epoch-$mode-$r" "${extra[@]}" 2>/dev/null
     s=$(jq .summary.median_epoch_seconds "$OUT/epoch-$mode-$r/stage.json")
-    echo "$mode run $r: epoch $s s" >&2
-    echo "$s" >>"$OUT/epoch-$mode.txt.tmp"
+    echo "$mode run $r: epoch $s s (load $(cut -d' ' -f1 /proc/loadavg))"
+    echo "$s" >>"$OUT/epoch-$mode.txt"
   done
-  mv "$OUT/epoch-$mode.txt.tmp" "$OUT/epoch-$mode.txt"
 done
 p=$(median <"$OUT/epoch-plain.txt"); c=$(median <"$OUT/epoch-cached.txt")
 echo "median epoch: plain $p s ($(echo "2000 / $p" | bc -l | cut -c1-6) img/s), cached-trunk $c s ($(echo "2000 / $c" | bc -l | cut -c1-6) img/s), ratio $(echo "$p / $c" | bc -l | cut -c1-5)x"
 
+[ -n "${SKIP_ACCURACY:-}" ] && exit 0
 echo "== accuracy: 1 head epoch (lr 2e-5) + 2 fine-tuning epochs (lr 1e-5), seed defaults otherwise"
 for mode in plain cached; do
   extra=()

@@ -95,9 +95,11 @@ impl Net {
             });
         }
         let head = DenseHead::new(&vs.root(), head);
+        // The trunk's large feature maps run fastest channels-last on oneDNN; the top's small ones
+        // (4x4 at 64x64 input, 9x9 at 150x150) as plain NCHW: measured 50 vs 63 ms per training
+        // step of block5 at 4x4, batch 20, and no worse at 9x9.
         if device == Device::Cpu {
             to_channels_last(base.vs.variables().into_values())?;
-            to_channels_last(vs.variables().into_values())?;
         }
         Ok(Self { base, preprocessing, trunk_until: trunk_layer(unfreeze_from), top, vs, head, device })
     }
@@ -123,7 +125,7 @@ impl Net {
     /// trained by `train-head` on cached (channels-last) features fits as it is.
     pub fn forward(&self, xs: &Tensor, phase: Phase, train: bool) -> Result<Tensor> {
         let run_top = || -> Result<Tensor> {
-            let mut ys = xs.shallow_clone();
+            let mut ys = xs.f_contiguous()?;
             for layer in &self.top {
                 ys = match layer {
                     TopLayer::Conv { weight, bias } => ys.f_conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)?.f_relu()?,
