@@ -1,7 +1,8 @@
 //! `vgg16-weights`: imports VGG16 conv-base weights from other formats (ONNX of Keras lineage,
 //! PyTorch `.pth`, tch-rs `.ot`, safetensors) into our safetensors with provenance, and shows
 //! what a weights file says about itself. xtask runs it as a child process, so xtask never links
-//! libtorch.
+//! libtorch. `random` writes seeded random weights and `devices` says which devices libtorch sees:
+//! the GPU check (`cargo xtask gpu-check`) uses both on a machine that has no weights and no Rust.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,25 @@ enum Cmd {
         /// Our safetensors weights file.
         file: PathBuf,
     },
+    /// Write random conv-base weights (tch's default initialisation from `tch::manual_seed`):
+    /// the same seed gives the same file with the same libtorch. For tests and device checks,
+    /// not for transfer learning. Prints its sha256.
+    Random {
+        #[arg(long, default_value_t = 0)]
+        seed: i64,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Preprocessing recorded with the weights.
+        #[arg(long, value_enum, default_value_t = Preprocessing::Caffe)]
+        preprocessing: Preprocessing,
+    },
+    /// Print what libtorch sees as JSON: CUDA available, device count, cuDNN available.
+    ///
+    /// A CUDA build of libtorch registers CUDA only when libtorch_cuda.so is loaded; our binaries
+    /// do not name it (the linker drops it as unused), so on a GPU machine preload it
+    /// (`LD_PRELOAD=<torch>/lib/libtorch_cuda.so`), as the GPU check does.
+    Devices,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +86,30 @@ fn run(args: Args) -> Result<()> {
         Cmd::Show { file } => {
             let (_, meta) = models::weights::read_weights(&file)?;
             println!("{}", serde_json::to_string_pretty(&meta)?);
+        }
+        Cmd::Random { seed, out, preprocessing } => {
+            tch::manual_seed(seed);
+            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+            let _base = models::Vgg16Base::new(&vs.root());
+            let provenance = models::weights::Provenance {
+                preprocessing,
+                source: format!("random: tch default initialisation after tch::manual_seed({seed})"),
+                source_sha256: String::new(),
+                source_format: "random".into(),
+            };
+            let vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+            let meta = models::weights::save_weights(&out, &vars, &provenance)
+                .with_context(|| format!("writing random weights to {}", out.display()))?;
+            println!("{}", meta.digest);
+        }
+        Cmd::Devices => {
+            let cuda = tch::Cuda::is_available();
+            let report = serde_json::json!({
+                "cuda_available": cuda,
+                "cuda_device_count": if cuda { tch::Cuda::device_count() } else { 0 },
+                "cudnn_available": tch::Cuda::cudnn_is_available(),
+            });
+            println!("{report}");
         }
     }
     Ok(())
