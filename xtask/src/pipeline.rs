@@ -39,7 +39,9 @@ pub struct PipelineArgs {
     /// Feature cache folder (may be shared with teammates).
     #[arg(long)]
     cache_dir: Option<PathBuf>,
-    /// `seed` runs the seed's full settings (150x150, f32, 30 head epochs).
+    /// `seed` runs the seed's full settings (150x150, 30 head epochs, 100 fine-tuning epochs of
+    /// the whole model on augmented images); `demo` the settings of the config file. Default:
+    /// `seed` when a CUDA GPU is visible (`nvidia-smi -L`), else `demo`.
     #[arg(long, value_enum)]
     profile: Option<Profile>,
     /// List each stage as done / stale / corrupt / missing, without running anything.
@@ -47,8 +49,9 @@ pub struct PipelineArgs {
     status: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Profile {
+    Demo,
     Seed,
 }
 
@@ -58,6 +61,7 @@ struct Config {
     run: RunConfig,
     extract: ExtractConfig,
     head: HeadConfig,
+    fine_tune: FineTuneConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,16 +96,69 @@ struct HeadConfig {
     seed: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FineTuneConfig {
+    enabled: bool,
+    mode: FineTuneMode,
+    unfreeze_from: String,
+    /// The last frozen layer, whose output the cached-trunk mode reads from the cache.
+    trunk_layer: String,
+    trunk_passes: u32,
+    /// Start from the `head` stage's weights (the seed's order) instead of a head phase.
+    from_head: bool,
+    head_epochs: u32,
+    epochs: u32,
+    steps_per_epoch: u32,
+    batch_size: u32,
+    lr: f64,
+    seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum FineTuneMode {
+    /// Every step runs the frozen trunk on freshly augmented images (the seed's way).
+    Plain,
+    /// The frozen trunk's output for K augmented passes comes from the feature cache.
+    CachedTrunk,
+}
+
+impl Default for FineTuneConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: FineTuneMode::CachedTrunk,
+            unfreeze_from: "block5_conv1".into(),
+            trunk_layer: "block4_pool".into(),
+            trunk_passes: 5,
+            from_head: true,
+            head_epochs: 30,
+            epochs: 15,
+            steps_per_epoch: 100,
+            batch_size: 20,
+            lr: 1e-5,
+            seed: 0,
+        }
+    }
+}
+
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { name: "demo".into(), data: "data/fashion-mnist-small".into(), device: "auto".into(), cache_dir: None, weights: None }
+        Self {
+            name: "demo".into(),
+            data: "data/fashion-mnist-small".into(),
+            device: "auto".into(),
+            cache_dir: None,
+            weights: None,
+        }
     }
 }
 
 impl Default for ExtractConfig {
     fn default() -> Self {
         Self {
-            input_size: 150,
+            input_size: 64,
             layer: "block5_pool".into(),
             pooling: "none".into(),
             precision: "f32".into(),
@@ -114,7 +171,13 @@ impl Default for ExtractConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self { epochs: 30, batch_size: 20, lr: 2e-5, optimizer: "rmsprop".into(), seed: 0 }
+        Self {
+            epochs: 30,
+            batch_size: 20,
+            lr: 2e-5,
+            optimizer: "rmsprop".into(),
+            seed: 0,
+        }
     }
 }
 
@@ -126,6 +189,8 @@ struct Step {
     args: Vec<String>,
     /// Named input digests; a change makes the stage stale, naming the input.
     inputs: BTreeMap<String, String>,
+    /// The binary continues an interrupted run of the same invocation with `--resume`.
+    resumable: bool,
 }
 
 /// `pipeline.json`: the invocation that produced a stage's outputs.
@@ -142,6 +207,10 @@ enum Status {
     Stale(String),
     Corrupt(String),
     Missing,
+    /// Started with the current invocation and not finished.
+    Interrupted {
+        resumes: bool,
+    },
 }
 
 pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
@@ -149,7 +218,10 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
     let run_dir = workspace.join("runs").join(&config.run.name);
     let data = absolute(workspace, &config.run.data);
     if !data.is_dir() {
-        bail!("dataset {} does not exist (run `cargo xtask data` for the demo data)", data.display());
+        bail!(
+            "dataset {} does not exist (run `cargo xtask data` for the demo data)",
+            data.display()
+        );
     }
 
     let torch = crate::libtorch::ensure()?;
@@ -158,7 +230,10 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
         None => crate::weights::ensure_demo(&torch, true)?,
     };
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
-    run_folder::write_atomic(&run_dir.join("pipeline.resolved.toml"), toml::to_string_pretty(&config)?.as_bytes())?;
+    run_folder::write_atomic(
+        &run_dir.join("pipeline.resolved.toml"),
+        toml::to_string_pretty(&config)?.as_bytes(),
+    )?;
 
     let steps = plan(&config, &run_dir, &data, &weights)?;
     if args.status {
@@ -182,15 +257,18 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
         let dir = run_dir.join(step.name);
         let started = Instant::now();
         let label = format!("[{}/{}] {}", i + 1, steps.len(), step.name);
-        match status(step, &dir) {
+        let resume = match status(step, &dir) {
             Status::Done => {
                 eprintln!("{label}: up to date (outputs verified)");
                 timings.push((step.name, 0.0, true));
                 continue;
             }
-            other => eprintln!("{label}: {} -> running", describe(&other)),
-        }
-        run_stage(&torch, workspace, step, &dir)?;
+            other => {
+                eprintln!("{label}: {} -> running", describe(&other));
+                matches!(other, Status::Interrupted { resumes: true })
+            }
+        };
+        run_stage(&torch, workspace, step, &dir, resume)?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("{label}: done in {seconds:.1}s");
         timings.push((step.name, seconds, false));
@@ -201,19 +279,39 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
 }
 
 fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
-    let path = args.config.clone().unwrap_or_else(|| workspace.join("pipeline.toml"));
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| workspace.join("pipeline.toml"));
     let mut config: Config = if path.exists() {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{}", path.display()))?
     } else if args.config.is_some() {
         bail!("config file {} does not exist", path.display());
     } else {
         Config::default()
     };
-    if let Some(Profile::Seed) = args.profile {
+    let profile = args.profile.unwrap_or_else(|| {
+        if cuda_visible() {
+            eprintln!("a CUDA GPU is visible: running the seed's full settings (--profile demo for the config file's)");
+            Profile::Seed
+        } else {
+            Profile::Demo
+        }
+    });
+    if profile == Profile::Seed {
         config.extract.input_size = 150;
         config.extract.precision = "f32".into();
         config.head.epochs = 30;
+        let f = &mut config.fine_tune;
+        f.mode = FineTuneMode::Plain;
+        // The book trains the head end to end on augmented images with the base frozen, then
+        // fine-tunes: a head phase of 30 epochs rather than the cached-feature head.
+        f.from_head = false;
+        f.head_epochs = 30;
+        f.epochs = 100;
+        f.steps_per_epoch = 100;
     }
     if let Some(v) = &args.name {
         config.run.name = v.clone();
@@ -233,8 +331,22 @@ fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
     Ok(config)
 }
 
+/// Whether `nvidia-smi` lists a GPU (cheap, and needs no libtorch in xtask).
+fn cuda_visible() -> bool {
+    Command::new("nvidia-smi")
+        .arg("-L")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn absolute(workspace: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() { p.to_owned() } else { workspace.join(p) }
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        workspace.join(p)
+    }
 }
 
 /// The stage invocations for `config`; inputs of later stages are the current outputs of
@@ -270,10 +382,13 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
     }
     let extract_inputs = BTreeMap::from([
         ("dataset".to_owned(), tree_fingerprint(data)?),
-        ("weights".to_owned(), run_folder::file_sha256(weights)?.sha256),
+        (
+            "weights".to_owned(),
+            run_folder::file_sha256(weights)?.sha256,
+        ),
     ]);
     let features = run_dir.join("extract").join("features.json");
-    let features_digest = run_folder::file_sha256(&features).map(|d| d.sha256).unwrap_or_else(|_| "absent".into());
+    let features_digest = digest_or_absent(&features);
     let h = &config.head;
     let head_args = |out: &str, augmented: bool| {
         let mut a = vec![
@@ -301,13 +416,121 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
     };
     let head_inputs = BTreeMap::from([("extract/features.json".to_owned(), features_digest)]);
     let mut steps = vec![
-        Step { name: "extract", binary: "extract-features", args: extract_args, inputs: extract_inputs },
-        Step { name: "head", binary: "train-head", args: head_args("head", false), inputs: head_inputs.clone() },
+        Step {
+            name: "extract",
+            binary: "extract-features",
+            args: extract_args.clone(),
+            inputs: extract_inputs.clone(),
+            resumable: false,
+        },
+        Step {
+            name: "head",
+            binary: "train-head",
+            args: head_args("head", false),
+            inputs: head_inputs.clone(),
+            resumable: false,
+        },
     ];
     if e.augment_passes > 0 {
-        steps.push(Step { name: "head-augmented", binary: "train-head", args: head_args("head-augmented", true), inputs: head_inputs });
+        steps.push(Step {
+            name: "head-augmented",
+            binary: "train-head",
+            args: head_args("head-augmented", true),
+            inputs: head_inputs,
+            resumable: false,
+        });
     }
+    let f = &config.fine_tune;
+    if !f.enabled {
+        return Ok(steps);
+    }
+    let mut fine_tune_args = vec![
+        "--data".into(),
+        data.display().to_string(),
+        "--weights".into(),
+        weights.display().to_string(),
+        "--out".into(),
+        run_dir.join("fine-tune").display().to_string(),
+        "--input-size".into(),
+        e.input_size.to_string(),
+        "--unfreeze-from".into(),
+        f.unfreeze_from.clone(),
+        "--epochs".into(),
+        f.epochs.to_string(),
+        "--steps-per-epoch".into(),
+        f.steps_per_epoch.to_string(),
+        "--batch-size".into(),
+        f.batch_size.to_string(),
+        "--lr".into(),
+        f.lr.to_string(),
+        "--seed".into(),
+        f.seed.to_string(),
+        "--device".into(),
+        config.run.device.clone(),
+    ];
+    let mut fine_tune_inputs = extract_inputs;
+    if f.from_head {
+        if e.layer != "block5_pool" {
+            bail!(
+                "fine_tune.from_head needs the head trained on block5_pool features (extract.layer is {})",
+                e.layer
+            );
+        }
+        let head = run_dir.join("head").join("head.safetensors");
+        fine_tune_args.extend(["--head".into(), head.display().to_string()]);
+        fine_tune_inputs.insert("head/head.safetensors".into(), digest_or_absent(&head));
+    } else {
+        fine_tune_args.extend(["--head-epochs".into(), f.head_epochs.to_string()]);
+    }
+    if f.mode == FineTuneMode::CachedTrunk {
+        // The frozen trunk's output for K augmented passes: extraction at the last frozen layer.
+        let mut trunk_args = extract_args;
+        let set = |args: &mut Vec<String>, flag: &str, value: String| {
+            let i = args.iter().position(|a| a == flag).expect("flag set above") + 1;
+            args[i] = value;
+        };
+        set(
+            &mut trunk_args,
+            "--out",
+            run_dir.join("extract-trunk").display().to_string(),
+        );
+        set(&mut trunk_args, "--layer", f.trunk_layer.clone());
+        set(&mut trunk_args, "--pooling", "none".into());
+        set(&mut trunk_args, "--precision", "f32".into());
+        set(
+            &mut trunk_args,
+            "--augment-passes",
+            f.trunk_passes.to_string(),
+        );
+        set(&mut trunk_args, "--augment-seed", f.seed.to_string());
+        let trunk = run_dir.join("extract-trunk").join("features.json");
+        fine_tune_args.extend(["--trunk-cache".into(), trunk.display().to_string()]);
+        fine_tune_inputs.insert(
+            "extract-trunk/features.json".into(),
+            digest_or_absent(&trunk),
+        );
+        steps.push(Step {
+            name: "extract-trunk",
+            binary: "extract-features",
+            args: trunk_args,
+            inputs: steps[0].inputs.clone(),
+            resumable: false,
+        });
+    }
+    steps.push(Step {
+        name: "fine-tune",
+        binary: "fine-tune",
+        args: fine_tune_args,
+        inputs: fine_tune_inputs,
+        resumable: true,
+    });
     Ok(steps)
+}
+
+fn digest_or_absent(path: &Path) -> String {
+    run_folder::file_sha256(path)
+        .map(|d| d.sha256)
+        .unwrap_or_else(|_| "absent".into())
 }
 
 /// A cheap fingerprint of a dataset tree: every file's relative path, size and modification
@@ -317,14 +540,25 @@ fn tree_fingerprint(root: &Path) -> Result<String> {
     let mut entries = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let entry = entry?;
             let meta = entry.metadata()?;
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-                let rel = entry.path().strip_prefix(root).unwrap_or(&entry.path()).display().to_string();
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                let rel = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap_or(&entry.path())
+                    .display()
+                    .to_string();
                 entries.push(format!("{rel}\t{}\t{mtime}\n", meta.len()));
             }
         }
@@ -334,19 +568,51 @@ fn tree_fingerprint(root: &Path) -> Result<String> {
     for e in &entries {
         hasher.update(e.as_bytes());
     }
-    Ok(format!("{} files, {}", entries.len(), hex::encode(hasher.finalize())))
+    Ok(format!(
+        "{} files, {}",
+        entries.len(),
+        hex::encode(hasher.finalize())
+    ))
+}
+
+/// `pipeline.pending.json`: the invocation a stage was started with and has not finished.
+const PENDING: &str = "pipeline.pending.json";
+
+impl Step {
+    fn invocation(&self) -> Invocation {
+        Invocation {
+            binary: self.binary.into(),
+            args: self.args.clone(),
+            inputs: self.inputs.clone(),
+        }
+    }
+
+    /// The stage was started with exactly this invocation and did not finish (killed, failed).
+    fn interrupted_in(&self, dir: &Path) -> bool {
+        run_folder::read_json::<Invocation>(&dir.join(PENDING))
+            .is_ok_and(|pending| pending == self.invocation())
+    }
 }
 
 fn status(step: &Step, dir: &Path) -> Status {
+    if step.interrupted_in(dir) {
+        return Status::Interrupted {
+            resumes: step.resumable,
+        };
+    }
     let Ok(record) = run_folder::StageRecord::read(dir) else {
         return Status::Missing;
     };
     let invocation: Option<Invocation> = run_folder::read_json(&dir.join("pipeline.json")).ok();
-    let wanted = Invocation { binary: step.binary.into(), args: step.args.clone(), inputs: step.inputs.clone() };
+    let wanted = step.invocation();
     match invocation {
         None => return Status::Stale("no record of how it was run".into()),
         Some(inv) if inv != wanted => {
-            let changed = wanted.inputs.iter().find(|(k, v)| inv.inputs.get(*k) != Some(v)).map(|(k, _)| format!("input {k} changed"));
+            let changed = wanted
+                .inputs
+                .iter()
+                .find(|(k, v)| inv.inputs.get(*k) != Some(v))
+                .map(|(k, _)| format!("input {k} changed"));
             return Status::Stale(changed.unwrap_or_else(|| "settings changed".into()));
         }
         Some(_) => {}
@@ -354,7 +620,7 @@ fn status(step: &Step, dir: &Path) -> Status {
     if let Some(damage) = record.damaged_output(dir) {
         return Status::Corrupt(damage);
     }
-    if step.name == "extract"
+    if step.binary == "extract-features"
         && let Some(problem) = missing_cache_entry(dir)
     {
         return Status::Stale(problem);
@@ -385,10 +651,17 @@ fn missing_cache_entry(dir: &Path) -> Option<String> {
             return Some(format!("cache entry {} ({}) is gone", e.key, e.split));
         };
         for line in text.lines() {
-            let Some((digest, name)) = line.split_once("  ") else { return Some(format!("cache entry {} is damaged", e.key)) };
+            let Some((digest, name)) = line.split_once("  ") else {
+                return Some(format!("cache entry {} is damaged", e.key));
+            };
             match run_folder::file_sha256(&root.join(&e.key).join(name)) {
                 Ok(d) if d.sha256 == digest => {}
-                _ => return Some(format!("cache entry {} ({}) is damaged: {name}", e.key, e.split)),
+                _ => {
+                    return Some(format!(
+                        "cache entry {} ({}) is damaged: {name}",
+                        e.key, e.split
+                    ));
+                }
             }
         }
     }
@@ -401,38 +674,92 @@ fn describe(status: &Status) -> String {
         Status::Stale(why) => format!("stale ({why})"),
         Status::Corrupt(why) => format!("corrupt ({why})"),
         Status::Missing => "missing".into(),
+        Status::Interrupted { resumes: true } => {
+            "interrupted (resumes from its last checkpoint)".into()
+        }
+        Status::Interrupted { resumes: false } => {
+            "interrupted (reruns; finished cache entries are reused)".into()
+        }
     }
 }
 
 fn build_stages(torch: &Libtorch, workspace: &Path) -> Result<()> {
     eprintln!("building the stage binaries (release)");
     let mut cmd = crate::cargo();
-    cmd.current_dir(workspace).args(["build", "--release", "--quiet", "-p", "extract-features", "-p", "train-head"]);
+    cmd.current_dir(workspace).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "extract-features",
+        "-p",
+        "train-head",
+        "-p",
+        "fine-tune",
+    ]);
     torch.configure(&mut cmd);
     crate::run_checked(&mut cmd, "cargo build --release (stage binaries)")
 }
 
 /// Runs one stage binary, its stderr shown and copied to `<stage>/log.txt`; records the
 /// invocation once it succeeded.
-fn run_stage(torch: &Libtorch, workspace: &Path, step: &Step, dir: &Path) -> Result<()> {
+///
+/// Unless it resumes, the stage folder is emptied first, so outputs of other settings can never
+/// pass for this run's; `pipeline.pending.json` marks the run as started until it succeeds.
+fn run_stage(
+    torch: &Libtorch,
+    workspace: &Path,
+    step: &Step,
+    dir: &Path,
+    resume: bool,
+) -> Result<()> {
+    if !resume && dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let _ = std::fs::remove_file(dir.join("pipeline.json"));
-    let binary = crate::weights::target_dir(workspace).join("release").join(step.binary);
+    run_folder::write_json(&dir.join(PENDING), &step.invocation())?;
+    let binary = crate::weights::target_dir(workspace)
+        .join("release")
+        .join(step.binary);
+    let mut args = step.args.clone();
+    if resume {
+        args.push("--resume".into());
+    }
     let log_path = dir.join("log.txt");
-    let mut log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-    writeln!(log, "$ {} {}", binary.display(), step.args.join(" "))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    writeln!(log, "$ {} {}", binary.display(), args.join(" "))?;
     let mut cmd = Command::new(&binary);
     // Output is piped into the log, so no colour codes.
-    cmd.args(&step.args).stdout(Stdio::piped()).stderr(Stdio::piped()).env("NO_COLOR", "1");
+    cmd.args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("NO_COLOR", "1");
     torch.configure(&mut cmd);
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let tx2 = tx.clone();
     let readers = [
-        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))),
-        std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(l)))),
+        std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|l| drop(tx.send(l)))
+        }),
+        std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .for_each(|l| drop(tx2.send(l)))
+        }),
     ];
     for line in rx {
         eprintln!("    {line}");
@@ -443,24 +770,64 @@ fn run_stage(torch: &Libtorch, workspace: &Path, step: &Step, dir: &Path) -> Res
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!("stage {} failed ({status}); its log: {}", step.name, log_path.display());
+        bail!(
+            "stage {} failed ({status}); its log: {}",
+            step.name,
+            log_path.display()
+        );
     }
-    let invocation = Invocation { binary: step.binary.into(), args: step.args.clone(), inputs: step.inputs.clone() };
-    run_folder::write_json(&dir.join("pipeline.json"), &invocation)?;
+    run_folder::write_json(&dir.join("pipeline.json"), &step.invocation())?;
+    std::fs::remove_file(dir.join(PENDING))
+        .with_context(|| format!("removing {}", dir.join(PENDING).display()))?;
     Ok(())
 }
 
 fn config_summary(config: &Config, weights: &Path) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut summary = BTreeMap::from([
         ("data".into(), config.run.data.display().to_string()),
         ("weights".into(), weights.display().to_string()),
         ("device".into(), config.run.device.clone()),
-        ("input size".into(), format!("{0}x{0}", config.extract.input_size)),
+        (
+            "input size".into(),
+            format!("{0}x{0}", config.extract.input_size),
+        ),
         ("layer".into(), config.extract.layer.clone()),
         ("precision".into(), config.extract.precision.clone()),
-        ("augmented passes".into(), config.extract.augment_passes.to_string()),
-        ("head".into(), format!("{} epochs, {} lr {}, batch {}", config.head.epochs, config.head.optimizer, config.head.lr, config.head.batch_size)),
-    ])
+        (
+            "augmented passes".into(),
+            config.extract.augment_passes.to_string(),
+        ),
+        (
+            "head".into(),
+            format!(
+                "{} epochs, {} lr {}, batch {}",
+                config.head.epochs, config.head.optimizer, config.head.lr, config.head.batch_size
+            ),
+        ),
+    ]);
+    let f = &config.fine_tune;
+    if f.enabled {
+        let start = if f.from_head {
+            "from the head stage's weights".to_owned()
+        } else {
+            format!("after {} head epochs", f.head_epochs)
+        };
+        let mode = match f.mode {
+            FineTuneMode::Plain => "plain (trunk run on every augmented batch)".to_owned(),
+            FineTuneMode::CachedTrunk => format!(
+                "cached trunk ({} augmented passes of {})",
+                f.trunk_passes, f.trunk_layer
+            ),
+        };
+        summary.insert(
+            "fine-tune".into(),
+            format!(
+                "from {} up, {} epochs of {} steps, batch {}, rmsprop lr {}, {start}, {mode}",
+                f.unfreeze_from, f.epochs, f.steps_per_epoch, f.batch_size, f.lr
+            ),
+        );
+    }
+    summary
 }
 
 #[cfg(test)]
@@ -472,14 +839,178 @@ mod tests {
         let c: Config = toml::from_str("[extract]\ninput_size = 64\n").unwrap();
         assert_eq!(c.extract.input_size, 64);
         assert_eq!(c.head.epochs, 30);
-        assert!(toml::from_str::<Config>("[extract]\ninput_sise = 64\n").is_err(), "typos must be errors");
+        assert!(
+            toml::from_str::<Config>("[extract]\ninput_sise = 64\n").is_err(),
+            "typos must be errors"
+        );
     }
 
     #[test]
     fn shipped_config_parses() {
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml"))
+                .unwrap();
         let c: Config = toml::from_str(&text).unwrap();
         assert_eq!(c.run.name, "demo");
+    }
+
+    /// A dataset folder and a weights file, enough for `plan`.
+    fn inputs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("train/a")).unwrap();
+        std::fs::write(data.join("train/a/x.png"), b"1").unwrap();
+        let weights = dir.path().join("w.safetensors");
+        std::fs::write(&weights, b"w").unwrap();
+        (dir, data, weights)
+    }
+
+    fn names(steps: &[Step]) -> Vec<&str> {
+        steps.iter().map(|s| s.name).collect()
+    }
+
+    fn arg<'a>(step: &'a Step, flag: &str) -> Option<&'a str> {
+        step.args
+            .iter()
+            .position(|a| a == flag)
+            .map(|i| step.args[i + 1].as_str())
+    }
+
+    #[test]
+    fn default_plan_fine_tunes_from_the_head_on_the_cached_trunk() {
+        let (dir, data, weights) = inputs();
+        let run = dir.path().join("run");
+        let steps = plan(&Config::default(), &run, &data, &weights).unwrap();
+        assert_eq!(
+            names(&steps),
+            [
+                "extract",
+                "head",
+                "head-augmented",
+                "extract-trunk",
+                "fine-tune"
+            ]
+        );
+        let trunk = &steps[3];
+        assert_eq!(arg(trunk, "--layer"), Some("block4_pool"));
+        assert_eq!(arg(trunk, "--augment-passes"), Some("5"));
+        assert_eq!(
+            arg(trunk, "--out").map(PathBuf::from),
+            Some(run.join("extract-trunk"))
+        );
+        let fine_tune = &steps[4];
+        assert_eq!(
+            arg(fine_tune, "--input-size"),
+            arg(&steps[0], "--input-size")
+        );
+        assert_eq!(
+            arg(fine_tune, "--trunk-cache").map(PathBuf::from),
+            Some(run.join("extract-trunk/features.json"))
+        );
+        assert_eq!(
+            arg(fine_tune, "--head").map(PathBuf::from),
+            Some(run.join("head/head.safetensors"))
+        );
+        assert_eq!(fine_tune.inputs["head/head.safetensors"], "absent");
+        assert!(fine_tune.resumable && !steps[0].resumable);
+
+        // A trained head changes the fine-tune invocation (it becomes stale), not the extraction's.
+        std::fs::create_dir_all(run.join("head")).unwrap();
+        std::fs::write(run.join("head/head.safetensors"), b"h").unwrap();
+        let again = plan(&Config::default(), &run, &data, &weights).unwrap();
+        assert_ne!(again[4].invocation(), fine_tune.invocation());
+        assert_eq!(again[0].invocation(), steps[0].invocation());
+    }
+
+    #[test]
+    fn plain_mode_and_head_phase_need_no_trunk_extraction() {
+        let (dir, data, weights) = inputs();
+        let mut config = Config::default();
+        config.fine_tune.mode = FineTuneMode::Plain;
+        config.fine_tune.from_head = false;
+        let steps = plan(&config, &dir.path().join("run"), &data, &weights).unwrap();
+        assert_eq!(
+            names(&steps),
+            ["extract", "head", "head-augmented", "fine-tune"]
+        );
+        assert_eq!(arg(&steps[3], "--trunk-cache"), None);
+        assert_eq!(arg(&steps[3], "--head-epochs"), Some("30"));
+        config.fine_tune.enabled = false;
+        assert_eq!(
+            names(&plan(&config, &dir.path().join("run"), &data, &weights).unwrap()),
+            ["extract", "head", "head-augmented"]
+        );
+        config.fine_tune.enabled = true;
+        config.fine_tune.from_head = true;
+        config.extract.layer = "block4_pool".into();
+        assert!(
+            plan(&config, &dir.path().join("run"), &data, &weights).is_err(),
+            "a block4 head cannot start a block5 fine-tune"
+        );
+    }
+
+    #[test]
+    fn interrupted_stage_resumes_only_with_the_same_invocation() {
+        let (dir, data, weights) = inputs();
+        let run = dir.path().join("run");
+        let steps = plan(&Config::default(), &run, &data, &weights).unwrap();
+        let (extract, fine_tune) = (&steps[0], &steps[4]);
+        let stage = run.join("fine-tune");
+        assert_eq!(status(fine_tune, &stage), Status::Missing);
+        std::fs::create_dir_all(&stage).unwrap();
+        run_folder::write_json(&stage.join(PENDING), &fine_tune.invocation()).unwrap();
+        assert_eq!(
+            status(fine_tune, &stage),
+            Status::Interrupted { resumes: true }
+        );
+        // Other settings since the interruption: its checkpoint must not be continued.
+        let mut config = Config::default();
+        config.fine_tune.lr = 1e-4;
+        let changed = plan(&config, &run, &data, &weights).unwrap();
+        assert_eq!(status(&changed[4], &stage), Status::Missing);
+        std::fs::create_dir_all(run.join("extract")).unwrap();
+        run_folder::write_json(&run.join("extract").join(PENDING), &extract.invocation()).unwrap();
+        assert_eq!(
+            status(extract, &run.join("extract")),
+            Status::Interrupted { resumes: false }
+        );
+    }
+
+    #[test]
+    fn finished_stage_is_done_until_an_output_or_input_changes() {
+        let (dir, data, weights) = inputs();
+        let run = dir.path().join("run");
+        let steps = plan(&Config::default(), &run, &data, &weights).unwrap();
+        let head = &steps[1];
+        let stage = run.join("head");
+        std::fs::create_dir_all(&stage).unwrap();
+        std::fs::write(stage.join("head.safetensors"), b"h").unwrap();
+        run_folder::StageRecord::write(
+            &stage,
+            "train-head",
+            "c".into(),
+            BTreeMap::new(),
+            &["head.safetensors"],
+            1.0,
+            serde_json::json!({}),
+        )
+        .unwrap();
+        assert_eq!(
+            status(head, &stage),
+            Status::Stale("no record of how it was run".into())
+        );
+        run_folder::write_json(&stage.join("pipeline.json"), &head.invocation()).unwrap();
+        assert_eq!(status(head, &stage), Status::Done);
+        std::fs::write(stage.join("head.safetensors"), b"H").unwrap();
+        assert!(matches!(status(head, &stage), Status::Corrupt(_)));
+        std::fs::write(stage.join("head.safetensors"), b"h").unwrap();
+        std::fs::create_dir_all(run.join("extract")).unwrap();
+        std::fs::write(run.join("extract/features.json"), b"{}").unwrap();
+        let replanned = plan(&Config::default(), &run, &data, &weights).unwrap();
+        assert_eq!(
+            status(&replanned[1], &stage),
+            Status::Stale("input extract/features.json changed".into())
+        );
     }
 
     #[test]

@@ -10,35 +10,86 @@ use anyhow::Result;
 /// Chollet's notebook on real cats vs dogs at 150x150 (DESIGN.md §3), shown beside our figures.
 const SEED_REFERENCE: &[(&str, &str)] = &[
     ("head", "~90% validation (cached features, no augmentation)"),
-    ("head-augmented", "~90-96% validation (end to end with augmentation in the book)"),
+    (
+        "head-augmented",
+        "~90-96% validation (end to end with augmentation in the book)",
+    ),
+    (
+        "fine-tune",
+        "~97% test (block5 fine-tuned, 100 epochs on augmented images)",
+    ),
 ];
 
-pub fn write(run_dir: &Path, settings: &BTreeMap<String, String>, timings: &[(&str, f64, bool)]) -> Result<()> {
+/// The approaches in report order: stage folder and what it is.
+const APPROACHES: &[(&str, &str)] = &[
+    ("head", "dense head on cached features"),
+    ("head-augmented", "dense head on cached augmented passes"),
+    ("fine-tune", "fine-tuned top of VGG16 with the head"),
+];
+
+pub fn write(
+    run_dir: &Path,
+    settings: &BTreeMap<String, String>,
+    timings: &[(&str, f64, bool)],
+) -> Result<()> {
     let mut md = String::new();
-    let name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     writeln!(md, "# Transfer-learning run `{name}`\n")?;
 
     writeln!(md, "## Accuracy\n")?;
-    writeln!(md, "| approach | validation acc | test acc | seed reference (cats vs dogs) |")?;
+    writeln!(
+        md,
+        "| approach | validation acc | test acc | seed reference (cats vs dogs) |"
+    )?;
     writeln!(md, "| --- | --- | --- | --- |")?;
-    for (stage, label) in [("head", "dense head on cached features"), ("head-augmented", "dense head on cached augmented passes")] {
-        let metrics: Option<serde_json::Value> = run_folder::read_json(&run_dir.join(stage).join("metrics.json")).ok();
+    for &(stage, label) in APPROACHES {
+        let metrics: Option<serde_json::Value> =
+            run_folder::read_json(&run_dir.join(stage).join("metrics.json")).ok();
         let Some(m) = metrics else { continue };
-        let pct = |split: &str| m[split]["acc"].as_f64().map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
-        let reference = SEED_REFERENCE.iter().find(|(s, _)| *s == stage).map_or("", |(_, r)| r);
-        writeln!(md, "| {label} | {} | {} | {reference} |", pct("validation"), pct("test"))?;
+        let pct = |split: &str| {
+            m[split]["acc"]
+                .as_f64()
+                .map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+        };
+        let reference = SEED_REFERENCE
+            .iter()
+            .find(|(s, _)| *s == stage)
+            .map_or("", |(_, r)| r);
+        writeln!(
+            md,
+            "| {label} | {} | {} | {reference} |",
+            pct("validation"),
+            pct("test")
+        )?;
     }
-    writeln!(md, "\nThe demo data is Fashion-MNIST shirt vs t-shirt/top (28x28 grayscale, upscaled), a much harder")?;
-    writeln!(md, "pair for ImageNet features than cats vs dogs; the seed's figures are the book's, for orientation.\n")?;
+    writeln!(
+        md,
+        "\nThe demo data is Fashion-MNIST shirt vs t-shirt/top (28x28 grayscale, upscaled), a much harder"
+    )?;
+    writeln!(
+        md,
+        "pair for ImageNet features than cats vs dogs; the seed's figures are the book's, for orientation.\n"
+    )?;
 
     writeln!(md, "## Stages\n")?;
     writeln!(md, "| stage | this run | recorded time | facts |")?;
     writeln!(md, "| --- | --- | --- | --- |")?;
     for (stage, seconds, skipped) in timings {
         let record = run_folder::StageRecord::read(&run_dir.join(stage)).ok();
-        let recorded = record.as_ref().map_or("-".into(), |r| format!("{:.1}s", r.seconds));
-        let facts = record.as_ref().map_or(String::new(), |r| summary_text(&r.summary));
-        let now = if *skipped { "up to date, verified".to_owned() } else { format!("ran, {seconds:.1}s") };
+        let recorded = record
+            .as_ref()
+            .map_or("-".into(), |r| format!("{:.1}s", r.seconds));
+        let facts = record
+            .as_ref()
+            .map_or(String::new(), |r| summary_text(&r.summary));
+        let now = if *skipped {
+            "up to date, verified".to_owned()
+        } else {
+            format!("ran, {seconds:.1}s")
+        };
         writeln!(md, "| {stage} | {now} | {recorded} | {facts} |")?;
     }
 
@@ -47,13 +98,19 @@ pub fn write(run_dir: &Path, settings: &BTreeMap<String, String>, timings: &[(&s
         writeln!(md, "- {k}: `{v}`")?;
     }
 
-    for stage in ["head", "head-augmented"] {
+    for &(stage, _) in APPROACHES {
         let dir = run_dir.join(stage);
         if !dir.join("accuracy.png").exists() {
             continue;
         }
         writeln!(md, "\n## {stage}\n")?;
-        for plot in ["accuracy.png", "loss.png", "accuracy_smoothed.png", "loss_smoothed.png", "confusion_test.png"] {
+        for plot in [
+            "accuracy.png",
+            "loss.png",
+            "accuracy_smoothed.png",
+            "loss_smoothed.png",
+            "confusion_test.png",
+        ] {
             if dir.join(plot).exists() {
                 writeln!(md, "![{stage} {plot}]({stage}/{plot})")?;
             }
@@ -75,7 +132,9 @@ pub fn write(run_dir: &Path, settings: &BTreeMap<String, String>, timings: &[(&s
 }
 
 fn summary_text(summary: &serde_json::Value) -> String {
-    let Some(map) = summary.as_object() else { return String::new() };
+    let Some(map) = summary.as_object() else {
+        return String::new();
+    };
     map.iter()
         .filter(|(_, v)| !v.is_null() && !v.is_array())
         .map(|(k, v)| match v.as_f64() {

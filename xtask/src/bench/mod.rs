@@ -6,6 +6,7 @@ mod augment;
 mod dataset;
 mod extract;
 mod head;
+mod head_accuracy;
 
 use anyhow::Result;
 
@@ -20,6 +21,8 @@ pub enum Target {
     Extract,
     /// Dense-head training on cached-size features beside the same model in Python PyTorch.
     Head,
+    /// Dense-head test accuracy on the demo: caffe vs rescale, block5 vs block4, plain vs augmented passes.
+    HeadAccuracy,
 }
 
 pub fn run(target: Target, args: &[String]) -> Result<()> {
@@ -27,6 +30,7 @@ pub fn run(target: Target, args: &[String]) -> Result<()> {
         Target::Dataset => dataset::run(args),
         Target::Augment => augment::run(args),
         Target::Head => head::run(args),
+        Target::HeadAccuracy => head_accuracy::run(args),
         Target::Extract => extract::run(args),
     }
 }
