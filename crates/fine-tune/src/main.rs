@@ -130,6 +130,12 @@ struct Args {
     /// given thread count.
     #[arg(long)]
     threads: Option<i32>,
+    /// Mixed precision on CUDA: the trunk, forward passes and validation under libtorch's
+    /// autocast (float16 convolutions and matmuls; weights, gradients, loss and optimizer stay
+    /// float32; no loss scaling). Ignored, with a warning, on the CPU: tch's autocast is
+    /// CUDA-only (and bfloat16 is slower than float32 on CPUs without AMX).
+    #[arg(long)]
+    autocast: bool,
     /// Test hook: exit like a crash (status 3) after N steps, right after saving a checkpoint.
     #[arg(long, hide = true)]
     stop_after_steps: Option<usize>,
@@ -175,6 +181,9 @@ struct StageConfig {
     seed: u64,
     device: String,
     threads: i32,
+    /// Only written when on, so the digests of runs without it stay as they were.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    autocast: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -253,6 +262,11 @@ fn run(args: Args) -> Result<bool> {
     let device = args.device.resolve()?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
+    }
+    // tch's autocast is CUDA autocast: on the CPU it would change nothing.
+    let autocast = args.autocast && device.is_cuda();
+    if args.autocast && !autocast {
+        tracing::warn!(device = ?device, "--autocast applies to CUDA only: training in float32");
     }
     let size = args.input_size as i64;
     let input_width = head_input_width(size).with_context(|| format!("--input-size {}", args.input_size))?;
@@ -333,6 +347,7 @@ fn run(args: Args) -> Result<bool> {
         seed: args.seed,
         device: format!("{device:?}"),
         threads: tch::get_num_threads(),
+        autocast,
     };
     let config_sha256 = run_folder::json_sha256(&config);
 
@@ -423,13 +438,14 @@ fn run(args: Args) -> Result<bool> {
         checkpoint_every: args.checkpoint_every,
         stop_after_steps: args.stop_after_steps,
         on_epoch: &on_epoch,
+        autocast,
     };
     let (state, resume_tensors) = match resumed {
         Some(ckpt) => (ckpt.state, Some(ckpt.tensors)),
         None => (TrainState::new(config_sha256.clone(), args.seed), None),
     };
-    let state = match training_loop.run(&net, state, resume_tensors.as_deref(), &checkpoint_path)? {
-        Outcome::Finished(state) => state,
+    let (state, breakdowns) = match training_loop.run(&net, state, resume_tensors.as_deref(), &checkpoint_path)? {
+        Outcome::Finished(state, breakdowns) => (state, breakdowns),
         Outcome::Stopped(state) => {
             eprintln!(
                 "fine-tune: stopped after {} steps as asked (epoch {}, step {}); continue with --resume",
@@ -516,6 +532,9 @@ fn run(args: Args) -> Result<bool> {
         "best_epoch": best_summary.as_ref().map(|b| b.epoch),
         "median_epoch_seconds": median_epoch_seconds,
         "train_images_per_second": median_epoch_seconds.map(|s| (args.steps_per_epoch * batch) as f64 / s),
+        "autocast": autocast,
+        // Seconds per part of each epoch this process ran (a resumed epoch counts its own steps).
+        "epoch_breakdown": breakdowns,
     });
     let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
     run_folder::StageRecord::write(&args.out, "fine-tune", config_sha256, inputs, &names, started.elapsed().as_secs_f64(), summary)?;

@@ -25,8 +25,9 @@ use crate::net::{Net, Phase};
 
 pub const LATEST: &str = "latest";
 pub const BEST: &str = "best";
-/// Version of [`TrainState`]; a checkpoint of another version is not resumed.
-pub const STATE_VERSION: u32 = 1;
+/// Version of [`TrainState`] and the checkpoint tensors; a checkpoint of another version is not
+/// resumed. 2: RMSprop's slot is `optim.v_eps.*` (Keras' v plus epsilon).
+pub const STATE_VERSION: u32 = 2;
 
 /// Sums over the steps of the epoch in progress.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -96,6 +97,36 @@ pub struct Optimizers {
     pub head: OptimizerSpec,
 }
 
+/// Where the wall time of one epoch went, in seconds (only the steps this process ran). On the
+/// CPU every operation is synchronous, so the parts are exact; on CUDA the loss read-back is the
+/// only synchronisation, so queued work shows up under `forward`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Breakdown {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Building the batch: augmentation and the frozen trunk, or the gather from the trunk cache.
+    pub batch: f64,
+    /// The top and the head forward, the loss and its read-back.
+    pub forward: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+    /// Accuracy bookkeeping and checkpoints inside the epoch.
+    pub other: f64,
+    /// The validation pass at the end of the epoch.
+    pub validation: f64,
+}
+
+/// A stopwatch that charges the time since the last lap to one part.
+struct Laps(Instant);
+
+impl Laps {
+    fn lap(&mut self, part: &mut f64) {
+        let now = Instant::now();
+        *part += (now - self.0).as_secs_f64();
+        self.0 = now;
+    }
+}
+
 /// One optimizer per parameter group; checkpoint names (`optim.<slot>.<param>`) stay unique.
 struct Groups(Vec<Optimizer>);
 
@@ -150,11 +181,14 @@ pub struct Loop<'a> {
     pub stop_after_steps: Option<usize>,
     /// Called after every epoch with the history so far (history.csv).
     pub on_epoch: &'a dyn Fn(&[EpochRecord]) -> Result<()>,
+    /// Run the forward passes under libtorch's autocast (CUDA mixed precision; a no-op elsewhere).
+    pub autocast: bool,
 }
 
 /// How the loop ended.
 pub enum Outcome {
-    Finished(TrainState),
+    /// With the time breakdown of each epoch this process ran.
+    Finished(TrainState, Vec<Breakdown>),
     /// `stop_after_steps` reached; `latest` holds the state.
     Stopped(TrainState),
 }
@@ -186,6 +220,7 @@ impl Loop<'_> {
         }
         let n = self.source.len();
         let mut steps_here = 0usize;
+        let mut breakdowns = Vec::new();
         while state.epoch < self.total_epochs() {
             let epoch = state.epoch;
             let phase = self.phase_of(epoch);
@@ -200,21 +235,31 @@ impl Loop<'_> {
             let bar = progress(self.steps_per_epoch, epoch + 1, self.total_epochs());
             bar.set_position(state.step as u64);
             let mut started = Instant::now();
+            let mut times = Breakdown { epoch: epoch + 1, ..Breakdown::default() };
+            let mut laps = Laps(Instant::now());
             for step in state.step..self.steps_per_epoch {
                 let samples = plan.batch(step);
-                let (xs, ys) = self.source.batch(net, &samples, state.seed, epoch)?;
+                let (xs, ys) = tch::autocast(self.autocast, || self.source.batch(net, &samples, state.seed, epoch))?;
+                laps.lap(&mut times.batch);
                 tch::manual_seed(step_seed(state.seed, epoch, step));
                 groups.zero_grad();
-                let logits = net.forward(&xs, phase, true)?;
-                let batch_loss = loss(&logits, &ys)?;
+                // The loss inside too: autocast computes it in float32 from half-precision logits.
+                let (logits, batch_loss) = tch::autocast(self.autocast, || -> Result<(Tensor, Tensor)> {
+                    let logits = net.forward(&xs, phase, true)?;
+                    let batch_loss = loss(&logits, &ys)?;
+                    Ok((logits, batch_loss))
+                })?;
                 let value = batch_loss.f_double_value(&[])?;
+                laps.lap(&mut times.forward);
                 if !value.is_finite() {
                     bar.abandon();
                     return Err(TrainError::NonFinite { epoch: epoch + 1, step: step + 1, loss: value })
                         .with_context(|| format!("the last good checkpoint is kept in {}", self.checkpoints.dir().display()));
                 }
                 batch_loss.f_backward()?;
+                laps.lap(&mut times.backward);
                 groups.step();
+                laps.lap(&mut times.optimizer);
                 state.running.loss_sum += value * samples.len() as f64;
                 state.running.correct += predict(&logits)?.f_eq_tensor(&ys)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
                 state.running.seen += samples.len() as i64;
@@ -233,9 +278,11 @@ impl Loop<'_> {
                     bar.abandon();
                     return Ok(Outcome::Stopped(state));
                 }
+                laps.lap(&mut times.other);
             }
             bar.finish_and_clear();
-            let val = evaluate(net, self.validation, self.batch_size)?;
+            let val = tch::autocast(self.autocast, || evaluate(net, self.validation, self.batch_size))?;
+            laps.lap(&mut times.validation);
             if !val.loss.is_finite() {
                 return Err(TrainError::NonFinite { epoch: epoch + 1, step: self.steps_per_epoch, loss: val.loss })
                     .context("validation loss; the last good checkpoint is kept");
@@ -260,6 +307,8 @@ impl Loop<'_> {
                 seconds = record.seconds,
                 "epoch done"
             );
+            tracing::debug!(?times, "epoch breakdown");
+            breakdowns.push(times);
             state.history.push(record);
             state.epoch += 1;
             state.step = 0;
@@ -271,7 +320,7 @@ impl Loop<'_> {
             }
             self.save(LATEST, net, &groups, &state)?;
         }
-        Ok(Outcome::Finished(state))
+        Ok(Outcome::Finished(state, breakdowns))
     }
 }
 

@@ -220,6 +220,28 @@ fn outputs_follow_the_stage_contract() {
     assert_eq!(meta["preprocessing"], "rescale");
     assert_eq!(meta["class_names"], r#"["cat","dog"]"#);
     assert_eq!(meta["config_sha256"], record.config_sha256);
+
+    // One time breakdown per epoch, every part present.
+    let breakdown = record.summary["epoch_breakdown"].as_array().unwrap();
+    assert_eq!(breakdown.len(), 2);
+    for (i, epoch) in breakdown.iter().enumerate() {
+        assert_eq!(epoch["epoch"], i + 1);
+        for part in ["batch", "forward", "backward", "optimizer", "other", "validation"] {
+            assert!(epoch[part].as_f64().is_some_and(|s| s >= 0.0), "{part} in {epoch}");
+        }
+    }
+    assert_eq!(record.summary["autocast"], false);
+}
+
+#[test]
+fn autocast_on_the_cpu_warns_and_trains_in_float32() {
+    let out = fixture().root.join("autocast");
+    let run = fine_tune(&out, &["--autocast"]);
+    check_ok(&run);
+    assert!(stderr(&run).contains("--autocast applies to CUDA only"), "{}", stderr(&run));
+    check_same_run(reference(), &out);
+    let record = run_folder::StageRecord::read(&out).unwrap();
+    assert_eq!(record.summary["autocast"], false);
 }
 
 #[test]
