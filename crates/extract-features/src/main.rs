@@ -20,7 +20,7 @@ use models::{DeviceChoice, Vgg16Layer};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::model::{FeatureModel, Precision};
+use crate::model::{FeatureModel, Pending, Precision};
 use models::{Pooling, Preprocessing};
 
 /// Extract VGG16 conv-base features of an image-folder dataset into the shared feature cache
@@ -60,7 +60,9 @@ struct Args {
     #[arg(long, value_enum, default_value_t = Pooling::None)]
     pooling: Pooling,
     /// Numeric precision of the forward pass: bf16 is about twice as fast on CPUs with AVX-512
-    /// BF16, at about 1% relative error in the features.
+    /// BF16, at about 1% relative error in the features; autocast (CUDA only) runs the
+    /// convolutions in float16 under libtorch's autocast. On CUDA, float32 convolutions use TF32
+    /// tensor cores (libtorch's default); NVIDIA_TF32_OVERRIDE=0 in the environment turns that off.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     precision: Precision,
     #[arg(long, default_value_t = 20)]
@@ -68,6 +70,10 @@ struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// On CUDA, let cuDNN time its convolution algorithms for each new input shape and keep the
+    /// fastest (costs the first batch of each shape).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    cudnn_benchmark: bool,
     /// Also store this many independently augmented passes of the training split.
     #[arg(long, default_value_t = 0)]
     augment_passes: u32,
@@ -136,6 +142,38 @@ struct Totals {
     images: usize,
     model: Duration,
     skipped: Vec<String>,
+    timings: Vec<EntryTiming>,
+}
+
+/// Where the time of one computed entry went, in the stage summary (`stage.json`).
+///
+/// Measured with host clocks and device synchronisation (tch exposes no CUDA events): one batch
+/// is in flight at a time, so the device has work queued from a batch's submit until the
+/// synchronisation that follows it returns (`device_queued_seconds`, an upper bound of its busy
+/// time: it includes launch latency, and the device may finish before the host asks); between
+/// that return and the next submit it has nothing to do (`device_starved_seconds`, a lower bound
+/// of its idle time: decode, augmentation and writing that were not hidden). `host_wait_seconds`
+/// is the host blocked in synchronisation: when it is above zero for every batch, the device was
+/// the bottleneck. On the CPU the forward pass is synchronous, so queued time is model time and
+/// starved time is everything else.
+#[derive(Debug, Default, Serialize)]
+struct EntryTiming {
+    split: String,
+    pass: Option<u32>,
+    images: usize,
+    batches: usize,
+    seconds: f64,
+    device_queued_seconds: f64,
+    device_starved_seconds: f64,
+    host_wait_seconds: f64,
+    /// Batches whose synchronisation found the device still working (host waited > 0.1 ms).
+    device_bound_batches: usize,
+    /// From the start to the first batch's rows: start-up, first decode, cuDNN autotuning.
+    first_batch_seconds: f64,
+    /// Images per second after the first batch (null with one batch).
+    steady_images_per_second: Option<f64>,
+    #[serde(skip)]
+    first_batch_rows: usize,
 }
 
 fn main() -> ExitCode {
@@ -148,6 +186,9 @@ fn run(args: Args) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let device = args.device.resolve()?;
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
+    }
     let model = FeatureModel::load(&args.weights, device, args.layer, args.preprocessing, args.pooling, args.precision)?;
     let size = Size::square(args.input_size);
     let row_shape = model.row_shape(args.input_size as i64)?;
@@ -311,6 +352,14 @@ fn run(args: Args) -> Result<()> {
         "skipped": totals.skipped,
         "peak_rss_mb": peak_rss_mb(),
         "feature_shape": row_shape,
+        "precision": args.precision.name(),
+        "batch_size": args.batch_size,
+        "cudnn_benchmark": device.is_cuda().then_some(args.cudnn_benchmark),
+        // TF32 is libtorch's default for float32 convolutions on CUDA; NVIDIA's libraries honour
+        // this variable (0 = off), which is how the GPU check compares both.
+        "nvidia_tf32_override": std::env::var("NVIDIA_TF32_OVERRIDE").ok(),
+        "timing_method": "host clocks around device synchronisation, one batch in flight",
+        "entries": totals.timings,
     });
     let inputs: BTreeMap<String, String> = BTreeMap::from([("weights".to_owned(), model.weights_sha256().to_owned())])
         .into_iter()
@@ -394,8 +443,46 @@ fn extract(
     );
     let (h, w) = (size.height as usize, size.width as usize);
     let mut rows = 0u64;
+    let step = (total / 10).max(1);
+    let mut timing = EntryTiming { split: job.split.to_owned(), pass: job.pass, ..Default::default() };
+    let loop_start = Instant::now();
+    // The batch on the device, its labels, and when its submit call started and returned.
+    let mut in_flight: Option<(Pending, Vec<i32>, Instant, Instant)> = None;
     let mut batches = dataset::batches(job.index, &decode, &options, 0)?;
+    // Writes a finished batch's rows (while the next one runs on the device).
+    let mut write = |pending: Pending, labels: Vec<i32>, rows: &mut u64| -> Result<()> {
+        let features = pending.rows()?;
+        writer.append(&features, &labels)?;
+        *rows += pending.len() as u64;
+        bar.inc(pending.len() as u64);
+        // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
+        if bar.is_hidden() && (*rows / step != (*rows - pending.len() as u64) / step || *rows == total) {
+            tracing::info!(split = %label, done = *rows, total, "extracting");
+        }
+        Ok(())
+    };
+    // Ends the batch in flight: waits for the device, accounts its time, hands back its rows.
+    let settle = |in_flight: Option<(Pending, Vec<i32>, Instant, Instant)>, timing: &mut EntryTiming| {
+        in_flight.map(|(pending, labels, submitted, returned)| {
+            let asked = Instant::now();
+            model.wait();
+            let done = Instant::now();
+            let waited = done - asked;
+            timing.host_wait_seconds += waited.as_secs_f64();
+            // On the CPU the work happened inside submit; on CUDA it ran until the wait returned.
+            let busy_until = if model.device().is_cuda() { done } else { returned };
+            timing.device_queued_seconds += (busy_until - submitted).as_secs_f64();
+            timing.device_bound_batches += usize::from(waited > Duration::from_micros(100));
+            if timing.batches == 0 {
+                timing.first_batch_seconds = (busy_until - loop_start).as_secs_f64();
+                timing.first_batch_rows = pending.len();
+            }
+            timing.batches += 1;
+            (pending, labels)
+        })
+    };
     for batch in batches.by_ref() {
+        // Decode (on the prefetch threads), augmentation and staging overlap the batch in flight.
         let mut batch = batch?;
         if let Some(pass) = job.pass {
             let image_len = h * w * 3;
@@ -404,20 +491,28 @@ fn extract(
                 |((dst, src), &i)| augment_config.sample(args.augment_seed, pass as u64, i as u64).apply_u8(src, h, w, 3, dst),
             )?;
         }
-        let t = Instant::now();
-        let features = model.features(&batch.images, batch.len(), h, w)?;
-        totals.model += t.elapsed();
-        let labels: Vec<i32> = batch.classes.iter().map(|&c| c as i32).collect();
-        writer.append(&features, &labels)?;
-        rows += batch.len() as u64;
-        totals.images += batch.len();
-        bar.inc(batch.len() as u64);
-        // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
-        let step = (total / 10).max(1);
-        if bar.is_hidden() && (rows / step != (rows - batch.len() as u64) / step || rows == total) {
-            tracing::info!(split = %label, done = rows, total, "extracting");
+        let staged = model.stage(&batch.images, batch.len(), h, w)?;
+        let finished = settle(in_flight.take(), &mut timing);
+        let submitted = Instant::now();
+        let pending = model.submit(staged)?;
+        in_flight = Some((pending, batch.classes.iter().map(|&c| c as i32).collect(), submitted, Instant::now()));
+        if let Some((pending, labels)) = finished {
+            write(pending, labels, &mut rows)?;
         }
     }
+    if let Some((pending, labels)) = settle(in_flight.take(), &mut timing) {
+        write(pending, labels, &mut rows)?;
+    }
+    timing.images = rows as usize;
+    timing.seconds = loop_start.elapsed().as_secs_f64();
+    timing.device_starved_seconds = (timing.seconds - timing.device_queued_seconds).max(0.0);
+    if timing.batches > 1 {
+        let rest = timing.seconds - timing.first_batch_seconds;
+        timing.steady_images_per_second = (rest > 0.0).then(|| (rows as usize - timing.first_batch_rows) as f64 / rest);
+    }
+    totals.model += Duration::from_secs_f64(timing.device_queued_seconds);
+    totals.images += rows as usize;
+    totals.timings.push(timing);
     for skipped in batches.skipped() {
         tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "skipped a bad image");
         writer.skip(relative(&skipped.path, &job.index.dir));

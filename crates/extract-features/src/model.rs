@@ -1,12 +1,20 @@
 //! The frozen feature extractor: VGG16 weights loaded once, preprocessing, the layer cut,
-//! optional global pooling, and the CPU fast paths (channels-last layout, bfloat16).
+//! optional global pooling, the CPU fast paths (channels-last layout, bfloat16) and the CUDA
+//! data path.
 //!
 //! Weights are our safetensors (`features.N.weight|bias`, metadata `preprocessing`,
 //! `architecture`), read with `training::tensors_io`.
+//!
+//! A batch goes through three calls so that a GPU never waits on the CPU: [`FeatureModel::stage`]
+//! (host work: the uint8 batch into pinned memory), [`FeatureModel::submit`] (queues the
+//! non-blocking upload, normalisation on the device, the forward pass and a non-blocking download
+//! into pinned memory, and returns at once on CUDA) and [`Pending::rows`] after
+//! [`FeatureModel::wait`]. The caller stages batch k+1 and writes batch k-1 while batch k runs.
+//! On the CPU `submit` computes synchronously and `wait` does nothing, so the same code runs.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
 use models::{LoadedWeights, Pooling, Preprocessing, Vgg16Layer, feature_shape, load_weights, preprocess};
 use serde::Serialize;
@@ -17,6 +25,9 @@ use tch::{Device, Kind, Tensor};
 pub enum Precision {
     F32,
     Bf16,
+    /// CUDA only: float32 weights, convolutions in float16 under libtorch's autocast (what
+    /// `torch.autocast("cuda")` does); features come back as float32.
+    Autocast,
 }
 
 impl Precision {
@@ -24,19 +35,23 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Autocast => "autocast",
         }
     }
 
+    /// The kind the network input is cast to (autocast casts per operation itself).
     fn kind(self) -> Kind {
         match self {
-            Precision::F32 => Kind::Float,
+            Precision::F32 | Precision::Autocast => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
         }
     }
 }
 
 /// Gives every 4-D weight channels-last strides (same values), the layout oneDNN's fastest CPU
-/// convolutions use; `preprocess` makes the input channels-last by permuting NHWC (no copy).
+/// convolutions and cuDNN's tensor-core kernels use; `preprocess` makes the input channels-last by
+/// permuting NHWC (no copy). With the input channels-last and the weights not, every convolution
+/// would convert its weight on each call.
 fn to_channels_last(vs: &tch::nn::VarStore) -> Result<()> {
     for (_, mut var) in vs.variables() {
         if var.dim() == 4 {
@@ -69,13 +84,20 @@ impl FeatureModel {
         let mut weights = load_weights(path, device).with_context(|| format!("loading weights {}", path.display()))?;
         weights.vs.freeze();
         let preprocessing = preprocessing.unwrap_or(weights.meta.preprocessing);
+        if precision == Precision::Autocast && !device.is_cuda() {
+            // libtorch's autocast switch (what tch exposes) covers CUDA only: on the CPU it would
+            // silently compute float32 under a key that says otherwise.
+            bail!("--precision autocast needs a CUDA device (libtorch's autocast switch covers CUDA only); on the CPU use --precision bf16");
+        }
         if precision == Precision::Bf16 {
             weights.vs.bfloat16();
         }
-        if device == Device::Cpu {
-            to_channels_last(&weights.vs)?;
-        }
+        to_channels_last(&weights.vs)?;
         Ok(Self { weights, layer, preprocessing, pooling, precision, device })
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     pub fn weights_sha256(&self) -> &str {
@@ -100,17 +122,73 @@ impl FeatureModel {
         Ok(shape)
     }
 
-    /// images: `n` RGB8 images of `h` x `w`, HWC, back to back -> `n` feature rows, flattened.
-    pub fn features(&self, images: &[u8], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+    /// Host side of a batch: `n` RGB8 images of `h` x `w`, HWC, back to back, as a uint8
+    /// `[n, h, w, 3]` tensor, in pinned memory when the model is on CUDA (so the upload can be
+    /// asynchronous; libtorch's caching host allocator keeps a block until its copy is done).
+    pub fn stage(&self, images: &[u8], n: usize, h: usize, w: usize) -> Result<Staged> {
+        let expected = n.checked_mul(h * w * 3).context("batch size overflows")?;
+        if images.len() != expected {
+            bail!("a batch of {n} images of {h}x{w} RGB needs {expected} bytes, got {}", images.len());
+        }
+        let batch = Tensor::from_slice(images).f_view([n as i64, h as i64, w as i64, 3])?;
+        let batch = if self.device.is_cuda() { batch.f_pin_memory(self.device)? } else { batch };
+        Ok(Staged { batch, rows: n })
+    }
+
+    /// Queues a staged batch: upload (non-blocking), preprocessing on the device, the forward
+    /// pass, the cast to float32 rows, and a non-blocking download into pinned memory. On CUDA it
+    /// returns as soon as the work is queued; call [`Self::wait`] before [`Pending::rows`].
+    pub fn submit(&self, staged: Staged) -> Result<Pending> {
         tch::no_grad(|| {
-            let batch = Tensor::from_slice(images).f_view([n as i64, h as i64, w as i64, 3])?;
-            let batch = if self.device == Device::Cpu { batch } else { batch.f_pin_memory(self.device)?.f_to_device_(self.device, Kind::Uint8, true, false)? };
-            // NHWC u8 -> float NCHW view with channels-last strides (no copy): the fast CPU layout.
+            let batch = if self.device.is_cuda() {
+                staged.batch.f_to_device_(self.device, Kind::Uint8, true, false)?
+            } else {
+                staged.batch
+            };
+            // NHWC u8 -> float NCHW view with channels-last strides (no copy).
             let xs = preprocess(&batch, self.preprocessing)?.f_to_kind(self.precision.kind())?;
-            let ys = self.pooling.apply(&self.weights.base.forward_to(&xs, self.layer)?)?;
+            let forward = || -> Result<Tensor> { Ok(self.pooling.apply(&self.weights.base.forward_to(&xs, self.layer)?)?) };
+            let ys = if self.precision == Precision::Autocast { tch::autocast(true, forward)? } else { forward()? };
             let ys = if ys.dim() == 4 { ys.f_permute([0, 2, 3, 1])? } else { ys };
-            let ys = ys.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?.f_contiguous()?;
-            Ok(Vec::<f32>::try_from(ys.f_flatten(0, -1)?)?)
+            // Contiguous on the device, so the download is one copy; non-blocking to the CPU
+            // makes libtorch allocate the destination in pinned memory.
+            let ys = ys.f_to_kind(Kind::Float)?.f_contiguous()?;
+            let host = if self.device.is_cuda() { ys.f_to_device_(Device::Cpu, Kind::Float, true, false)? } else { ys };
+            Ok(Pending { host, rows: staged.rows })
         })
+    }
+
+    /// Blocks until every queued batch is done (no-op on the CPU). tch exposes no CUDA events,
+    /// so this is a device-wide synchronisation: the caller submits one batch at a time.
+    pub fn wait(&self) {
+        if let Device::Cuda(index) = self.device {
+            tch::Cuda::synchronize(index as i64);
+        }
+    }
+}
+
+/// A batch on the host, ready to submit.
+#[derive(Debug)]
+pub struct Staged {
+    batch: Tensor,
+    rows: usize,
+}
+
+/// A submitted batch: its feature rows land in `host` once the device is done.
+#[derive(Debug)]
+pub struct Pending {
+    host: Tensor,
+    rows: usize,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// The feature rows, flattened. Only after [`FeatureModel::wait`] on CUDA: before, the
+    /// download may not have landed.
+    pub fn rows(&self) -> Result<Vec<f32>> {
+        Ok(Vec::<f32>::try_from(self.host.f_flatten(0, -1)?)?)
     }
 }

@@ -1,6 +1,8 @@
 //! The extract-features binary on a tiny generated dataset with random seeded VGG16 weights:
 //! entries for every split and augmented pass, reuse on the second run, recompute of only what a
-//! changed image touches, bf16 close to f32, pooling, the private-cache fallback, numpy interop.
+//! changed image touches, bf16 close to f32, pooling, the private-cache fallback, numpy interop,
+//! the overlapped batch loop (rows and labels independent of the batch size, timings accounted
+//! per entry) and the refusal of CUDA-only autocast on the CPU.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,13 +62,17 @@ fn fixture() -> Fixture {
 
 fn extract(f: &Fixture, out: &str, extra: &[&str]) -> (ExtractionRecord, String) {
     let out = f.root.join(out);
-    let result = Command::new(env!("CARGO_BIN_EXE_extract-features"))
-        .args(["--data", f.data.to_str().unwrap(), "--weights", f.weights.to_str().unwrap()])
-        .args(["--out", out.to_str().unwrap(), "--input-size", "32", "--batch-size", "3", "--device", "cpu"])
-        .args(["--cache-dir", f.root.join("cache").to_str().unwrap()])
-        .args(extra)
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_extract-features"));
+    cmd.args(["--data", f.data.to_str().unwrap(), "--weights", f.weights.to_str().unwrap()])
+        .args(["--out", out.to_str().unwrap(), "--input-size", "32", "--device", "cpu"]);
+    // Defaults unless the test sets them (clap refuses an option given twice).
+    if !extra.contains(&"--batch-size") {
+        cmd.args(["--batch-size", "3"]);
+    }
+    if !extra.contains(&"--cache-dir") {
+        cmd.args(["--cache-dir", f.root.join("cache").to_str().unwrap()]);
+    }
+    let result = cmd.args(extra).output().unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     assert!(result.status.success(), "{stderr}");
     (run_folder::read_json(&out.join(feature_cache::EXTRACTION_FILE)).unwrap(), stderr)
@@ -126,6 +132,59 @@ fn bf16_is_close_to_f32_and_keyed_apart() {
     let rel = (num / den).sqrt();
     assert!(rel < 0.02, "bf16 relative error {rel}");
     assert!(rel > 0.0, "bf16 must actually run in bf16");
+}
+
+/// The loop keeps one batch in flight while it prepares the next and writes the previous: a row
+/// written with another batch's labels, or a batch lost at the end, changes what a split holds
+/// with the batch size.
+#[test]
+fn rows_and_labels_do_not_depend_on_the_batch_size() {
+    let f = fixture();
+    let layer = ["--splits", "train", "--layer", "block2_pool"];
+    let (whole, _) = extract(&f, "b8", &[&layer[..], &["--batch-size", "8"]].concat());
+    let reference = load(&whole, "train");
+    for batch in ["1", "3"] {
+        let (run, _) = extract(&f, &format!("b{batch}"), &[&layer[..], &["--batch-size", batch, "--cache-dir", f.root.join(format!("cache{batch}")).to_str().unwrap()]].concat());
+        let got = load(&run, "train");
+        assert_eq!(got.labels, reference.labels, "batch size {batch}");
+        assert_eq!(got.features.len(), reference.features.len(), "batch size {batch}");
+        let row = reference.features.len() / 8;
+        for (i, (a, b)) in got.features.chunks(row).zip(reference.features.chunks(row)).enumerate() {
+            let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+            let scale = b.iter().map(|y| y.abs()).fold(0.0f32, f32::max).max(1e-6);
+            assert!(err <= 1e-4 * scale, "batch size {batch}: row {i} differs by {err} (scale {scale})");
+        }
+    }
+}
+
+#[test]
+fn stage_summary_accounts_every_entry_and_batch() {
+    let f = fixture();
+    let (_, _) = extract(&f, "t", &["--splits", "train,test", "--layer", "block1_pool"]);
+    let stage: serde_json::Value = run_folder::read_json(&f.root.join("t").join("stage.json")).unwrap();
+    let entries = stage["summary"]["entries"].as_array().unwrap();
+    let got: Vec<(&str, u64, u64)> = entries
+        .iter()
+        .map(|e| (e["split"].as_str().unwrap(), e["images"].as_u64().unwrap(), e["batches"].as_u64().unwrap()))
+        .collect();
+    // 8 train images in batches of 3 (3, 3, 2), 4 test images (3, 1).
+    assert_eq!(got, [("train", 8, 3), ("test", 4, 2)]);
+    assert_eq!(stage["summary"]["cudnn_benchmark"], serde_json::Value::Null, "CPU run");
+    assert_eq!(stage["summary"]["precision"], "f32");
+}
+
+#[test]
+fn autocast_is_refused_on_the_cpu() {
+    let f = fixture();
+    let result = Command::new(env!("CARGO_BIN_EXE_extract-features"))
+        .args(["--data", f.data.to_str().unwrap(), "--weights", f.weights.to_str().unwrap(), "--splits", "test"])
+        .args(["--out", f.root.join("ac").to_str().unwrap(), "--device", "cpu", "--precision", "autocast"])
+        .args(["--cache-dir", f.root.join("cache").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(stderr.contains("--precision autocast needs a CUDA device"), "{stderr}");
 }
 
 #[test]
