@@ -313,12 +313,20 @@ def fine_tune(check, ctx, name, device, data, steps, batch, epochs, extra=()):
         check.fail(f"{name}: non-finite training loss {losses}")
     # The last epoch is the timed one: the first pays for cuDNN autotuning and warm-up.
     timed = float(history[-1]["seconds"])
+    try:
+        with open(os.path.join(run_dir, "stage.json")) as f:
+            breakdowns = json.load(f)["summary"].get("epoch_breakdown") or []
+    except (OSError, ValueError, KeyError):
+        breakdowns = []
     return {
         "name": name, "device": device, "flags": " ".join(extra) or "(defaults)",
         "epochs": epochs, "steps": steps, "batch_size": batch,
         "epoch_seconds": timed, "first_epoch_seconds": float(history[0]["seconds"]),
         "images_per_second": steps * batch / timed if timed > 0 else None,
         "loss": losses[-1], "process_seconds": seconds,
+        # Where the timed epoch went (batch building, forward, backward, optimizer, validation),
+        # when this fine-tune records it.
+        "breakdown": breakdowns[-1] if breakdowns else None,
     }
 
 
@@ -326,9 +334,10 @@ def fine_tune(check, ctx, name, device, data, steps, batch, epochs, extra=()):
 # The two halves.
 
 
-def cpu_half(check, ctx, parity_split):
-    """CPU float32 reference features of the parity images, bfloat16 against them, the
-    autocast refusal, and one tiny fine-tune epoch. Returns the reference values."""
+def cpu_half(check, ctx, parity_split, reference_only):
+    """CPU float32 reference features of the parity images; unless `reference_only` (the GPU
+    half follows and covers the rest), bfloat16 against them, the autocast refusal and one tiny
+    fine-tune epoch. Returns the reference values."""
     args = check.args
     ref = extract(check, ctx, "extract-cpu-f32", "cpu", "f32", [parity_split], args.cpu_batch)
     if ref is None:
@@ -337,6 +346,8 @@ def cpu_half(check, ctx, parity_split):
     reference, shape = split_features(ref["run_dir"], parity_split)
     log(f"CPU float32 reference: {shape[0]} images, feature shape {list(shape[1:])}")
     shutil.rmtree(ref["cache_dir"], ignore_errors=True)
+    if reference_only:
+        return reference
     if not check.over_budget("the CPU bfloat16 run"):
         bf16 = extract(check, ctx, "extract-cpu-bf16", "cpu", "bf16", [parity_split], args.cpu_batch)
         if bf16 is not None:
@@ -357,16 +368,24 @@ def cpu_half(check, ctx, parity_split):
 
 def gpu_half(check, ctx, reference, parity_split, bulk_split):
     args = check.args
-    splits = [parity_split, bulk_split]
-    # (name, precision, tf32, cudnn benchmark, parity variant)
+    # (name, precision, tf32, cudnn benchmark, parity variant), most wanted first: the time
+    # budget skips from the end. bf16 runs after the fine-tune epochs (below).
     variants = [
         ("extract-gpu-f32-tf32", "f32", True, True, "f32-tf32"),
-        ("extract-gpu-f32-no-tf32", "f32", False, True, "f32-no-tf32"),
         ("extract-gpu-autocast", "autocast", True, True, "autocast"),
-        ("extract-gpu-bf16", "bf16", True, True, "bf16"),
         ("extract-gpu-f32-tf32-nobench", "f32", True, False, "f32-tf32"),
         ("extract-gpu-autocast-nobench", "autocast", True, False, "autocast"),
+        ("extract-gpu-f32-no-tf32", "f32", False, True, "f32-no-tf32"),
     ]
+    extraction(check, ctx, variants, reference, parity_split, bulk_split)
+    if not args.skip_fine_tune:
+        gpu_fine_tune(check, ctx)
+    extraction(check, ctx, [("extract-gpu-bf16", "bf16", True, True, "bf16")], reference, parity_split, bulk_split)
+
+
+def extraction(check, ctx, variants, reference, parity_split, bulk_split):
+    args = check.args
+    splits = [parity_split, bulk_split]
     for name, precision, tf32, bench, variant in variants:
         if check.over_budget(name):
             continue
@@ -376,9 +395,11 @@ def gpu_half(check, ctx, reference, parity_split, bulk_split):
         check.extract_rows.append(extract_row(name, args.device, precision, tf32, bench, result, bulk_split))
         parity(check, name, variant, result, reference, parity_split)
         shutil.rmtree(result["cache_dir"], ignore_errors=True)
-    if args.skip_fine_tune:
-        return
-    help_ok, _, help_text = run(check, "fine-tune-help", [ctx["bin"]["fine-tune"], "--help"], ctx["env"])
+
+
+def gpu_fine_tune(check, ctx):
+    args = check.args
+    _, _, help_text = run(check, "fine-tune-help", [ctx["bin"]["fine-tune"], "--help"], ctx["env"])
     runs = [("fine-tune-gpu-f32", [])]
     # fine-tune sets cuDNN benchmark on CUDA; these variants run when it offers the switches.
     if "--cudnn-benchmark" in help_text:
@@ -452,8 +473,8 @@ def main():
     p.add_argument("--cpu-only", action="store_true", help="run the CPU half even when CUDA is seen")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--size", type=int, default=150, help="image size (square)")
-    p.add_argument("--budget-s", type=float, default=240.0, help="skip runs that would start after this many seconds")
-    p.add_argument("--run-timeout-s", type=float, default=180.0)
+    p.add_argument("--budget-s", type=float, default=150.0, help="skip runs that would start after this many seconds")
+    p.add_argument("--run-timeout-s", type=float, default=120.0)
     p.add_argument("--seed", type=int, default=0, help="seed of the random VGG16 weights")
     p.add_argument("--parity-images", type=int, help="images compared GPU vs CPU [64 with CUDA, 12 without]")
     p.add_argument("--gpu-images", type=int, default=8192, help="images of the timed GPU extraction")
@@ -544,7 +565,7 @@ def main():
             make_split(os.path.join(ft_gpu, "validation"), validation, 200)
             ctx["fine_tune_data_gpu"] = ft_gpu
 
-        reference = cpu_half(check, ctx, "parity")
+        reference = cpu_half(check, ctx, "parity", reference_only=cuda)
         if cuda and reference is not None:
             gpu_half(check, ctx, reference, "parity", "bulk")
         headline = (f"gpu-check: CUDA seen ({'; '.join(gpus) or str(devices['cuda_device_count']) + ' device(s)'}), images {args.size}x{args.size}" if cuda
