@@ -145,6 +145,14 @@ struct Totals {
     timings: Vec<EntryTiming>,
 }
 
+/// The batch on the device: its labels, and when its submit call started and returned.
+struct InFlight {
+    pending: Pending,
+    labels: Vec<i32>,
+    submitted: Instant,
+    returned: Instant,
+}
+
 /// Where the time of one computed entry went, in the stage summary (`stage.json`).
 ///
 /// Measured with host clocks and device synchronisation (tch exposes no CUDA events): one batch
@@ -442,28 +450,13 @@ fn extract(
             .progress_chars("=> "),
     );
     let (h, w) = (size.height as usize, size.width as usize);
-    let mut rows = 0u64;
     let step = (total / 10).max(1);
     let mut timing = EntryTiming { split: job.split.to_owned(), pass: job.pass, ..Default::default() };
     let loop_start = Instant::now();
-    // The batch on the device, its labels, and when its submit call started and returned.
-    let mut in_flight: Option<(Pending, Vec<i32>, Instant, Instant)> = None;
     let mut batches = dataset::batches(job.index, &decode, &options, 0)?;
-    // Writes a finished batch's rows (while the next one runs on the device).
-    let mut write = |pending: Pending, labels: Vec<i32>, rows: &mut u64| -> Result<()> {
-        let features = pending.rows()?;
-        writer.append(&features, &labels)?;
-        *rows += pending.len() as u64;
-        bar.inc(pending.len() as u64);
-        // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
-        if bar.is_hidden() && (*rows / step != (*rows - pending.len() as u64) / step || *rows == total) {
-            tracing::info!(split = %label, done = *rows, total, "extracting");
-        }
-        Ok(())
-    };
     // Ends the batch in flight: waits for the device, accounts its time, hands back its rows.
-    let settle = |in_flight: Option<(Pending, Vec<i32>, Instant, Instant)>, timing: &mut EntryTiming| {
-        in_flight.map(|(pending, labels, submitted, returned)| {
+    let settle = |in_flight: Option<InFlight>, timing: &mut EntryTiming| {
+        in_flight.map(|InFlight { pending, labels, submitted, returned }| {
             let asked = Instant::now();
             model.wait();
             let done = Instant::now();
@@ -481,28 +474,61 @@ fn extract(
             (pending, labels)
         })
     };
-    for batch in batches.by_ref() {
-        // Decode (on the prefetch threads), augmentation and staging overlap the batch in flight.
-        let mut batch = batch?;
-        if let Some(pass) = job.pass {
-            let image_len = h * w * 3;
-            let src = batch.images.clone();
-            batch.images.par_chunks_mut(image_len).zip(src.par_chunks(image_len)).zip(batch.indices.par_iter()).try_for_each(
-                |((dst, src), &i)| augment_config.sample(args.augment_seed, pass as u64, i as u64).apply_u8(src, h, w, 3, dst),
-            )?;
-        }
-        let staged = model.stage(&batch.images, batch.len(), h, w)?;
-        let finished = settle(in_flight.take(), &mut timing);
-        let submitted = Instant::now();
-        let pending = model.submit(staged)?;
-        in_flight = Some((pending, batch.classes.iter().map(|&c| c as i32).collect(), submitted, Instant::now()));
-        if let Some((pending, labels)) = finished {
-            write(pending, labels, &mut rows)?;
-        }
-    }
-    if let Some((pending, labels)) = settle(in_flight.take(), &mut timing) {
-        write(pending, labels, &mut rows)?;
-    }
+    // Finished batches go to a writer thread (copy out of pinned memory, hashing, the file), so
+    // that work overlaps the next batch instead of delaying its submit; the channel is bounded,
+    // so a slow disk slows the loop rather than filling memory.
+    let (mut writer, rows) = std::thread::scope(|scope| -> Result<(feature_cache::EntryWriter, u64)> {
+        let (to_writer, finished) = std::sync::mpsc::sync_channel::<(Pending, Vec<i32>)>(2);
+        let bar = &bar;
+        let write_thread = scope.spawn(move || -> Result<(feature_cache::EntryWriter, u64)> {
+            let mut rows = 0u64;
+            for (pending, labels) in finished {
+                writer.append(&pending.rows()?, &labels)?;
+                let n = pending.len() as u64;
+                rows += n;
+                bar.inc(n);
+                // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
+                if bar.is_hidden() && (rows / step != (rows - n) / step || rows == total) {
+                    tracing::info!(split = %label, done = rows, total, "extracting");
+                }
+            }
+            Ok((writer, rows))
+        });
+        let mut run_loop = || -> Result<()> {
+            let mut in_flight: Option<InFlight> = None;
+            for batch in batches.by_ref() {
+                // Decode (on the prefetch threads), augmentation and staging overlap the batch in
+                // flight.
+                let mut batch = batch?;
+                if let Some(pass) = job.pass {
+                    let image_len = h * w * 3;
+                    let src = batch.images.clone();
+                    batch.images.par_chunks_mut(image_len).zip(src.par_chunks(image_len)).zip(batch.indices.par_iter()).try_for_each(
+                        |((dst, src), &i)| augment_config.sample(args.augment_seed, pass as u64, i as u64).apply_u8(src, h, w, 3, dst),
+                    )?;
+                }
+                let staged = model.stage(&batch.images, batch.len(), h, w)?;
+                let finished = settle(in_flight.take(), &mut timing);
+                let submitted = Instant::now();
+                let pending = model.submit(staged)?;
+                let labels = batch.classes.iter().map(|&c| c as i32).collect();
+                in_flight = Some(InFlight { pending, labels, submitted, returned: Instant::now() });
+                // A closed channel means the writer failed: its error comes from the join below.
+                if finished.is_some_and(|f| to_writer.send(f).is_err()) {
+                    return Ok(());
+                }
+            }
+            if let Some(f) = settle(in_flight.take(), &mut timing) {
+                let _ = to_writer.send(f);
+            }
+            Ok(())
+        };
+        let looped = run_loop();
+        drop(to_writer);
+        let written = write_thread.join().map_err(|_| anyhow::anyhow!("the feature writer thread panicked"))?;
+        looped?;
+        written
+    })?;
     timing.images = rows as usize;
     timing.seconds = loop_start.elapsed().as_secs_f64();
     timing.device_starved_seconds = (timing.seconds - timing.device_queued_seconds).max(0.0);
