@@ -11,7 +11,8 @@
 # Usage (the bundle made by `cargo xtask gpu-check --prepare DIR` holds this file, bin/, data/):
 #   python3 DIR/gpu_check.py --out RESULTS [--torch-lib TORCH/lib] [--cpu-only]
 # The torch library folder: --torch-lib, else $TORCH_LIB, else the `torch` package this Python
-# can import (located without importing it), else the binaries' built-in RUNPATH.
+# can import (located without importing it), else a bounded search of the usual venv places for
+# site-packages/torch/lib, else the binaries' built-in RUNPATH.
 
 import argparse
 import ast
@@ -91,7 +92,46 @@ def torch_lib_dir(args):
         spec = None
     if spec is not None and spec.submodule_search_locations:
         return os.path.join(list(spec.submodule_search_locations)[0], "lib"), f"the torch package of {sys.executable}"
-    return None, "none given and this Python has no torch: the binaries' built-in RUNPATH"
+    found = search_torch_lib()
+    if found:
+        return found, "a search of the usual venv places (this Python has no torch)"
+    return None, "none given, this Python has no torch and none was found: the binaries' built-in RUNPATH"
+
+
+def search_torch_lib(deadline_s=15.0):
+    """The first site-packages/torch/lib holding libtorch_cpu.so under the usual places for
+    venvs, looked for at most 9 levels deep and for at most `deadline_s` seconds."""
+    start = time.monotonic()
+    roots = [os.environ.get("VIRTUAL_ENV"), os.path.expanduser("~"), "/opt", "/workspace", "/venv", "/usr/local", "/usr/lib", "/home", "/root"]
+    seen = set()
+    for root in filter(None, roots):
+        root = os.path.realpath(root)
+        if root in seen or not os.path.isdir(root):
+            continue
+        seen.add(root)
+        base_depth = root.rstrip("/").count("/")
+        for dirpath, dirnames, filenames in os.walk(root):
+            if time.monotonic() - start > deadline_s:
+                return None
+            if dirpath.endswith(os.path.join("site-packages", "torch", "lib")) and "libtorch_cpu.so" in filenames:
+                return dirpath
+            if dirpath.count("/") - base_depth >= 9:
+                dirnames[:] = []
+            else:
+                dirnames[:] = [d for d in dirnames if not d.startswith(".") or d in (".venv", ".cache")]
+    return None
+
+
+def torch_version(lib):
+    """`__version__` from torch/version.py beside the library folder, if readable."""
+    try:
+        with open(os.path.join(os.path.dirname(lib), "version.py")) as f:
+            for line in f:
+                if line.startswith("__version__"):
+                    return line.split("=", 1)[1].strip().strip("'\"")
+    except OSError:
+        pass
+    return None
 
 
 def child_env(lib):
@@ -506,7 +546,10 @@ def main():
         with open(os.path.join(HERE, "bundle.json")) as f:
             bundle = json.load(f)
     log(f"python {platform.python_version()} at {sys.executable}; {os.cpu_count()} CPUs; glibc {'-'.join(platform.libc_ver())}")
-    log(f"torch library folder: {lib or '(binaries RUNPATH)'} (from {lib_source})")
+    version = torch_version(lib) if lib else None
+    log(f"torch library folder: {lib or '(binaries RUNPATH)'} (from {lib_source}), torch {version or 'version unknown'}")
+    if version and not version.startswith("2.11.0"):
+        log(f"warning: the binaries were built against torch 2.11.0; this is {version}")
     if bundle.get("glibc_required"):
         log(f"the binaries need glibc >= {bundle['glibc_required']}; this machine has {platform.libc_ver()[1] or 'unknown'}")
     log(f"LD_PRELOAD for the binaries: {env.get('LD_PRELOAD', '(none: no libtorch_cuda.so there)')}")
@@ -522,7 +565,7 @@ def main():
     work = args.work or tempfile.mkdtemp(prefix="gpu-check-")
     os.makedirs(work, exist_ok=True)
     result = {"host": {"python": sys.executable, "cpus": os.cpu_count(), "glibc": platform.libc_ver()[1], "nvidia_smi": gpus},
-              "torch_lib": lib, "torch_lib_source": lib_source, "ld_preload": env.get("LD_PRELOAD"), "bundle": bundle,
+              "torch_lib": lib, "torch_lib_source": lib_source, "torch_version": version, "ld_preload": env.get("LD_PRELOAD"), "bundle": bundle,
               "tolerance_rel_l2": TOLERANCE}
     try:
         ok, _, out = run(check, "devices", [bins["vgg16-weights"], "devices"], env)
@@ -546,7 +589,8 @@ def main():
             raise SystemExit(f"error: could not write random weights (see {args.out}/logs/weights.log)")
         digest = out.strip().splitlines()[-1]
         result["weights"] = {"seed": args.seed, "sha256": digest, "same_as_bundle": bundle.get("weights_sha256") == digest if bundle.get("weights_sha256") else None}
-        log(f"random VGG16 weights, seed {args.seed}: sha256 {digest}")
+        same = result["weights"]["same_as_bundle"]
+        log(f"random VGG16 weights, seed {args.seed}: sha256 {digest}" + ("" if same is None else " (as made when the bundle was built)" if same else " (DIFFERS from the bundle's: another libtorch RNG?)"))
 
         parity_images = args.parity_images or (64 if cuda else 12)
         train = source_files(args.data, "train")
