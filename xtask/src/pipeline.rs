@@ -266,6 +266,7 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
             other => {
                 eprintln!("{label}: {} -> running", describe(&other));
                 matches!(other, Status::Interrupted { resumes: true })
+                    && same_binary_as_interrupted(workspace, step, &dir)?
             }
         };
         run_stage(&torch, workspace, step, &dir, resume)?;
@@ -575,8 +576,33 @@ fn tree_fingerprint(root: &Path) -> Result<String> {
     ))
 }
 
-/// `pipeline.pending.json`: the invocation a stage was started with and has not finished.
+/// `pipeline.pending.json`: the invocation a stage was started with and has not finished, and
+/// the sha256 of the binary that ran it.
 const PENDING: &str = "pipeline.pending.json";
+
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    #[serde(flatten)]
+    invocation: Invocation,
+    binary_sha256: String,
+}
+
+fn stage_binary(workspace: &Path, step: &Step) -> PathBuf {
+    crate::weights::target_dir(workspace)
+        .join("release")
+        .join(step.binary)
+}
+
+/// A checkpoint is only continued by the build that wrote it: after a rebuild (a pull, an edit)
+/// the checkpoint format or the training code may differ, so the stage starts afresh instead.
+fn same_binary_as_interrupted(workspace: &Path, step: &Step, dir: &Path) -> Result<bool> {
+    let pending: Pending = run_folder::read_json(&dir.join(PENDING))?;
+    let now = run_folder::file_sha256(&stage_binary(workspace, step))?.sha256;
+    if pending.binary_sha256 != now {
+        eprintln!("    {} was rebuilt since the interruption: starting afresh", step.binary);
+    }
+    Ok(pending.binary_sha256 == now)
+}
 
 impl Step {
     fn invocation(&self) -> Invocation {
@@ -589,8 +615,8 @@ impl Step {
 
     /// The stage was started with exactly this invocation and did not finish (killed, failed).
     fn interrupted_in(&self, dir: &Path) -> bool {
-        run_folder::read_json::<Invocation>(&dir.join(PENDING))
-            .is_ok_and(|pending| pending == self.invocation())
+        run_folder::read_json::<Pending>(&dir.join(PENDING))
+            .is_ok_and(|pending| pending.invocation == self.invocation())
     }
 }
 
@@ -718,10 +744,12 @@ fn run_stage(
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let _ = std::fs::remove_file(dir.join("pipeline.json"));
-    run_folder::write_json(&dir.join(PENDING), &step.invocation())?;
-    let binary = crate::weights::target_dir(workspace)
-        .join("release")
-        .join(step.binary);
+    let binary = stage_binary(workspace, step);
+    let pending = Pending {
+        invocation: step.invocation(),
+        binary_sha256: run_folder::file_sha256(&binary)?.sha256,
+    };
+    run_folder::write_json(&dir.join(PENDING), &pending)?;
     let mut args = step.args.clone();
     if resume {
         args.push("--resume".into());
@@ -958,7 +986,8 @@ mod tests {
         let stage = run.join("fine-tune");
         assert_eq!(status(fine_tune, &stage), Status::Missing);
         std::fs::create_dir_all(&stage).unwrap();
-        run_folder::write_json(&stage.join(PENDING), &fine_tune.invocation()).unwrap();
+        let pending = |step: &Step| Pending { invocation: step.invocation(), binary_sha256: "b".into() };
+        run_folder::write_json(&stage.join(PENDING), &pending(fine_tune)).unwrap();
         assert_eq!(
             status(fine_tune, &stage),
             Status::Interrupted { resumes: true }
@@ -969,7 +998,7 @@ mod tests {
         let changed = plan(&config, &run, &data, &weights).unwrap();
         assert_eq!(status(&changed[4], &stage), Status::Missing);
         std::fs::create_dir_all(run.join("extract")).unwrap();
-        run_folder::write_json(&run.join("extract").join(PENDING), &extract.invocation()).unwrap();
+        run_folder::write_json(&run.join("extract").join(PENDING), &pending(extract)).unwrap();
         assert_eq!(
             status(extract, &run.join("extract")),
             Status::Interrupted { resumes: false }
