@@ -1,9 +1,10 @@
 //! `cargo xtask bench head-accuracy`: test accuracy of the dense head on the demo data for each
 //! combination of preprocessing (`caffe`, what the Keras weights expect, vs the seed's `rescale`
 //! = divide by 255), feature layer (`block5_pool` vs `block4_pool`) and training data (plain
-//! features vs K cached augmented passes). Runs the real stage binaries (`extract-features`, then
-//! `train-head` twice per extraction) into `runs/bench-head-accuracy/`, sharing the feature
-//! cache, so variants the pipeline already extracted are cache hits. Prints a Markdown table.
+//! features vs K cached augmented passes), plus bf16 features beside f32. Runs the real stage
+//! binaries (`extract-features`, then `train-head` twice per extraction) into
+//! `runs/bench-head-accuracy/`, sharing the feature cache, so variants the pipeline already
+//! extracted are cache hits. Prints a Markdown table.
 //!
 //! Flags (after `--`): `--input-size N` (64), `--epochs N` (30), `--passes K` (2), `--seed N` (0).
 
@@ -22,10 +23,7 @@ struct Settings {
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
     match args.iter().position(|a| a == name) {
         None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{name} needs a number")),
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).with_context(|| format!("{name} needs a number")),
     }
 }
 
@@ -40,80 +38,42 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::workspace_root();
     let weights = crate::weights::ensure_demo(&torch, true)?;
     let mut build = crate::cargo();
-    build.current_dir(&root).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "extract-features",
-        "-p",
-        "train-head",
-    ]);
+    build.current_dir(&root).args(["build", "--release", "--quiet", "-p", "extract-features", "-p", "train-head"]);
     torch.configure(&mut build);
-    crate::run_checked(
-        &mut build,
-        "cargo build --release (extract-features, train-head)",
-    )?;
+    crate::run_checked(&mut build, "cargo build --release (extract-features, train-head)")?;
     let bin = |name: &str| crate::weights::target_dir(&root).join("release").join(name);
     let data = root.join("data/fashion-mnist-small");
     let out = root.join("runs/bench-head-accuracy");
 
+    // (preprocessing, layer, precision): the 2 x 2 grid, plus bf16 features beside f32.
+    let variants = [
+        ("caffe", "block5_pool", "f32"),
+        ("caffe", "block4_pool", "f32"),
+        ("rescale", "block5_pool", "f32"),
+        ("rescale", "block4_pool", "f32"),
+        ("caffe", "block5_pool", "bf16"),
+    ];
     let mut rows = Vec::new();
-    for preprocessing in ["caffe", "rescale"] {
-        for layer in ["block5_pool", "block4_pool"] {
-            let extract_dir = out.join(format!("{preprocessing}-{layer}"));
-            let mut cmd = Command::new(bin("extract-features"));
-            cmd.arg("--data")
-                .arg(&data)
-                .arg("--weights")
-                .arg(&weights)
-                .arg("--out")
-                .arg(&extract_dir);
-            cmd.args([
-                "--layer",
-                layer,
-                "--preprocessing",
-                preprocessing,
-                "--device",
-                "cpu",
-            ]);
-            cmd.args([
-                "--input-size",
-                &s.input_size.to_string(),
-                "--augment-passes",
-                &s.passes.to_string(),
-            ]);
-            cmd.args(["--augment-seed", &s.seed.to_string()]);
-            torch.configure(&mut cmd);
-            crate::run_checked(
-                &mut cmd,
-                &format!("extract-features ({preprocessing}, {layer})"),
-            )?;
-            for augmented in [false, true] {
-                let head_dir = extract_dir.join(if augmented { "head-augmented" } else { "head" });
-                let mut cmd = Command::new(bin("train-head"));
-                cmd.arg("--features")
-                    .arg(extract_dir.join("features.json"))
-                    .arg("--out")
-                    .arg(&head_dir);
-                cmd.args([
-                    "--epochs",
-                    &s.epochs.to_string(),
-                    "--seed",
-                    &s.seed.to_string(),
-                    "--device",
-                    "cpu",
-                ]);
-                if !augmented {
-                    cmd.arg("--no-augmented-passes");
-                }
-                torch.configure(&mut cmd);
-                crate::run_checked(
-                    &mut cmd,
-                    &format!("train-head ({preprocessing}, {layer}, augmented {augmented})"),
-                )?;
-                rows.push((preprocessing, layer, augmented, accuracies(&head_dir)?));
+    for (preprocessing, layer, precision) in variants {
+        let extract_dir = out.join(format!("{preprocessing}-{layer}-{precision}"));
+        let mut cmd = Command::new(bin("extract-features"));
+        cmd.arg("--data").arg(&data).arg("--weights").arg(&weights).arg("--out").arg(&extract_dir);
+        cmd.args(["--layer", layer, "--preprocessing", preprocessing, "--precision", precision, "--device", "cpu"]);
+        cmd.args(["--input-size", &s.input_size.to_string(), "--augment-passes", &s.passes.to_string()]);
+        cmd.args(["--augment-seed", &s.seed.to_string()]);
+        torch.configure(&mut cmd);
+        crate::run_checked(&mut cmd, &format!("extract-features ({preprocessing}, {layer}, {precision})"))?;
+        for augmented in [false, true] {
+            let head_dir = extract_dir.join(if augmented { "head-augmented" } else { "head" });
+            let mut cmd = Command::new(bin("train-head"));
+            cmd.arg("--features").arg(extract_dir.join("features.json")).arg("--out").arg(&head_dir);
+            cmd.args(["--epochs", &s.epochs.to_string(), "--seed", &s.seed.to_string(), "--device", "cpu"]);
+            if !augmented {
+                cmd.arg("--no-augmented-passes");
             }
+            torch.configure(&mut cmd);
+            crate::run_checked(&mut cmd, &format!("train-head ({preprocessing}, {layer}, {precision}, augmented {augmented})"))?;
+            rows.push((preprocessing, layer, precision, augmented, accuracies(&head_dir)?));
         }
     }
 
@@ -121,19 +81,11 @@ pub fn run(args: &[String]) -> Result<()> {
         "\nDense head on the demo (fashion-mnist-small, demo weights), {0}x{0}, {1} epochs, RMSprop lr 2e-5, batch 20, seed {2}:\n",
         s.input_size, s.epochs, s.seed
     );
-    println!("| preprocessing | layer | training features | validation acc | test acc |");
-    println!("| --- | --- | --- | --- | --- |");
-    for (preprocessing, layer, augmented, (val, test)) in rows {
-        let features = if augmented {
-            format!("{} augmented passes", s.passes)
-        } else {
-            "plain".to_owned()
-        };
-        println!(
-            "| {preprocessing} | {layer} | {features} | {:.2}% | {:.2}% |",
-            100.0 * val,
-            100.0 * test
-        );
+    println!("| preprocessing | layer | precision | training features | validation acc | test acc |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (preprocessing, layer, precision, augmented, (val, test)) in rows {
+        let features = if augmented { format!("{} augmented passes", s.passes) } else { "plain".to_owned() };
+        println!("| {preprocessing} | {layer} | {precision} | {features} | {:.2}% | {:.2}% |", 100.0 * val, 100.0 * test);
     }
     Ok(())
 }
