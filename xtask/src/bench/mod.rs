@@ -5,6 +5,7 @@
 mod augment;
 mod dataset;
 mod extract;
+mod fine_tune;
 mod head;
 mod head_accuracy;
 
@@ -23,6 +24,10 @@ pub enum Target {
     Head,
     /// Dense-head test accuracy on the demo: caffe vs rescale, block5 vs block4, plain vs augmented passes.
     HeadAccuracy,
+    /// One fine-tuning epoch (plain, cached-trunk) beside the same model in Python PyTorch;
+    /// `-- --accuracy` adds small-budget accuracy of head only, head + augmented passes and both
+    /// fine-tuning modes.
+    FineTune,
 }
 
 pub fn run(target: Target, args: &[String]) -> Result<()> {
@@ -32,5 +37,6 @@ pub fn run(target: Target, args: &[String]) -> Result<()> {
         Target::Head => head::run(args),
         Target::HeadAccuracy => head_accuracy::run(args),
         Target::Extract => extract::run(args),
+        Target::FineTune => fine_tune::run(args),
     }
 }
