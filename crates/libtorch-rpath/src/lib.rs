@@ -16,6 +16,13 @@ pub fn emit() {
     match std::env::var("DEP_TCH_LIBTORCH_LIB") {
         Ok(dir) if !dir.is_empty() => {
             println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{dir}");
+            // libtorch registers CUDA only when libtorch_cuda.so is loaded, and nothing calls it
+            // directly, so the linker would drop it: then `--device auto` silently runs on the
+            // CPU of a GPU machine. Binaries keep it (about 0.25 s more per start); tests do not
+            // need CUDA and skip without it.
+            if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
+                println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+            }
         }
         _ => println!(
             "cargo:warning=DEP_TCH_LIBTORCH_LIB is not set: add torch-sys to [dependencies]; \
