@@ -62,6 +62,94 @@ struct Config {
     extract: ExtractConfig,
     head: HeadConfig,
     fine_tune: FineTuneConfig,
+    pretrain: PretrainConfig,
+    scratch: ScratchConfig,
+}
+
+/// `[pretrain]`: train a convnet from scratch on another dataset first and, with `use_as_base`,
+/// transfer its conv base instead of VGG16 (the seed's homework: MNIST digits to Fashion-MNIST).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct PretrainConfig {
+    enabled: bool,
+    data: PathBuf,
+    use_as_base: bool,
+    arch: String,
+    width: f64,
+    epochs: u32,
+    batch_size: u32,
+    lr: f64,
+    augment: bool,
+    seed: u64,
+}
+
+/// `[scratch]`: the same kind of convnet trained from scratch on the run's own dataset, the
+/// baseline that shows what transfer buys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct ScratchConfig {
+    enabled: bool,
+    arch: String,
+    width: f64,
+    epochs: u32,
+    batch_size: u32,
+    lr: f64,
+    augment: bool,
+    seed: u64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            data: "data/mnist-small".into(),
+            use_as_base: true,
+            arch: "small-convnet".into(),
+            width: 1.0,
+            epochs: 8,
+            batch_size: 20,
+            lr: 1e-4,
+            augment: false,
+            seed: 0,
+        }
+    }
+}
+
+impl Default for ScratchConfig {
+    fn default() -> Self {
+        Self { enabled: true, arch: "small-convnet".into(), width: 1.0, epochs: 8, batch_size: 20, lr: 1e-4, augment: false, seed: 0 }
+    }
+}
+
+/// Arguments of a `pretrain` run (shared by `[pretrain]` and `[scratch]`).
+#[allow(clippy::too_many_arguments)]
+fn convnet_args(data: &Path, out: &Path, input_size: u32, arch: &str, width: f64, epochs: u32, batch_size: u32, lr: f64, augment: bool, seed: u64, device: &str) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--data".into(),
+        data.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--input-size".into(),
+        input_size.to_string(),
+        "--arch".into(),
+        arch.into(),
+        "--width".into(),
+        width.to_string(),
+        "--epochs".into(),
+        epochs.to_string(),
+        "--batch-size".into(),
+        batch_size.to_string(),
+        "--lr".into(),
+        lr.to_string(),
+        "--seed".into(),
+        seed.to_string(),
+        "--device".into(),
+        device.into(),
+    ];
+    if augment {
+        args.push("--augment".into());
+    }
+    args
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,6 +314,7 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
 
     let torch = crate::libtorch::ensure()?;
     let weights = match &config.run.weights {
+        _ if config.pretrain.enabled && config.pretrain.use_as_base => pretrained_base(&run_dir),
         Some(w) => absolute(workspace, w),
         None => crate::weights::ensure_demo(&torch, true)?,
     };
@@ -274,7 +363,15 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
         eprintln!("{label}: done in {seconds:.1}s");
         timings.push((step.name, seconds, false));
     }
-    crate::report::write(&run_dir, &config_summary(&config, &weights), &timings)?;
+    let pretrained = config.pretrain.enabled && config.pretrain.use_as_base;
+    let demo_run = workspace.join("runs").join(RunConfig::default().name);
+    let context = crate::report::Context {
+        settings: config_summary(&config, &weights),
+        base: if pretrained { format!("small convnet pretrained on {}", config.pretrain.data.display()) } else { "VGG16".into() },
+        // Beside a run on another base, the default run's ImageNet-VGG16 results (the homework).
+        compare_with: (pretrained && demo_run != run_dir && demo_run.is_dir()).then(|| ("ImageNet VGG16".to_owned(), demo_run.as_path())),
+    };
+    crate::report::write(&run_dir, &context, &timings)?;
     eprintln!("report: {}", run_dir.join("report.html").display());
     Ok(())
 }
@@ -332,6 +429,11 @@ fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
     Ok(config)
 }
 
+/// The conv base the `pretrain` stage writes.
+fn pretrained_base(run_dir: &Path) -> PathBuf {
+    run_dir.join("pretrain").join("base.safetensors")
+}
+
 /// Whether `nvidia-smi` lists a GPU (cheap, and needs no libtorch in xtask).
 fn cuda_visible() -> bool {
     Command::new("nvidia-smi")
@@ -353,6 +455,34 @@ fn absolute(workspace: &Path, p: &Path) -> PathBuf {
 /// The stage invocations for `config`; inputs of later stages are the current outputs of
 /// earlier ones (absent until those ran).
 fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    let p = &config.pretrain;
+    if p.enabled {
+        let source = absolute(&crate::workspace_root(), &p.data);
+        steps.push(Step {
+            name: "pretrain",
+            binary: "pretrain",
+            args: convnet_args(&source, &run_dir.join("pretrain"), config.extract.input_size, &p.arch, p.width, p.epochs, p.batch_size, p.lr, p.augment, p.seed, &config.run.device),
+            inputs: BTreeMap::from([("pretrain dataset".to_owned(), tree_fingerprint(&source)?)]),
+            resumable: false,
+        });
+    }
+    steps.extend(transfer_steps(config, run_dir, data, weights)?);
+    let c = &config.scratch;
+    if c.enabled {
+        steps.push(Step {
+            name: "scratch",
+            binary: "pretrain",
+            args: convnet_args(data, &run_dir.join("scratch"), config.extract.input_size, &c.arch, c.width, c.epochs, c.batch_size, c.lr, c.augment, c.seed, &config.run.device),
+            inputs: BTreeMap::from([("dataset".to_owned(), tree_fingerprint(data)?)]),
+            resumable: false,
+        });
+    }
+    Ok(steps)
+}
+
+/// Extraction, heads and fine-tuning of the base in `weights`.
+fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<Vec<Step>> {
     let e = &config.extract;
     let mut extract_args = vec![
         "--data".into(),
@@ -383,10 +513,7 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
     }
     let extract_inputs = BTreeMap::from([
         ("dataset".to_owned(), tree_fingerprint(data)?),
-        (
-            "weights".to_owned(),
-            run_folder::file_sha256(weights)?.sha256,
-        ),
+        ("weights".to_owned(), digest_or_absent(weights)),
     ]);
     let features = run_dir.join("extract").join("features.json");
     let features_digest = digest_or_absent(&features);
@@ -471,12 +598,8 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
     ];
     let mut fine_tune_inputs = extract_inputs;
     if f.from_head {
-        if e.layer != "block5_pool" {
-            bail!(
-                "fine_tune.from_head needs the head trained on block5_pool features (extract.layer is {})",
-                e.layer
-            );
-        }
+        // The head must have been trained on the base's last layer at this input size;
+        // fine-tune checks its input shape against the cut base and names both.
         let head = run_dir.join("head").join("head.safetensors");
         fine_tune_args.extend(["--head".into(), head.display().to_string()]);
         fine_tune_inputs.insert("head/head.safetensors".into(), digest_or_absent(&head));
@@ -722,6 +845,8 @@ fn build_stages(torch: &Libtorch, workspace: &Path) -> Result<()> {
         "train-head",
         "-p",
         "fine-tune",
+        "-p",
+        "pretrain",
     ]);
     torch.configure(&mut cmd);
     crate::run_checked(&mut cmd, "cargo build --release (stage binaries)")
@@ -833,6 +958,16 @@ fn config_summary(config: &Config, weights: &Path) -> BTreeMap<String, String> {
             ),
         ),
     ]);
+    for (key, enabled, arch, width, epochs, lr, augment) in [
+        ("pretrain", config.pretrain.enabled, &config.pretrain.arch, config.pretrain.width, config.pretrain.epochs, config.pretrain.lr, config.pretrain.augment),
+        ("from scratch", config.scratch.enabled, &config.scratch.arch, config.scratch.width, config.scratch.epochs, config.scratch.lr, config.scratch.augment),
+    ] {
+        if enabled {
+            let data = if key == "pretrain" { config.pretrain.data.display().to_string() } else { "the run's data".into() };
+            let width = if width == 1.0 { String::new() } else { format!(" width {width}") };
+            summary.insert(key.into(), format!("{arch}{width} on {data}, {epochs} epochs, rmsprop lr {lr}, augmentation {augment}"));
+        }
+    }
     let f = &config.fine_tune;
     if f.enabled {
         let start = if f.from_head {
@@ -916,7 +1051,8 @@ mod tests {
                 "head",
                 "head-augmented",
                 "extract-trunk",
-                "fine-tune"
+                "fine-tune",
+                "scratch"
             ]
         );
         let trunk = &steps[3];
@@ -959,22 +1095,47 @@ mod tests {
         let steps = plan(&config, &dir.path().join("run"), &data, &weights).unwrap();
         assert_eq!(
             names(&steps),
-            ["extract", "head", "head-augmented", "fine-tune"]
+            ["extract", "head", "head-augmented", "fine-tune", "scratch"]
         );
         assert_eq!(arg(&steps[3], "--trunk-cache"), None);
         assert_eq!(arg(&steps[3], "--head-epochs"), Some("30"));
         config.fine_tune.enabled = false;
         assert_eq!(
             names(&plan(&config, &dir.path().join("run"), &data, &weights).unwrap()),
-            ["extract", "head", "head-augmented"]
+            ["extract", "head", "head-augmented", "scratch"]
         );
-        config.fine_tune.enabled = true;
-        config.fine_tune.from_head = true;
-        config.extract.layer = "block4_pool".into();
-        assert!(
-            plan(&config, &dir.path().join("run"), &data, &weights).is_err(),
-            "a block4 head cannot start a block5 fine-tune"
-        );
+    }
+
+    #[test]
+    fn homework_pretrains_first_and_transfers_that_base() {
+        let (dir, data, _) = inputs();
+        let run = dir.path().join("run");
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../homework.toml")).unwrap();
+        let mut config: Config = toml::from_str(&text).unwrap();
+        assert!(config.pretrain.enabled && config.pretrain.use_as_base);
+        assert!(config.pretrain.data.ends_with("mnist-small"));
+        let digits = dir.path().join("digits");
+        std::fs::create_dir_all(digits.join("train/0")).unwrap();
+        config.pretrain.data = digits.clone();
+        let base = pretrained_base(&run);
+        let steps = plan(&config, &run, &data, &base).unwrap();
+        assert_eq!(steps.first().map(|s| s.name), Some("pretrain"));
+        assert_eq!(steps.last().map(|s| s.name), Some("scratch"));
+        let pretrain = &steps[0];
+        assert_eq!(arg(pretrain, "--data").map(PathBuf::from), Some(digits));
+        assert_eq!(arg(pretrain, "--input-size"), arg(&steps[1], "--input-size"), "one input size for the whole run");
+        let extract = steps.iter().find(|s| s.name == "extract").unwrap();
+        assert_eq!(arg(extract, "--weights").map(PathBuf::from), Some(base.clone()));
+        assert_eq!(extract.inputs["weights"], "absent", "digest of the base once pretrain wrote it");
+        let scratch = steps.last().unwrap();
+        assert_eq!(arg(scratch, "--data").map(PathBuf::from), Some(data.clone()));
+
+        // The base appearing (pretrain ran) makes extraction's invocation change.
+        std::fs::create_dir_all(base.parent().unwrap()).unwrap();
+        std::fs::write(&base, b"base").unwrap();
+        let again = plan(&config, &run, &data, &base).unwrap();
+        let extract_again = again.iter().find(|s| s.name == "extract").unwrap();
+        assert_ne!(extract_again.invocation(), extract.invocation());
     }
 
     #[test]
