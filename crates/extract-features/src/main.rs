@@ -16,7 +16,7 @@ use clap::{Parser, ValueEnum};
 use dataset::{BadImagePolicy, BatchOptions, ClassMode, DecodeOptions, Interpolation, ScanOptions, Size, SplitIndex};
 use feature_cache::{AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey, Lookup};
 use indicatif::{ProgressBar, ProgressStyle};
-use models::{DeviceChoice, Vgg16Layer};
+use models::{DeviceChoice, LayerName};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -43,7 +43,7 @@ struct Args {
     weights: PathBuf,
     /// Layer whose output is the feature (Keras `block4_pool` or torchvision `features.23`).
     #[arg(long, default_value = "block5_pool")]
-    layer: Vgg16Layer,
+    layer: LayerName,
     /// Images are resized to SIZE x SIZE.
     #[arg(long, default_value_t = 150)]
     input_size: u32,
@@ -197,7 +197,7 @@ fn run(args: Args) -> Result<()> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
     }
-    let model = FeatureModel::load(&args.weights, device, args.layer, args.preprocessing, args.pooling, args.precision)?;
+    let model = FeatureModel::load(&args.weights, device, &args.layer, args.preprocessing, args.pooling, args.precision)?;
     let size = Size::square(args.input_size);
     let row_shape = model.row_shape(args.input_size as i64)?;
     let resize = match (args.resize, args.crop) {
@@ -235,7 +235,7 @@ fn run(args: Args) -> Result<()> {
         splits: args.splits.clone(),
         weights: args.weights.clone(),
         weights_sha256: model.weights_sha256().to_owned(),
-        layer: args.layer.keras_name().to_owned(),
+        layer: model.layer_name().to_owned(),
         input_size: args.input_size,
         resize: resize.to_owned(),
         preprocessing: model.preprocessing_name(),
@@ -268,7 +268,7 @@ fn run(args: Args) -> Result<()> {
         format_version: FORMAT_VERSION,
         weights_sha256: model.weights_sha256().to_owned(),
         architecture: model.architecture().to_owned(),
-        layer: args.layer.keras_name().to_owned(),
+        layer: model.layer_name().to_owned(),
         input_size: [args.input_size, args.input_size],
         resize: resize.to_owned(),
         preprocessing: model.preprocessing_name(),
@@ -342,7 +342,7 @@ fn run(args: Args) -> Result<()> {
         cache_dir: cache.root().to_owned(),
         classes: classes.clone(),
         feature_shape: row_shape.clone(),
-        layer: args.layer.keras_name().to_owned(),
+        layer: model.layer_name().to_owned(),
         weights_sha256: model.weights_sha256().to_owned(),
         entries,
     };

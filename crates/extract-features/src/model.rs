@@ -16,7 +16,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
-use models::{LoadedWeights, Pooling, Preprocessing, Vgg16Layer, feature_shape, load_weights, preprocess};
+use models::{Layer, LayerName, LoadedWeights, Pooling, Preprocessing, load_weights, preprocess};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
@@ -62,10 +62,11 @@ fn to_channels_last(vs: &tch::nn::VarStore) -> Result<()> {
     Ok(())
 }
 
-/// VGG16 cut at a layer, ready to turn u8 image batches into feature rows.
+/// The conv base (VGG16 or any base of our weights format) cut at a layer, ready to turn u8 image
+/// batches into feature rows.
 pub struct FeatureModel {
     weights: LoadedWeights,
-    layer: Vgg16Layer,
+    layer: Layer,
     preprocessing: Preprocessing,
     pooling: Pooling,
     precision: Precision,
@@ -76,12 +77,13 @@ impl FeatureModel {
     pub fn load(
         path: &Path,
         device: Device,
-        layer: Vgg16Layer,
+        layer: &LayerName,
         preprocessing: Option<Preprocessing>,
         pooling: Pooling,
         precision: Precision,
     ) -> Result<Self> {
         let mut weights = load_weights(path, device).with_context(|| format!("loading weights {}", path.display()))?;
+        let layer = weights.base.layer(layer).context("--layer")?;
         weights.vs.freeze();
         let preprocessing = preprocessing.unwrap_or(weights.meta.preprocessing);
         if precision == Precision::Autocast && !device.is_cuda() {
@@ -108,6 +110,11 @@ impl FeatureModel {
         &self.weights.meta.architecture
     }
 
+    /// The Keras name of the layer cut (`block5_pool` for `features.30`).
+    pub fn layer_name(&self) -> &str {
+        self.weights.base.arch().name_of(self.layer)
+    }
+
     pub fn preprocessing_name(&self) -> String {
         self.preprocessing.to_string()
     }
@@ -115,7 +122,7 @@ impl FeatureModel {
     /// Shape of one feature row for square inputs of `size`: `[H, W, C]` (channels last, as
     /// Keras stores them) or `[C]` with global pooling.
     pub fn row_shape(&self, size: i64) -> Result<Vec<u64>> {
-        let chw = feature_shape(size, size, self.layer, self.pooling)?;
+        let chw = self.weights.base.arch().feature_shape(size, size, self.layer, self.pooling)?;
         // Stored channels last, as Keras does: [C, H, W] -> [H, W, C].
         let mut shape: Vec<u64> = chw.iter().map(|&d| d as u64).collect();
         shape.rotate_left(1);

@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use augment::{AugmentConfig, AugmentSpec};
 use clap::{Parser, ValueEnum};
-use models::{DeviceChoice, Preprocessing, Vgg16Layer};
+use models::{DeviceChoice, LayerName, Preprocessing};
 use serde::Serialize;
 use training::checkpoint::CheckpointDir;
 use training::plot::{Metric, plot_confusion, plot_history};
@@ -54,7 +54,7 @@ struct Args {
     /// First layer that trains (Keras `block5_conv1` or torchvision `features.24`); every
     /// layer below it stays frozen.
     #[arg(long, default_value = "block5_conv1")]
-    unfreeze_from: Vgg16Layer,
+    unfreeze_from: LayerName,
     /// Start from a head trained by `train-head` (its head.safetensors) instead of training one
     /// with the base frozen; the default number of head epochs then becomes 0.
     #[arg(long)]
@@ -228,19 +228,19 @@ struct HeadFile {
 }
 
 /// Reads `--head` and checks it against the network.
-fn read_head(path: &Path, input_width: i64, classes: usize) -> Result<HeadFile> {
+fn read_head(path: &Path, input_width: i64, classes: usize, last: &str) -> Result<HeadFile> {
     let loaded = tensors_io::load(path)?;
     let spec: HeadSpec = serde_json::from_str(loaded.metadata.get("head").with_context(|| format!("{}: no `head` in the metadata: not a train-head output", path.display()))?)
         .with_context(|| format!("{}: unreadable `head` metadata", path.display()))?;
     if spec.input_width != input_width {
         bail!(
-            "{}: the head takes {} inputs, but block5_pool at this input size gives {input_width}: train the head on block5_pool features at the same --input-size",
+            "{}: the head takes {} inputs, but {last} at this input size gives {input_width}: train the head on {last} features at the same --input-size",
             path.display(),
             spec.input_width
         );
     }
-    if let Some(layer) = loaded.metadata.get("layer").filter(|l| l.as_str() != Vgg16Layer::LAST.keras_name()) {
-        bail!("{}: the head was trained on {layer} features, fine-tuning needs a head on block5_pool", path.display());
+    if let Some(layer) = loaded.metadata.get("layer").filter(|l| l.as_str() != last) {
+        bail!("{}: the head was trained on {layer} features, fine-tuning needs a head on {last}", path.display());
     }
     if spec.classes != classes {
         bail!("{}: the head predicts {} classes, the dataset has {classes}", path.display(), spec.classes);
@@ -269,16 +269,18 @@ fn run(args: Args) -> Result<bool> {
         tracing::warn!(device = ?device, "--autocast applies to CUDA only: training in float32");
     }
     let size = args.input_size as i64;
-    let input_width = head_input_width(size).with_context(|| format!("--input-size {}", args.input_size))?;
-    let trunk_until = trunk_layer(args.unfreeze_from);
+    let weights = models::load_weights(&args.weights, device).with_context(|| format!("loading weights {}", args.weights.display()))?;
+    let arch = weights.base.arch().clone();
+    let unfreeze_from = weights.base.layer(&args.unfreeze_from).context("--unfreeze-from")?;
+    let input_width = head_input_width(&arch, size).with_context(|| format!("--input-size {}", args.input_size))?;
+    let trunk_until = trunk_layer(&arch, unfreeze_from);
 
     let train_index = data::scan(&args.data, "train")?;
     let classes = train_index.classes.clone();
-    let weights = models::load_weights(&args.weights, device).with_context(|| format!("loading VGG16 weights {}", args.weights.display()))?;
     let weights_sha256 = weights.meta.digest.clone();
     let preprocessing = args.preprocessing.unwrap_or(weights.meta.preprocessing);
 
-    let head_init = args.head.as_deref().map(|p| read_head(p, input_width, classes.len())).transpose()?;
+    let head_init = args.head.as_deref().map(|p| read_head(p, input_width, classes.len(), arch.name_of(arch.last()))).transpose()?;
     let head_spec = match &head_init {
         Some(head) => HeadSpec { dropout: args.dropout.unwrap_or(head.spec.dropout), ..head.spec.clone() },
         None => HeadSpec { input_width, hidden: args.hidden.unwrap_or(256), dropout: args.dropout.unwrap_or(0.0), classes: classes.len() },
@@ -297,9 +299,9 @@ fn run(args: Args) -> Result<bool> {
         (None, false) => Some(AugmentConfig::new(AugmentSpec::seed_generator())?),
     };
 
-    let trunk_name = trunk_until.map(|l| l.keras_name()).unwrap_or("input");
+    let trunk_name = trunk_until.map(|l| arch.name_of(l)).unwrap_or("input");
     let [c, h, w] = match trunk_until {
-        Some(l) => models::output_shape(size, size, l)?,
+        Some(l) => arch.output_shape(size, size, l)?,
         None => [3, size, size],
     };
     let expect = TrunkExpect {
@@ -332,8 +334,8 @@ fn run(args: Args) -> Result<bool> {
         weights_sha256: weights_sha256.clone(),
         preprocessing,
         input_size: args.input_size,
-        unfreeze_from: args.unfreeze_from.keras_name().to_owned(),
-        trunk_until: trunk_until.map(|l| l.keras_name().to_owned()),
+        unfreeze_from: arch.name_of(unfreeze_from).to_owned(),
+        trunk_until: trunk_until.map(|l| arch.name_of(l).to_owned()),
         head_init: args.head.as_ref().zip(head_init.as_ref()).map(|(p, h)| HeadInit { path: p.clone(), sha256: h.sha256.clone() }),
         head_spec: head_spec.clone(),
         head_epochs,
@@ -383,7 +385,7 @@ fn run(args: Args) -> Result<bool> {
     }
 
     tch::manual_seed(args.seed as i64);
-    let net = Net::new(weights, preprocessing, args.unfreeze_from, head_spec.clone())?;
+    let net = Net::new(weights, preprocessing, unfreeze_from, head_spec.clone())?;
     if let (Some(head), None) = (&head_init, &resumed) {
         net.load_trainable(&head.tensors, Some("head."), args.head.as_deref().expect("head_init comes from --head"))?;
     }
@@ -468,7 +470,7 @@ fn run(args: Args) -> Result<bool> {
             ("head".to_owned(), serde_json::to_string(&head_spec)?),
             ("preprocessing".to_owned(), preprocessing.name().to_owned()),
             ("input_size".to_owned(), args.input_size.to_string()),
-            ("unfreeze_from".to_owned(), args.unfreeze_from.keras_name().to_owned()),
+            ("unfreeze_from".to_owned(), arch.name_of(unfreeze_from).to_owned()),
             ("base_weights_sha256".to_owned(), weights_sha256.clone()),
             ("class_names".to_owned(), serde_json::to_string(&classes)?),
             ("config_sha256".to_owned(), config_sha256.clone()),

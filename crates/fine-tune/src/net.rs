@@ -1,4 +1,5 @@
-//! The fine-tuning network: the VGG16 conv base cut in two at the unfreeze layer, then
+//! The fine-tuning network: the conv base (VGG16, or any base of our weights format) cut in two
+//! at the unfreeze layer, then
 //! Flatten -> Dense(256, relu) (-> Dropout) -> Dense(1 | N).
 //!
 //! Freezing is structural, not a flag on shared variables:
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use models::{LayerKind, LoadedWeights, Preprocessing, Vgg16Layer, output_shape};
+use models::{ConvArch, Layer, LayerKind, LoadedWeights, Padding, Preprocessing, ToLayer};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor, nn};
 use training::{DenseHead, HeadSpec, tensors_io};
@@ -32,7 +33,7 @@ pub enum Phase {
 }
 
 enum TopLayer {
-    Conv { weight: Tensor, bias: Tensor },
+    Conv { weight: Tensor, bias: Tensor, kernel: i64, padding: Padding },
     Pool,
 }
 
@@ -40,7 +41,7 @@ enum TopLayer {
 pub struct Net {
     base: LoadedWeights,
     preprocessing: Preprocessing,
-    trunk_until: Option<Vgg16Layer>,
+    trunk_until: Option<Layer>,
     top: Vec<TopLayer>,
     /// Trainable variables: the top's convs and the head.
     vs: nn::VarStore,
@@ -49,13 +50,14 @@ pub struct Net {
 }
 
 /// The last frozen layer when fine-tuning from `unfreeze_from` (`None`: nothing is frozen).
-pub fn trunk_layer(unfreeze_from: Vgg16Layer) -> Option<Vgg16Layer> {
-    Vgg16Layer::all().take_while(|l| *l < unfreeze_from).last()
+pub fn trunk_layer(arch: &ConvArch, unfreeze_from: Layer) -> Option<Layer> {
+    arch.layers().take_while(|l| *l < unfreeze_from).last()
 }
 
-/// Width of the flattened `block5_pool` output for square inputs of `size`.
-pub fn head_input_width(size: i64) -> Result<i64> {
-    let [c, h, w] = output_shape(size, size, Vgg16Layer::LAST)?;
+/// Width of the flattened output of the base's last layer (VGG16: `block5_pool`) for square
+/// inputs of `size`.
+pub fn head_input_width(arch: &ConvArch, size: i64) -> Result<i64> {
+    let [c, h, w] = arch.output_shape(size, size, arch.last())?;
     Ok(c * h * w)
 }
 
@@ -73,23 +75,25 @@ fn to_channels_last(vars: impl IntoIterator<Item = Tensor>) -> Result<()> {
 impl Net {
     /// `base`: the loaded weights (frozen here). The head starts Glorot-initialised from the
     /// current libtorch seed; [`Net::load_head`] replaces it.
-    pub fn new(mut base: LoadedWeights, preprocessing: Preprocessing, unfreeze_from: Vgg16Layer, head: HeadSpec) -> Result<Self> {
+    pub fn new(mut base: LoadedWeights, preprocessing: Preprocessing, unfreeze_from: impl ToLayer, head: HeadSpec) -> Result<Self> {
+        let arch = base.base.arch().clone();
+        let unfreeze_from = unfreeze_from.to_layer(&arch)?;
         base.vs.freeze();
         let device = base.vs.device();
         let vs = nn::VarStore::new(device);
         let base_vars = base.vs.variables();
         let features = vs.root().sub("features");
         let mut top = Vec::new();
-        for layer in Vgg16Layer::all().filter(|l| *l >= unfreeze_from) {
-            let spec = layer.spec();
+        for layer in arch.layers().filter(|l| *l >= unfreeze_from) {
+            let spec = arch.spec(layer);
             top.push(match spec.kind {
-                LayerKind::Conv { .. } => {
+                LayerKind::Conv { kernel, padding, .. } => {
                     let var = |what: &str| -> Result<Tensor> {
                         let name = format!("features.{}.{what}", spec.torch_index);
                         let src = base_vars.get(&name).with_context(|| format!("the base has no variable {name}"))?;
                         Ok(features.sub(spec.torch_index).var_copy(what, src))
                     };
-                    TopLayer::Conv { weight: var("weight")?, bias: var("bias")? }
+                    TopLayer::Conv { weight: var("weight")?, bias: var("bias")?, kernel, padding }
                 }
                 LayerKind::Pool => TopLayer::Pool,
             });
@@ -101,7 +105,7 @@ impl Net {
         if device == Device::Cpu {
             to_channels_last(base.vs.variables().into_values())?;
         }
-        Ok(Self { base, preprocessing, trunk_until: trunk_layer(unfreeze_from), top, vs, head, device })
+        Ok(Self { base, preprocessing, trunk_until: trunk_layer(&arch, unfreeze_from), top, vs, head, device })
     }
 
     pub fn device(&self) -> Device {
@@ -128,8 +132,8 @@ impl Net {
             let mut ys = xs.f_contiguous()?;
             for layer in &self.top {
                 ys = match layer {
-                    TopLayer::Conv { weight, bias } => ys.f_conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)?.f_relu()?,
-                    TopLayer::Pool => ys.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?,
+                    TopLayer::Conv { weight, bias, kernel, padding } => models::run_conv(&ys, weight, Some(bias), *kernel, *padding)?,
+                    TopLayer::Pool => models::run_pool(&ys)?,
                 };
             }
             Ok(ys)
@@ -210,21 +214,22 @@ mod tests {
     /// libtorch's generator is global: tests that draw from it hold this lock.
     static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-    fn layer(name: &str) -> Vgg16Layer {
+    fn layer(name: &str) -> models::Vgg16Layer {
         name.parse().unwrap()
     }
 
     #[test]
     fn trunk_ends_below_the_unfreeze_layer() {
-        let check = |from: &str, expect: Option<&str>| assert_eq!(trunk_layer(layer(from)).map(|l| l.keras_name()), expect, "{from}");
+        let vgg = ConvArch::vgg16();
+        let check = |from: &str, expect: Option<&str>| assert_eq!(trunk_layer(&vgg, vgg.layer(from).unwrap()).map(|l| vgg.name_of(l)), expect, "{from}");
         check("block5_conv1", Some("block4_pool"));
         check("features.24", Some("block4_pool"));
         check("block5_conv3", Some("block5_conv2"));
         check("block4_pool", Some("block4_conv3"));
         check("block1_conv1", None);
-        assert_eq!(head_input_width(150).unwrap(), 4 * 4 * 512);
-        assert_eq!(head_input_width(32).unwrap(), 512);
-        assert!(head_input_width(31).is_err());
+        assert_eq!(head_input_width(&vgg, 150).unwrap(), 4 * 4 * 512);
+        assert_eq!(head_input_width(&vgg, 32).unwrap(), 512);
+        assert!(head_input_width(&vgg, 31).is_err());
     }
 
     /// Random VGG16 weights as a weights file, loaded the way the binary loads them.

@@ -20,7 +20,7 @@ pub fn emit() {
             // directly, so the linker would drop it: then `--device auto` silently runs on the
             // CPU of a GPU machine. Binaries keep it (about 0.25 s more per start); tests do not
             // need CUDA and skip without it.
-            if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
+            if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() && package_has_binaries() {
                 println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
             }
         }
@@ -29,4 +29,14 @@ pub fn emit() {
              binaries will need LD_LIBRARY_PATH"
         ),
     }
+}
+
+/// Cargo refuses `rustc-link-arg-bins` from a package without binaries; ours follow Cargo's
+/// layout (`src/main.rs`, `src/bin/`) or declare `[[bin]]`.
+fn package_has_binaries() -> bool {
+    let Ok(root) = std::env::var("CARGO_MANIFEST_DIR") else { return false };
+    let root = std::path::Path::new(&root);
+    root.join("src/main.rs").exists()
+        || root.join("src/bin").is_dir()
+        || std::fs::read_to_string(root.join("Cargo.toml")).is_ok_and(|t| t.contains("[[bin]]"))
 }

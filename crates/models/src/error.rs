@@ -7,12 +7,16 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("unknown VGG16 layer {name:?}: expected a Keras name (block1_conv1 .. block5_pool) or a torchvision index (features.0 .. features.30)")]
     UnknownLayer { name: String },
+    #[error("unknown layer {name:?} in {architecture}: expected a Keras name ({expected})")]
+    UnknownLayerIn { name: String, architecture: String, expected: String },
+    #[error("architecture {name}: {reason}")]
+    BadArchitecture { name: String, reason: String },
     #[error("input batch has shape {shape:?}: expected [N, 3, H, W]")]
     BadInputShape { shape: Vec<i64> },
     #[error("input batch is empty (N = 0): nothing to run")]
     EmptyBatch,
-    #[error("input of {height}x{width} is too small for VGG16 up to {layer}: the feature map vanishes at {vanishes_at} (needs at least {min}x{min})")]
-    InputTooSmall { height: i64, width: i64, layer: &'static str, vanishes_at: &'static str, min: i64 },
+    #[error("input of {height}x{width} is too small for {architecture} up to {layer}: the feature map vanishes at {vanishes_at} (needs at least {min}x{min})")]
+    InputTooSmall { height: i64, width: i64, architecture: String, layer: String, vanishes_at: String, min: i64 },
     #[error("unknown device {given:?}: expected auto, cpu, cuda or cuda:N")]
     UnknownDevice { given: String },
     #[error("device {given} requested, but libtorch sees {available} CUDA device(s)")]

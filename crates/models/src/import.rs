@@ -144,7 +144,7 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
     let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
     let mut out = Vec::new();
     for spec in &VGG16_LAYERS {
-        let LayerKind::Conv { in_channels, out_channels } = spec.kind else { continue };
+        let LayerKind::Conv { in_channels, out_channels, .. } = spec.kind else { continue };
         let mine: Vec<&Initializer> = initializers.iter().filter(|i| names_layer(&i.name, spec.keras_name)).collect();
         let weight_name = format!("features.{}.weight", spec.torch_index);
         let bias_name = format!("features.{}.bias", spec.torch_index);

@@ -1,17 +1,21 @@
-//! Models for transfer learning on tch: the VGG16 convolutional base (Keras `include_top=False`)
-//! with both Keras (`block5_conv1`) and torchvision (`features.24`) layer names, a layer cut with
+//! Models for transfer learning on tch: convolutional bases described by a layer list (VGG16,
+//! Keras `include_top=False`; Chollet's small convnet; a VGG16 of reduced width) with both Keras
+//! (`block5_conv1`, `conv2d_1`) and torchvision (`features.24`) layer names, a layer cut with
 //! global pooling, the preprocessing each set of weights needs, weight import (ONNX of Keras
 //! lineage, PyTorch state dicts, tch-rs `.ot`, safetensors) into our safetensors format with
 //! provenance and digest, and device selection (`auto|cpu|cuda|cuda:N`).
 //!
 //! Variables are named like torchvision's `vgg16().features` (`features.N.weight`, `.bias`), so
-//! torchvision-style weight files load by name.
+//! torchvision-style weight files load by name; other architectures follow the same rule (N is
+//! the position in an `nn.Sequential` of conv, ReLU, pool).
 //!
 //! Typical use: `let w = load_weights(path, device)?;` then
 //! `w.features(&u8_batch_nhwc, "block4_pool".parse()?, Pooling::Avg)?`, or
 //! `preprocess(&batch, mode)?` and `w.base.features(&xs, layer, pooling)?` to override the
 //! preprocessing recorded with the weights.
 
+mod arch;
+mod base;
 mod device;
 mod error;
 pub mod import;
@@ -22,12 +26,14 @@ mod preprocess;
 mod vgg16;
 pub mod weights;
 
+pub use arch::{ConvArch, ConvLayer, Layer, LayerDef, LayerName, SMALL_CONVNET, ToLayer, VGG16_ARCHITECTURE};
+pub use base::{ConvBase, Vgg16Base, run_conv, run_pool};
 pub use device::DeviceChoice;
 pub use error::ModelError;
 pub use import::{SourceFormat, import_weights};
 pub use pooling::{Pooling, feature_shape};
 pub use preprocess::{CAFFE_MEAN_BGR, Preprocessing, TORCH_MEAN_RGB, TORCH_STD_RGB, preprocess};
-pub use vgg16::{LayerKind, LayerSpec, VGG16_LAYERS, Vgg16Base, Vgg16Layer, is_trainable, output_shape};
+pub use vgg16::{LayerKind, LayerSpec, Padding, VGG16_LAYERS, Vgg16Layer, is_trainable, output_shape};
 pub use weights::{LoadedWeights, WeightsMeta, load_weights};
 
 /// Number of trainable scalars held by a `VarStore`.

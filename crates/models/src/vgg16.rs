@@ -1,5 +1,5 @@
-//! The VGG16 convolutional base (Simonyan & Zisserman 2014, configuration D, no classifier),
-//! with its layer table and a forward pass that stops at any named layer.
+//! The VGG16 layer table (Simonyan & Zisserman 2014, configuration D, no classifier) and its
+//! layer names; the module that runs it is the generic [`crate::ConvBase`].
 //!
 //! Keras fuses the ReLU into each convolution layer, torchvision lists it separately; a layer here
 //! is a Keras layer (conv + ReLU, or a 2x2 max pool), and the torchvision index of the ReLU
@@ -8,15 +8,25 @@
 use std::fmt;
 use std::str::FromStr;
 
-use tch::{Tensor, nn};
+use serde::{Deserialize, Serialize};
 
-use crate::{ModelError, Pooling};
+use crate::ModelError;
+
+/// Keras `padding=` of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Output as large as the input (odd kernels: `kernel / 2` zeros on each side).
+    Same,
+    /// No padding: each side loses `kernel / 2` pixels.
+    Valid,
+}
 
 /// What a layer computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerKind {
-    /// 3x3 convolution, stride 1, padding 1 ("same"), followed by ReLU.
-    Conv { in_channels: i64, out_channels: i64 },
+    /// `kernel` x `kernel` convolution, stride 1, followed by ReLU (VGG16: 3x3, "same").
+    Conv { in_channels: i64, out_channels: i64, kernel: i64, padding: Padding },
     /// 2x2 max pool, stride 2, no padding (floor), as Keras `MaxPooling2D` "valid".
     Pool,
 }
@@ -31,7 +41,7 @@ pub struct LayerSpec {
 }
 
 const fn conv(keras_name: &'static str, torch_index: usize, in_channels: i64, out_channels: i64) -> LayerSpec {
-    LayerSpec { keras_name, torch_index, kind: LayerKind::Conv { in_channels, out_channels } }
+    LayerSpec { keras_name, torch_index, kind: LayerKind::Conv { in_channels, out_channels, kernel: 3, padding: Padding::Same } }
 }
 
 const fn pool(keras_name: &'static str, torch_index: usize) -> LayerSpec {
@@ -94,7 +104,7 @@ impl Vgg16Layer {
     /// Weights and biases of this layer (0 for a pool).
     pub fn parameter_count(self) -> i64 {
         match self.spec().kind {
-            LayerKind::Conv { in_channels, out_channels } => out_channels * in_channels * 9 + out_channels,
+            LayerKind::Conv { in_channels, out_channels, kernel, .. } => out_channels * in_channels * kernel * kernel + out_channels,
             LayerKind::Pool => 0,
         }
     }
@@ -144,102 +154,22 @@ pub fn output_shape(height: i64, width: i64, layer: Vgg16Layer) -> Result<[i64; 
             }
         }
         if h < 1 || w < 1 {
-            let pools_needed = VGG16_LAYERS[..=layer.0].iter().filter(|l| l.kind == LayerKind::Pool).count();
             return Err(ModelError::InputTooSmall {
                 height,
                 width,
-                layer: layer.keras_name(),
-                vanishes_at: spec.keras_name,
-                min: 1 << pools_needed,
+                architecture: "VGG16".to_owned(),
+                layer: layer.keras_name().to_owned(),
+                vanishes_at: spec.keras_name.to_owned(),
+                min: min_input(layer),
             });
         }
     }
     Ok([c, h, w])
 }
 
-/// The 13 convolutions of VGG16, variables named `features.N.weight` / `features.N.bias`.
-#[derive(Debug)]
-pub struct Vgg16Base {
-    convs: Vec<nn::Conv2D>,
-}
-
-impl Vgg16Base {
-    /// Creates the variables under `path` (initialised like torchvision before any weights load).
-    pub fn new(path: &nn::Path) -> Self {
-        let features = path / "features";
-        let config = nn::ConvConfig { padding: 1, ..Default::default() };
-        let convs = VGG16_LAYERS
-            .iter()
-            .filter_map(|spec| match spec.kind {
-                LayerKind::Conv { in_channels, out_channels } => Some(nn::conv2d(
-                    &features / spec.torch_index,
-                    in_channels,
-                    out_channels,
-                    3,
-                    config,
-                )),
-                LayerKind::Pool => None,
-            })
-            .collect();
-        Self { convs }
-    }
-
-    /// xs: `[N, 3, H, W]` float, preprocessed -> `[N, C, H', W']` at the output of `until`.
-    ///
-    /// Checks the input before running anything, so a wrong rank, an empty batch or an image too
-    /// small for the requested depth is an `Err` rather than a libtorch abort.
-    pub fn forward_to(&self, xs: &Tensor, until: Vgg16Layer) -> Result<Tensor, ModelError> {
-        let shape = xs.size();
-        let [n, 3, h, w] = shape[..] else {
-            return Err(ModelError::BadInputShape { shape });
-        };
-        if n == 0 {
-            return Err(ModelError::EmptyBatch);
-        }
-        output_shape(h, w, until)?;
-        let mut convs = self.convs.iter();
-        let mut ys = xs.shallow_clone();
-        for spec in &VGG16_LAYERS[..=until.0] {
-            ys = match spec.kind {
-                LayerKind::Conv { .. } => {
-                    let conv = convs.next().expect("one Conv2D per conv layer in VGG16_LAYERS");
-                    ys.f_conv2d(&conv.ws, conv.bs.as_ref(), [1, 1], [1, 1], [1, 1], 1)?.f_relu()?
-                }
-                LayerKind::Pool => ys.f_max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)?,
-            };
-        }
-        Ok(ys)
-    }
-
-    /// The whole base: xs `[N, 3, H, W]` -> `[N, 512, H/32, W/32]` (`block5_pool`).
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor, ModelError> {
-        self.forward_to(xs, Vgg16Layer::LAST)
-    }
-
-    /// Keras `VGG16(include_top=False, pooling=...)` cut at `layer`: xs `[N, 3, H, W]`
-    /// (preprocessed) -> `[N, C, H', W']` (pooling none) or `[N, C]` (avg, max).
-    pub fn features(&self, xs: &Tensor, layer: Vgg16Layer, pooling: Pooling) -> Result<Tensor, ModelError> {
-        pooling.apply(&self.forward_to(xs, layer)?)
-    }
-
-    /// Makes the conv layers from `unfreeze_from` up trainable (`requires_grad`) and those below
-    /// frozen; `None` freezes all. Returns the number of trainable parameters. The same rule as
-    /// [`is_trainable`], so `vgg16-layers --unfreeze-from` shows what this does.
-    pub fn set_unfreeze_from(&self, unfreeze_from: Option<Vgg16Layer>) -> i64 {
-        let conv_layers = Vgg16Layer::all().filter(|l| matches!(l.spec().kind, LayerKind::Conv { .. }));
-        let mut trainable = 0;
-        for (conv, layer) in self.convs.iter().zip(conv_layers) {
-            let on = is_trainable(layer, unfreeze_from);
-            let _ = conv.ws.set_requires_grad(on);
-            if let Some(bs) = &conv.bs {
-                let _ = bs.set_requires_grad(on);
-            }
-            if on {
-                trainable += layer.parameter_count();
-            }
-        }
-        trainable
-    }
+/// The smallest square input that survives up to `layer` (2 to the number of pools).
+pub fn min_input(layer: Vgg16Layer) -> i64 {
+    1 << VGG16_LAYERS[..=layer.0].iter().filter(|l| l.kind == LayerKind::Pool).count()
 }
 
 /// Whether `layer` trains when fine-tuning from `unfreeze_from` (that layer and every later one;

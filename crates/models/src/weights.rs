@@ -1,8 +1,10 @@
-//! Our VGG16 weights file, the one format every stage reads: safetensors holding the 26 conv-base
-//! tensors (`features.N.weight` OIHW, `features.N.bias`, float32) and string metadata saying what
-//! they are (`architecture`, `preprocessing`, `source`, `source_sha256`, `source_format`,
-//! `format_version`). Loading checks every name, shape and value and exposes the file's sha256,
-//! which the feature cache keys on.
+//! Our weights file, the one format every stage reads: safetensors holding the conv-base tensors
+//! (`features.N.weight` OIHW, `features.N.bias`, float32; 26 for VGG16) and string metadata
+//! saying what they are (`architecture`, `preprocessing`, `source`, `source_sha256`,
+//! `source_format`, `format_version`, and for any base other than VGG16 `layers`, the layer list
+//! as JSON, see [`ConvArch`]). A VGG16 file has no `layers` entry, so VGG16 files keep the bytes
+//! (and digests) they had before other architectures existed. Loading checks every name, shape
+//! and value and exposes the file's sha256, which the feature cache keys on.
 //!
 //! The writer is ours rather than the `safetensors` crate's because that one takes metadata as a
 //! `HashMap` and so writes it in a different order each run; ours sorts names and keys, so the
@@ -16,10 +18,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::{LayerKind, ModelError, Pooling, Preprocessing, VGG16_LAYERS, Vgg16Base, Vgg16Layer, preprocess};
+use crate::{ConvArch, ConvBase, ModelError, Pooling, Preprocessing, ToLayer, preprocess};
 
 /// `architecture` metadata value of a VGG16 conv base (no classifier).
-pub const ARCHITECTURE: &str = "vgg16_conv_base";
+pub const ARCHITECTURE: &str = crate::VGG16_ARCHITECTURE;
 /// `format_version` metadata value this crate writes and reads.
 pub const FORMAT_VERSION: &str = "1";
 
@@ -39,6 +41,9 @@ pub struct WeightsMeta {
     /// `onnx`, `torch`, `tch` or `safetensors`, when known.
     pub source_format: Option<String>,
     pub format_version: String,
+    /// The layers (VGG16 for files without a `layers` entry).
+    #[serde(skip)]
+    pub arch: ConvArch,
 }
 
 /// What an import records about its origin (the rest of the metadata is fixed).
@@ -50,48 +55,43 @@ pub struct Provenance {
     pub source_format: String,
 }
 
-/// VGG16 weights ready to run: the variables, the module over them, and the file's metadata.
+/// Weights ready to run: the variables, the module over them, and the file's metadata.
 #[derive(Debug)]
 pub struct LoadedWeights {
     pub vs: nn::VarStore,
-    pub base: Vgg16Base,
+    pub base: ConvBase,
     pub meta: WeightsMeta,
 }
 
 impl LoadedWeights {
     /// RGB batch (uint8 `[N, H, W, 3]` or float `[N, 3, H, W]` on 0-255) -> features at `layer`
     /// with `pooling`, preprocessed as the file says. To override the preprocessing, call
-    /// [`preprocess`] and [`Vgg16Base::features`] yourself.
-    pub fn features(&self, batch: &Tensor, layer: Vgg16Layer, pooling: Pooling) -> Result<Tensor, ModelError> {
+    /// [`preprocess`] and [`ConvBase::features`] yourself.
+    pub fn features(&self, batch: &Tensor, layer: impl ToLayer, pooling: Pooling) -> Result<Tensor, ModelError> {
         let xs = preprocess(batch, self.meta.preprocessing)?;
         self.base.features(&xs, layer, pooling)
     }
 }
 
-/// The 26 tensors of the conv base, in layer order: name and shape.
+/// The 26 tensors of the VGG16 conv base, in layer order: name and shape.
 pub fn expected_tensors() -> Vec<(String, Vec<i64>)> {
-    VGG16_LAYERS
-        .iter()
-        .filter_map(|spec| match spec.kind {
-            LayerKind::Conv { in_channels, out_channels } => Some([
-                (format!("features.{}.weight", spec.torch_index), vec![out_channels, in_channels, 3, 3]),
-                (format!("features.{}.bias", spec.torch_index), vec![out_channels]),
-            ]),
-            LayerKind::Pool => None,
-        })
-        .flatten()
-        .collect()
+    ConvArch::vgg16().expected_tensors()
 }
 
-/// Picks the conv-base tensors out of `tensors` (read from `path`) and checks them: every one
+/// [`check_tensors`] for the VGG16 conv base (what every import produces).
+pub fn check_conv_base(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ModelError> {
+    check_tensors(path, &ConvArch::vgg16(), tensors)
+}
+
+/// Picks the tensors of `arch` out of `tensors` (read from `path`) and checks them: every one
 /// present (exactly `features.N.weight`, or unambiguously ending in `.features.N.weight`, as
 /// with a `module.` prefix), with its shape, all values finite. Returns them in layer order as
 /// contiguous float32 on the CPU. Tensors that are not part of the conv base (a classifier, a
 /// dense head) are listed at debug level and dropped.
-pub fn check_conv_base(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ModelError> {
+pub fn check_tensors(path: &Path, arch: &ConvArch, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ModelError> {
     let mut out = Vec::new();
     let mut used = vec![false; tensors.len()];
-    for (name, expected) in expected_tensors() {
+    for (name, expected) in arch.expected_tensors() {
         let suffix = format!(".{name}");
         let exact = tensors.iter().position(|(n, _)| *n == name);
         let candidates: Vec<usize> = match exact {
@@ -118,7 +118,7 @@ pub fn check_conv_base(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Ve
     }
     let extras: Vec<&str> = tensors.iter().zip(&used).filter(|(_, u)| !**u).map(|((n, _), _)| n.as_str()).collect();
     if !extras.is_empty() {
-        tracing::debug!(path = %path.display(), count = extras.len(), ?extras, "tensors outside the VGG16 conv base, ignored");
+        tracing::debug!(path = %path.display(), architecture = arch.name(), count = extras.len(), ?extras, "tensors outside the conv base, ignored");
     }
     Ok(out)
 }
@@ -146,29 +146,40 @@ pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Writes checked conv-base tensors (from [`check_conv_base`]) and their provenance to `path`
-/// atomically (temp file in the same folder, fsync, rename). Returns the new file's metadata.
+/// Writes VGG16 conv-base tensors and their provenance to `path`: [`save_conv_base`] with
+/// [`ConvArch::vgg16`].
 pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], provenance: &Provenance) -> Result<WeightsMeta, ModelError> {
-    let checked = check_conv_base(path, tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())?;
-    let metadata = BTreeMap::from([
-        ("architecture", ARCHITECTURE.to_owned()),
+    save_conv_base(path, &ConvArch::vgg16(), tensors, provenance)
+}
+
+/// Writes the tensors of `arch` (checked by [`check_tensors`]; others are dropped) and their
+/// provenance to `path` atomically (temp file in the same folder, fsync, rename). Returns the
+/// new file's metadata.
+pub fn save_conv_base(path: &Path, arch: &ConvArch, tensors: &[(String, Tensor)], provenance: &Provenance) -> Result<WeightsMeta, ModelError> {
+    let checked = check_tensors(path, arch, tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())?;
+    let mut metadata = BTreeMap::from([
+        ("architecture", arch.name().to_owned()),
         ("format_version", FORMAT_VERSION.to_owned()),
         ("preprocessing", provenance.preprocessing.name().to_owned()),
         ("source", provenance.source.clone()),
         ("source_format", provenance.source_format.clone()),
         ("source_sha256", provenance.source_sha256.clone()),
     ]);
+    if !arch.is_vgg16() {
+        metadata.insert("layers", arch.to_json());
+    }
     let bytes = serialize(&checked, &metadata)?;
     write_atomic(path, &bytes)?;
     Ok(WeightsMeta {
         path: path.to_owned(),
         digest: sha256_hex(&bytes),
-        architecture: ARCHITECTURE.to_owned(),
+        architecture: arch.name().to_owned(),
         preprocessing: provenance.preprocessing,
         source: provenance.source.clone(),
         source_sha256: Some(provenance.source_sha256.clone()),
         source_format: Some(provenance.source_format.clone()),
         format_version: FORMAT_VERSION.to_owned(),
+        arch: arch.clone(),
     })
 }
 
@@ -230,9 +241,11 @@ pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta),
     let get = |key: &str| metadata.get(key).cloned();
     let hint = "import it with `vgg16-weights import` to record what it is";
     let architecture = get("architecture").ok_or_else(|| err(format!("no architecture in the metadata: not one of our weights files ({hint})")))?;
-    if architecture != ARCHITECTURE {
-        return Err(err(format!("architecture is {architecture:?}, expected {ARCHITECTURE:?}")));
-    }
+    let arch = match get("layers") {
+        Some(layers) => ConvArch::from_json(&architecture, &layers).map_err(|e| err(e.to_string()))?,
+        None if architecture == ARCHITECTURE => ConvArch::vgg16(),
+        None => return Err(err(format!("architecture is {architecture:?} but the metadata has no layers list (only {ARCHITECTURE:?} may omit it)"))),
+    };
     let format_version = get("format_version").unwrap_or_default();
     if format_version != FORMAT_VERSION {
         return Err(err(format!("format_version is {format_version:?}, this build reads {FORMAT_VERSION:?}")));
@@ -248,7 +261,7 @@ pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta),
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         tensors.push((name, Tensor::f_from_data_size(view.data(), &shape, Kind::Float)?));
     }
-    let tensors = check_conv_base(path, tensors)?;
+    let tensors = check_tensors(path, &arch, tensors)?;
     let meta = WeightsMeta {
         path: path.to_owned(),
         digest: sha256_hex(&bytes),
@@ -258,6 +271,7 @@ pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta),
         source_sha256: get("source_sha256"),
         source_format: get("source_format"),
         format_version,
+        arch,
     };
     Ok((tensors, meta))
 }
@@ -267,9 +281,9 @@ pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta),
 pub fn load_weights(path: &Path, device: Device) -> Result<LoadedWeights, ModelError> {
     let (tensors, meta) = read_weights(path)?;
     let vs = nn::VarStore::new(device);
-    let base = Vgg16Base::new(&vs.root());
+    let base = ConvBase::with_arch(&vs.root(), meta.arch.clone());
     copy_into(&vs, &tensors, path)?;
-    tracing::info!(path = %path.display(), digest = %meta.digest, preprocessing = %meta.preprocessing, source = %meta.source, ?device, "loaded VGG16 weights");
+    tracing::info!(path = %path.display(), architecture = %meta.architecture, digest = %meta.digest, preprocessing = %meta.preprocessing, source = %meta.source, ?device, "loaded weights");
     Ok(LoadedWeights { vs, base, meta })
 }
 

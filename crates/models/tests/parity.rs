@@ -78,7 +78,7 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
 fn check_cases(dir: &Path, images: &Tensor, weights: &models::LoadedWeights, cases: &[Case], what: &str) -> f64 {
     let mut worst: f64 = 0.0;
     for (i, case) in cases.iter().enumerate() {
-        let layer = case.layer.parse().unwrap();
+        let layer = case.layer.parse::<models::Vgg16Layer>().unwrap();
         let xs = models::preprocess(images, case.preprocessing).unwrap();
         let got = tch::no_grad(|| weights.base.features(&xs, layer, case.pooling)).unwrap();
         let err = relative_error(&got, &reference(dir, i));
@@ -181,7 +181,7 @@ fn demo_weights_match_onnx_initializers() {
     let keras = [0.7343, 0.0934, 0.0678, 0.8863];
     assert!(bias.iter().zip(keras).all(|(b, k)| (b - k).abs() < 1e-4), "block1_conv1 bias {bias:?} is not Keras' ImageNet {keras:?}");
     // The recorded preprocessing is what the default path applies.
-    let via_meta = tch::no_grad(|| weights.features(&images, "block5_pool".parse().unwrap(), Pooling::None)).unwrap();
+    let via_meta = tch::no_grad(|| weights.features(&images, "block5_pool".parse::<models::Vgg16Layer>().unwrap(), Pooling::None)).unwrap();
     assert!(relative_error(&via_meta, &reference(tmp.path(), 0)) <= TOLERANCE);
     check_cases(tmp.path(), &images, &weights, &cases, "demo weights vs ONNX initializers");
 }

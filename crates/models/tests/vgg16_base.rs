@@ -15,7 +15,7 @@ fn base() -> (nn::VarStore, Vgg16Base) {
 fn check_forward(n: i64, h: i64, w: i64, layer: &str, expect: &[i64]) {
     let (_vs, base) = base();
     let xs = Tensor::randn([n, 3, h, w], (Kind::Float, Device::Cpu));
-    let ys = tch::no_grad(|| base.forward_to(&xs, layer.parse().unwrap())).unwrap();
+    let ys = tch::no_grad(|| base.forward_to(&xs, layer.parse::<Vgg16Layer>().unwrap())).unwrap();
     assert_eq!(ys.size(), expect, "{n}x3x{h}x{w} to {layer}");
 }
 
@@ -32,7 +32,7 @@ fn forward_shapes_match_keras() {
 fn relu_is_fused_into_conv_layers() {
     let (_vs, base) = base();
     let xs = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let ys = tch::no_grad(|| base.forward_to(&xs, "block1_conv1".parse().unwrap())).unwrap();
+    let ys = tch::no_grad(|| base.forward_to(&xs, "block1_conv1".parse::<Vgg16Layer>().unwrap())).unwrap();
     assert_eq!(ys.min().double_value(&[]), 0.0, "a ReLU output has no negatives and some zeros");
 }
 

@@ -181,7 +181,7 @@ fn unfreeze_from_sets_requires_grad() {
     let vs = nn::VarStore::new(Device::Cpu);
     let base = Vgg16Base::new(&vs.root());
     let check = |from: Option<&str>, expect_trainable: i64, expect_names: &[&str]| {
-        let got = base.set_unfreeze_from(from.map(|f| f.parse().unwrap()));
+        let got = base.set_unfreeze_from(from.map(|f| f.parse::<models::Vgg16Layer>().unwrap())).unwrap();
         assert_eq!(got, expect_trainable, "{from:?}");
         let mut on: Vec<String> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
         on.sort();
@@ -199,7 +199,7 @@ fn unfreeze_from_sets_requires_grad() {
     check(Some("features.27"), 4_719_616, &["features.26.bias", "features.26.weight", "features.28.bias", "features.28.weight"]);
     check(Some("block5_pool"), 0, &[]);
     check(None, 0, &[]);
-    assert_eq!(base.set_unfreeze_from(Some("block1_conv1".parse().unwrap())), 14_714_688);
+    assert_eq!(base.set_unfreeze_from(Some("block1_conv1".parse::<models::Vgg16Layer>().unwrap())).unwrap(), 14_714_688);
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn cuda_features_match_cpu_when_a_gpu_is_present() {
     import_weights(&src, SourceFormat::Safetensors, &out, Some(Preprocessing::Caffe), None).unwrap();
     tch::manual_seed(9);
     let images = Tensor::randint(256, [2, 64, 64, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
-    let layer = "block4_pool".parse().unwrap();
+    let layer = "block4_pool".parse::<models::Vgg16Layer>().unwrap();
     let run = |device: Device| {
         let w = load_weights(&out, device).unwrap();
         let ys = tch::no_grad(|| w.features(&images.to_device(device), layer, models::Pooling::Avg)).unwrap();

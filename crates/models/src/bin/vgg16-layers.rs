@@ -1,16 +1,17 @@
-//! `vgg16-layers`: prints the VGG16 conv-base layer table (Keras name, torchvision index, output
-//! shape, parameters, frozen or trainable) for an input size, with the source, preprocessing and
-//! digest of a weights file when given one, and checks the table by running one forward pass on
-//! the chosen device.
+//! `vgg16-layers`: prints the conv-base layer table (Keras name, torchvision index, output
+//! shape, parameters, frozen or trainable) for an input size, of VGG16 or of the architecture a
+//! weights file records (a pretrained small convnet, say), with the source, preprocessing and
+//! digest of that file, and checks the table by running one forward pass on the chosen device.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use models::{DeviceChoice, Vgg16Base, Vgg16Layer, is_trainable, load_weights, output_shape};
+use models::{ConvBase, DeviceChoice, LayerName, load_weights};
 use tch::{Kind, Tensor, nn};
 
-/// Show the layers of the VGG16 convolutional base (Keras `VGG16(include_top=False)`).
+/// Show the layers of the VGG16 convolutional base (Keras `VGG16(include_top=False)`), or of
+/// the base a weights file holds.
 ///
 /// Example: `vgg16-layers --input-size 150 --unfreeze-from block5_conv1 --weights vgg16.safetensors`
 #[derive(Parser)]
@@ -26,7 +27,7 @@ struct Args {
     /// Layers from this one up are trainable, those below frozen (Keras `block5_conv1` or
     /// torchvision `features.24`). Without it every layer is listed as frozen.
     #[arg(long)]
-    unfreeze_from: Option<Vgg16Layer>,
+    unfreeze_from: Option<LayerName>,
     /// Device for the check forward pass: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -46,9 +47,6 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> Result<()> {
     let (height, width) = args.input_size;
-    output_shape(height, width, Vgg16Layer::LAST)
-        .with_context(|| format!("input size {height}x{width}"))?;
-
     let device = args.device.resolve()?;
     let (_vs, base) = match &args.weights {
         Some(path) => {
@@ -63,18 +61,22 @@ fn run(args: Args) -> Result<()> {
         }
         None => {
             let vs = nn::VarStore::new(device);
-            let base = Vgg16Base::new(&vs.root());
+            let base = ConvBase::new(&vs.root());
             (vs, base)
         }
     };
+    let arch = base.arch();
+    arch.output_shape(height, width, arch.last()).with_context(|| format!("input size {height}x{width}"))?;
+    let unfreeze_from = args.unfreeze_from.as_ref().map(|l| base.layer(l)).transpose()?;
 
     println!("{:<14} {:<12} {:>16} {:>10}  state", "layer", "torchvision", "output (H,W,C)", "params");
     let mut total = 0;
     let mut trainable = 0;
-    for layer in Vgg16Layer::all() {
-        let [c, h, w] = output_shape(height, width, layer)?;
-        let params = layer.parameter_count();
-        let trains = is_trainable(layer, args.unfreeze_from);
+    for layer in arch.layers() {
+        let [c, h, w] = arch.output_shape(height, width, layer)?;
+        let spec = arch.spec(layer);
+        let params = spec.parameter_count();
+        let trains = arch.is_trainable(layer, unfreeze_from);
         let state = match (params, trains) {
             (0, _) => "-",
             (_, true) => "trainable",
@@ -84,8 +86,8 @@ fn run(args: Args) -> Result<()> {
         trainable += if trains { params } else { 0 };
         println!(
             "{:<14} {:<12} {:>16} {:>10}  {state}",
-            layer.keras_name(),
-            layer.torch_name(),
+            spec.name,
+            spec.torch_name(),
             format!("({h}, {w}, {c})"),
             params
         );
@@ -94,7 +96,7 @@ fn run(args: Args) -> Result<()> {
 
     let xs = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
     let ys = tch::no_grad(|| base.forward(&xs))?;
-    let [c, h, w] = output_shape(height, width, Vgg16Layer::LAST)?;
+    let [c, h, w] = arch.output_shape(height, width, arch.last())?;
     ensure!(ys.size() == [1, c, h, w], "forward pass gave {:?}, table says {:?}", ys.size(), [1, c, h, w]);
     tracing::info!(?device, output = ?ys.size(), "forward pass on the device agrees with the table");
     Ok(())
