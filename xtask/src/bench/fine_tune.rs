@@ -31,7 +31,7 @@ struct Args {
     /// Input size (square).
     #[arg(long, default_value_t = 64)]
     size: u32,
-    /// Timed runs of each of the three (medians are reported).
+    /// Timed runs of each of the three (medians are reported); 0 with --accuracy for accuracy only.
     #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Augmented passes of block4_pool in the trunk cache.
@@ -45,6 +45,9 @@ struct Args {
     /// manages]; torchvision is installed into that venv when missing.
     #[arg(long)]
     python: Option<PathBuf>,
+    /// Use the release binaries already in target/ instead of building them first.
+    #[arg(long)]
+    no_build: bool,
     /// Leave out the PyTorch reference (plain vs cached-trunk only).
     #[arg(long)]
     no_reference: bool,
@@ -82,10 +85,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, true)?;
-    let mut build = crate::cargo();
-    build.current_dir(&root).args(["build", "--release", "--quiet", "-p", "fine-tune", "-p", "extract-features", "-p", "train-head"]);
-    torch.configure(&mut build);
-    crate::run_checked(&mut build, "cargo build --release -p fine-tune -p extract-features -p train-head")?;
+    if !args.no_build {
+        let mut build = crate::cargo();
+        build.current_dir(&root).args(["build", "--release", "--quiet", "-p", "fine-tune", "-p", "extract-features", "-p", "train-head"]);
+        torch.configure(&mut build);
+        crate::run_checked(&mut build, "cargo build --release -p fine-tune -p extract-features -p train-head")?;
+    }
     let bin = |name: &str| crate::weights::target_dir(&root).join("release").join(name);
     let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { root.join(p) };
     let (data, out) = (abs(&args.data), abs(&args.out));
@@ -148,11 +153,22 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
 
+    if args.runs > 0 {
+        print_timings(&args, &size, &plain, &reference, &cached, &loads);
+    }
+    if args.accuracy {
+        accuracy(&args, &out, &cache, &features, data_arg, weights_arg, &bin)?;
+    }
+    Ok(())
+}
+
+/// The epoch table, the ratios and the breakdown table.
+fn print_timings(args: &Args, size: &str, plain: &[Epoch], reference: &[Epoch], cached: &[Epoch], loads: &[f64]) {
     let med = |v: &[Epoch], f: &dyn Fn(&Epoch) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     let total = |e: &Epoch| e.total;
     let train = |e: &Epoch| e.train();
     let images = 2000.0; // 100 steps x 20
-    println!("\nOne fine-tuning epoch at {size}x{size} (100 steps x 20 images + validation of the validation split), CPU, {} runs interleaved, medians; load average during the runs {:.1}-{:.1}\n", args.runs, min(&loads), max(&loads));
+    println!("\nOne fine-tuning epoch at {size}x{size} (100 steps x 20 images + validation of the validation split), CPU, {} runs interleaved, medians; load average during the runs {:.1}-{:.1}\n", args.runs, min(loads), max(loads));
     println!("| | epoch s | training steps s | train img/s | runs (epoch s) |");
     println!("|---|---|---|---|---|");
     let row = |name: &str, v: &[Epoch]| {
@@ -162,32 +178,27 @@ pub fn run(args: &[String]) -> Result<()> {
         let runs: Vec<String> = v.iter().map(|e| format!("{:.2}", e.total)).collect();
         println!("| {name} | {:.2} | {:.2} | {:.0} | {} |", med(v, &total), med(v, &train), images / med(v, &train), runs.join(" / "));
     };
-    row("ours, plain", &plain);
-    row("PyTorch reference", &reference);
-    row("ours, cached-trunk", &cached);
+    row("ours, plain", plain);
+    row("PyTorch reference", reference);
+    row("ours, cached-trunk", cached);
     println!();
     if !reference.is_empty() {
-        println!("- ours plain vs PyTorch, whole epoch: **{:.2}x**", med(&reference, &total) / med(&plain, &total));
-        println!("- ours plain vs PyTorch, training steps only: **{:.2}x**", med(&reference, &train) / med(&plain, &train));
+        println!("- ours plain vs PyTorch, whole epoch: **{:.2}x**", med(reference, &total) / med(plain, &total));
+        println!("- ours plain vs PyTorch, training steps only: **{:.2}x**", med(reference, &train) / med(plain, &train));
     }
-    println!("- cached-trunk vs plain, whole epoch: **{:.2}x**; training steps only: {:.2}x", med(&plain, &total) / med(&cached, &total), med(&plain, &train) / med(&cached, &train));
+    println!("- cached-trunk vs plain, whole epoch: **{:.2}x**; training steps only: {:.2}x", med(plain, &total) / med(cached, &total), med(plain, &train) / med(cached, &train));
 
     println!("\nEpoch breakdown (medians, seconds)\n");
     println!("| | batch (augment + frozen trunk / cache gather; PyTorch: loader wait) | forward (top + head + loss; PyTorch: whole model) | backward | optimizer | other | validation |");
     println!("|---|---|---|---|---|---|---|");
     let parts = ["batch", "forward", "backward", "optimizer", "other", "validation"];
-    for (name, v) in [("ours, plain", &plain), ("PyTorch reference", &reference), ("ours, cached-trunk", &cached)] {
+    for (name, v) in [("ours, plain", plain), ("PyTorch reference", reference), ("ours, cached-trunk", cached)] {
         if v.is_empty() {
             continue;
         }
         let cells: Vec<String> = parts.iter().map(|p| format!("{:.2}", med(v, &|e: &Epoch| e.part(p)))).collect();
         println!("| {name} | {} |", cells.join(" | "));
     }
-
-    if args.accuracy {
-        accuracy(&args, &out, &cache, &features, data_arg, weights_arg, &bin)?;
-    }
-    Ok(())
 }
 
 /// Small-budget accuracy of the four set-ups, each printed with its command.
