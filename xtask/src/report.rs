@@ -18,7 +18,7 @@ const SEED_REFERENCE: &[(&str, &str)] = &[
 
 /// The approaches in report order: stage folder and what it is (`{base}`: the transferred base).
 const APPROACHES: &[(&str, &str)] = &[
-    ("pretrain", "{base} trained from scratch on the pretraining data (its own task)"),
+    ("pretrain", "the pretrained base on its own task (trained from scratch on the pretraining data)"),
     ("head", "dense head on cached features of {base}"),
     ("head-augmented", "dense head on cached augmented passes of {base}"),
     ("fine-tune", "{base} fine-tuned with the head"),
