@@ -145,6 +145,19 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
+/// Builds the binaries of `packages` in release mode against `torch` and returns the folder they
+/// are in (`<target>/release`).
+fn build_release(torch: &libtorch::Libtorch, root: &std::path::Path, packages: &[&str]) -> Result<std::path::PathBuf> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["build", "--release", "--quiet"]);
+    for package in packages {
+        cmd.args(["-p", package]);
+    }
+    torch.configure(&mut cmd);
+    run_checked(&mut cmd, &format!("cargo build --release -p {}", packages.join(" -p ")))?;
+    Ok(weights::target_dir(root).join("release"))
+}
+
 /// Runs a child process to completion and turns a non-zero exit into an error naming it.
 fn run_checked(cmd: &mut Command, what: &str) -> Result<()> {
     let status = cmd.status().with_context(|| format!("could not start {what}"))?;

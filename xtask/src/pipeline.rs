@@ -817,22 +817,7 @@ fn describe(status: &Status) -> String {
 
 fn build_stages(torch: &Libtorch, workspace: &Path) -> Result<()> {
     eprintln!("building the stage binaries (release)");
-    let mut cmd = crate::cargo();
-    cmd.current_dir(workspace).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "extract-features",
-        "-p",
-        "train-head",
-        "-p",
-        "fine-tune",
-        "-p",
-        "pretrain",
-    ]);
-    torch.configure(&mut cmd);
-    crate::run_checked(&mut cmd, "cargo build --release (stage binaries)")
+    crate::build_release(torch, workspace, &["extract-features", "train-head", "fine-tune", "pretrain"]).map(drop)
 }
 
 /// Runs one stage binary, its stderr shown and copied to `<stage>/log.txt`; records the

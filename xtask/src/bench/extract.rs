@@ -50,11 +50,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, true)?;
-    let mut build = crate::cargo();
-    build.current_dir(&root).args(["build", "--release", "--quiet", "-p", "extract-features"]);
-    torch.configure(&mut build);
-    crate::run_checked(&mut build, "cargo build --release -p extract-features")?;
-    let ours = crate::weights::target_dir(&root).join("release/extract-features");
+    let ours = crate::build_release(&torch, &root, &["extract-features"])?.join("extract-features");
     let python = torch.python.clone().unwrap_or_else(|| "python3".into());
     let data = if args.data.is_absolute() { args.data.clone() } else { root.join(&args.data) };
     let images = list_images(&data, &args.splits)?;

@@ -86,10 +86,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, true)?;
     if !args.no_build {
-        let mut build = crate::cargo();
-        build.current_dir(&root).args(["build", "--release", "--quiet", "-p", "fine-tune", "-p", "extract-features", "-p", "train-head"]);
-        torch.configure(&mut build);
-        crate::run_checked(&mut build, "cargo build --release -p fine-tune -p extract-features -p train-head")?;
+        crate::build_release(&torch, &root, &["fine-tune", "extract-features", "train-head"])?;
     }
     let bin = |name: &str| crate::weights::target_dir(&root).join("release").join(name);
     let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { root.join(p) };

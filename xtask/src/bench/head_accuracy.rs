@@ -37,11 +37,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let torch = crate::libtorch::ensure()?;
     let root = crate::workspace_root();
     let weights = crate::weights::ensure_demo(&torch, true)?;
-    let mut build = crate::cargo();
-    build.current_dir(&root).args(["build", "--release", "--quiet", "-p", "extract-features", "-p", "train-head"]);
-    torch.configure(&mut build);
-    crate::run_checked(&mut build, "cargo build --release (extract-features, train-head)")?;
-    let bin = |name: &str| crate::weights::target_dir(&root).join("release").join(name);
+    let release = crate::build_release(&torch, &root, &["extract-features", "train-head"])?;
+    let bin = |name: &str| release.join(name);
     let data = root.join("data/fashion-mnist-small");
     let out = root.join("runs/bench-head-accuracy");
 
