@@ -410,6 +410,8 @@ fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
         f.head_epochs = 30;
         f.epochs = 100;
         f.steps_per_epoch = 100;
+        // The book's first convnet from scratch: 30 epochs, no augmentation.
+        config.scratch.epochs = 30;
     }
     if let Some(v) = &args.name {
         config.run.name = v.clone();
