@@ -64,7 +64,7 @@ pub use decode::{
     DecodeLimits, DecodeOptions, ImageInfo, Interpolation, Size, decode, decode_bytes,
     decode_with_info,
 };
-pub use digest::{digests, file_digest};
+pub use digest::{digests, file_digest, tree_digest};
 pub use error::{BadImage, Error, Result};
 pub use scan::{
     CLASS_MAP_FILE, ClassMap, ClassMode, FileEntry, IMAGE_EXTENSIONS, Omission, Omitted,

@@ -558,18 +558,8 @@ fn median(values: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
-/// One digest over every split's files (path, class, content sha256): the dataset as an input.
+/// The dataset as an input of this stage (see `dataset::tree_digest`).
 fn data_digest(root: &Path) -> Result<String> {
-    let mut all = Vec::new();
-    for split in ["train", "validation", "test"] {
-        if !root.join(split).is_dir() {
-            continue;
-        }
-        let index = data::scan(root, split)?;
-        let digests = dataset::digests(&index)?;
-        for (f, d) in index.files.iter().zip(digests) {
-            all.push((split, f.path.strip_prefix(root).unwrap_or(&f.path).to_string_lossy().into_owned(), f.class, d));
-        }
-    }
-    Ok(run_folder::json_sha256(&all))
+    let options = dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
+    dataset::tree_digest(root, &options).with_context(|| format!("digesting the dataset {}", root.display()))
 }
