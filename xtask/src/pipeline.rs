@@ -469,14 +469,16 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
             resumable: false,
         });
     }
-    steps.extend(transfer_steps(config, run_dir, data, weights)?);
+    // Hashed once per plan: extraction, fine-tuning and the scratch baseline all name it.
+    let dataset = tree_fingerprint(data)?;
+    steps.extend(transfer_steps(config, run_dir, data, &dataset, weights)?);
     let c = &config.scratch;
     if c.enabled {
         steps.push(Step {
             name: "scratch",
             binary: "pretrain",
             args: convnet_args(data, &run_dir.join("scratch"), config.extract.input_size, &c.arch, c.width, c.epochs, c.batch_size, c.lr, c.augment, c.seed, &config.run.device),
-            inputs: BTreeMap::from([("dataset".to_owned(), tree_fingerprint(data)?)]),
+            inputs: BTreeMap::from([("dataset".to_owned(), dataset)]),
             resumable: false,
         });
     }
@@ -484,7 +486,7 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
 }
 
 /// Extraction, heads and fine-tuning of the base in `weights`.
-fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<Vec<Step>> {
+fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, dataset: &str, weights: &Path) -> Result<Vec<Step>> {
     let e = &config.extract;
     let mut extract_args = vec![
         "--data".into(),
@@ -514,7 +516,7 @@ fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, weights: &Path) 
         extract_args.extend(["--cache-dir".into(), c.display().to_string()]);
     }
     let extract_inputs = BTreeMap::from([
-        ("dataset".to_owned(), tree_fingerprint(data)?),
+        ("dataset".to_owned(), dataset.to_owned()),
         ("weights".to_owned(), digest_or_absent(weights)),
     ]);
     let features = run_dir.join("extract").join("features.json");
