@@ -185,6 +185,8 @@ struct EntryTiming {
 }
 
 fn main() -> ExitCode {
+    // Not `cpu_runtime::init`: flushing denormals could change feature bits under the same cache key.
+    cpu_runtime::keep_freed_memory();
     cli_support::main(|| run(Args::parse()))
 }
 

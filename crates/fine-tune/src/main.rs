@@ -215,7 +215,7 @@ const CHECKPOINTS: &str = "checkpoints";
 const STOPPED: u8 = 3;
 
 fn main() -> ExitCode {
-    training::cpu::flush_denormals();
+    cpu_runtime::init();
     cli_support::init_logging();
     cli_support::exit_code(run(Args::parse()).map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }))
 }

@@ -125,10 +125,12 @@ pub fn padding_of(kernel: i64, padding: Padding) -> i64 {
     }
 }
 
-/// One conv layer: convolution (stride 1) then ReLU. xs `[N, C, H, W]`, weight OIHW.
+/// One conv layer: convolution (stride 1) then ReLU, in place on the convolution's output (as
+/// torchvision's `ReLU(inplace=True)`: autograd keeps what it needs, and no second activation-sized
+/// block is allocated). xs `[N, C, H, W]`, weight OIHW.
 pub fn run_conv(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, kernel: i64, padding: Padding) -> Result<Tensor, ModelError> {
     let p = padding_of(kernel, padding);
-    Ok(xs.f_conv2d(weight, bias, [1, 1], [p, p], [1, 1], 1)?.f_relu()?)
+    Ok(xs.f_conv2d(weight, bias, [1, 1], [p, p], [1, 1], 1)?.f_relu_()?)
 }
 
 /// One pool layer: 2x2 max pool, stride 2, floor (Keras `MaxPooling2D` "valid").

@@ -122,7 +122,7 @@ const BASE_FILE: &str = "base.safetensors";
 const MODEL_FILE: &str = "model.safetensors";
 
 fn main() -> ExitCode {
-    training::cpu::flush_denormals();
+    cpu_runtime::init();
     cli_support::main(|| run(Args::parse()))
 }
 

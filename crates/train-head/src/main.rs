@@ -106,7 +106,7 @@ struct SplitMetrics {
 const WEIGHTS_FILE: &str = "head.safetensors";
 
 fn main() -> ExitCode {
-    training::cpu::flush_denormals();
+    cpu_runtime::init();
     cli_support::main(|| run(Args::parse()))
 }
 

@@ -15,7 +15,7 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    training::cpu::flush_denormals();
+    cpu_runtime::init();
     let (samples, width, epochs, runs) = (arg("--samples", 2000), arg("--width", 8192), arg("--epochs", 30), arg("--runs", 3));
     tch::manual_seed(0);
     let xs = Tensor::rand([samples as i64, width as i64], (Kind::Float, Device::Cpu));

@@ -3,7 +3,6 @@
 //! features, metrics, history CSV, PNG plots, and atomic writes of everything a run produces.
 
 mod atomic;
-pub mod cpu;
 pub mod checkpoint;
 mod error;
 pub mod fit;
