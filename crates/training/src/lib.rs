@@ -6,6 +6,7 @@ mod atomic;
 pub mod checkpoint;
 mod error;
 pub mod fit;
+mod fused;
 pub mod head;
 mod history;
 mod metrics;
