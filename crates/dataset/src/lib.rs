@@ -51,6 +51,7 @@
 pub mod batch;
 pub mod check;
 pub mod decode;
+pub mod decoded;
 pub mod digest;
 pub mod error;
 pub mod resize;
@@ -64,6 +65,7 @@ pub use decode::{
     DecodeLimits, DecodeOptions, ImageInfo, Interpolation, Size, decode, decode_bytes,
     decode_with_info,
 };
+pub use decoded::DecodedSplit;
 pub use digest::{digests, file_digest, tree_digest};
 pub use error::{BadImage, Error, Result};
 pub use scan::{

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use augment::AugmentConfig;
-use dataset::{BatchOptions, ClassMode, DecodeOptions, ScanOptions, Size, SplitIndex};
+use dataset::{ClassMode, ScanOptions, SplitIndex};
 use feature_cache::{Cache, EntryRef, ExtractionRecord, LoadedEntry};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -86,24 +86,7 @@ impl EpochPlan {
 }
 
 /// A split decoded to RGB8 at the input size, in file order.
-pub struct Images {
-    pub index: SplitIndex,
-    /// `[N, H, W, 3]`.
-    pub pixels: Vec<u8>,
-    pub labels: Vec<i64>,
-    pub size: usize,
-}
-
-impl Images {
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    fn image(&self, i: usize) -> &[u8] {
-        let len = self.size * self.size * 3;
-        &self.pixels[i * len..(i + 1) * len]
-    }
-}
+pub type Images = dataset::DecodedSplit;
 
 /// Scans `<root>/<split>` like Keras `flow_from_directory` (sparse labels).
 pub fn scan(root: &Path, split: &str) -> Result<SplitIndex> {
@@ -113,19 +96,8 @@ pub fn scan(root: &Path, split: &str) -> Result<SplitIndex> {
 
 /// Decodes every image of `index`, resized (nearest, Keras' default) to `size` x `size`.
 pub fn decode(index: SplitIndex, size: usize) -> Result<Images> {
-    let decode = DecodeOptions { target_size: Some(Size::square(size as u32)), ..Default::default() };
-    let options = BatchOptions { batch_size: 64, shuffle: None, ..Default::default() };
-    let image_len = size * size * 3;
-    let mut pixels = vec![0u8; index.len() * image_len];
-    let mut labels = vec![0i64; index.len()];
-    for batch in dataset::batches(&index, &decode, &options, 0)? {
-        let batch = batch?;
-        for (row, &i) in batch.indices.iter().enumerate() {
-            pixels[i * image_len..(i + 1) * image_len].copy_from_slice(batch.image(row));
-            labels[i] = batch.classes[row] as i64;
-        }
-    }
-    Ok(Images { index, pixels, labels, size })
+    let split = index.dir.display().to_string();
+    Images::decode(index, size).with_context(|| format!("decoding {split}"))
 }
 
 /// Copies a host tensor to `device`; for CUDA through pinned memory without blocking, so the
