@@ -48,8 +48,8 @@ pub fn flush_denormals() -> bool {
 /// fresh `mmap`, so each batch's activations (at 150x150, batch 20, 115 MB for one VGG16 block-1
 /// output) arrive as untouched pages that the kernel faults in and zeroes one 4 KiB page at a
 /// time, and are unmapped again when the tensor drops. Measured on the 2-core Xeon: the VGG16
-/// conv base, batch 20 at 150x150, spent 17 s of 52 s in the kernel for 1,000 images, and a
-/// PyTorch micro-benchmark ran 21.2 -> 24.3 img/s (channels-last) with the thresholds raised.
+/// conv base, batch 20 at 150x150, spent 17 s of 52 s in the kernel for 1,000 images; with the
+/// thresholds raised, 0.5 s, and `extract-features` ran 19.2 -> 24.1 img/s (`time` of one run).
 /// The cost: the process keeps its peak heap instead of returning it (peak RSS of extraction
 /// measured 876 vs 952 MB at 150x150 and 659 vs 613 MB at 64x64, after vs before).
 ///
