@@ -99,14 +99,7 @@ fn script(torch: &Libtorch, script: &Path, out: &Path) -> Command {
 /// Builds the release binaries and writes the bundle into `dir` (replacing an earlier bundle,
 /// refusing any other non-empty folder). Returns the bundle's size in bytes.
 pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
-    let mut build = crate::cargo();
-    build.current_dir(root).args(["build", "--release"]);
-    for (package, bin) in BINARIES {
-        build.args(["-p", package, "--bin", bin]);
-    }
-    torch.configure(&mut build);
-    crate::run_checked(&mut build, "cargo build --release (gpu-check binaries)")?;
-    let release = crate::weights::target_dir(root).join("release");
+    let release = crate::build_release(torch, root)?;
 
     clear_bundle_dir(dir)?;
     let bin_dir = dir.join("bin");

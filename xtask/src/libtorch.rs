@@ -154,8 +154,7 @@ fn bootstrap(venv: &Path) -> Result<Libtorch> {
     run(Command::new(&python).arg("-m").arg("venv").arg(&tmp), "python3 -m venv")?;
     let venv_python = tmp.join("bin").join("python");
     run(
-        Command::new(&venv_python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        pip_visibly(Command::new(&venv_python).args(["-m", "pip", "install"]))
             .arg(format!("torch=={TORCH_VERSION}"))
             .args(REFERENCE_PACKAGES),
         "pip install torch",
@@ -177,6 +176,19 @@ fn bootstrap(venv: &Path) -> Result<Libtorch> {
         .with_context(|| format!("renaming {} to {}", tmp.display(), venv.display()))?;
     eprintln!("libtorch ready in {}", venv.display());
     finished_venv(venv)?.context("venv vanished right after it was installed")
+}
+
+/// Lets the user watch a long pip command: pip's progress bars on a terminal, otherwise (CI, a
+/// log file) pip's line per package ("Collecting", "Downloading ... (530.6 MB)", "Installing")
+/// without bars. pip's stdout goes to our stderr, because our stdout is for machine-readable
+/// output (`eval "$(cargo xtask libtorch)"`).
+pub fn pip_visibly(pip: &mut Command) -> &mut Command {
+    use std::io::IsTerminal as _;
+    pip.arg("--disable-pip-version-check").stdout(std::io::stderr());
+    if !std::io::stderr().is_terminal() {
+        pip.args(["--progress-bar", "off"]);
+    }
+    pip
 }
 
 /// Deletes half-built venvs left by killed bootstraps. Only called while holding the lock, so no

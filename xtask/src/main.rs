@@ -94,7 +94,7 @@ fn run(cli: Cli) -> Result<()> {
             let torch = libtorch::ensure()?;
             // The demo-weights parity test needs them; offline after the first fetch. Without
             // them (no network) that test skips and says why, so this is a warning.
-            if let Err(err) = weights::ensure_demo(&torch, false) {
+            if let Err(err) = weights::ensure_demo(&torch, weights::Build::Debug) {
                 eprintln!("warning: demo weights unavailable, their parity test will skip: {err:#}");
             }
             let mut cmd = cargo();
@@ -119,7 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Data { full } => data::run(full),
         Cmd::Weights => {
             let torch = libtorch::ensure()?;
-            println!("{}", weights::ensure_demo(&torch, false)?.display());
+            println!("{}", weights::ensure_demo(&torch, weights::Build::Release)?.display());
             Ok(())
         }
         Cmd::GpuCheck(args) => gpu_check::run(args, &workspace_root()),
@@ -145,16 +145,22 @@ fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
-/// Builds the binaries of `packages` in release mode against `torch` and returns the folder they
-/// are in (`<target>/release`).
-fn build_release(torch: &libtorch::Libtorch, root: &std::path::Path, packages: &[&str]) -> Result<std::path::PathBuf> {
+/// Every package whose binaries xtask runs: the stages, the weights tool (`vgg16-weights`) and the
+/// dataset tool. They are always built together, in one `cargo build --release`, because cargo
+/// unifies dependency features per invocation: building subsets one after another (the weights
+/// tool, then the stages) would compile shared dependencies again.
+const RELEASE_PACKAGES: &[&str] = &["extract-features", "train-head", "fine-tune", "pretrain", "models", "dataset"];
+
+/// Builds [`RELEASE_PACKAGES`] in release mode against `torch` (cargo's progress shows: the first
+/// build takes minutes) and returns the folder their binaries are in (`<target>/release`).
+fn build_release(torch: &libtorch::Libtorch, root: &std::path::Path) -> Result<std::path::PathBuf> {
     let mut cmd = cargo();
-    cmd.current_dir(root).args(["build", "--release", "--quiet"]);
-    for package in packages {
+    cmd.current_dir(root).args(["build", "--release"]);
+    for package in RELEASE_PACKAGES {
         cmd.args(["-p", package]);
     }
     torch.configure(&mut cmd);
-    run_checked(&mut cmd, &format!("cargo build --release -p {}", packages.join(" -p ")))?;
+    run_checked(&mut cmd, "cargo build --release")?;
     Ok(weights::target_dir(root).join("release"))
 }
 

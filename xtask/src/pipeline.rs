@@ -64,6 +64,21 @@ struct Config {
     fine_tune: FineTuneConfig,
     pretrain: PretrainConfig,
     scratch: ScratchConfig,
+    compare: Option<CompareConfig>,
+}
+
+/// `[compare]`: another run, on this run's dataset, whose accuracies the report sets beside this
+/// run's (the homework sets its MNIST-pretrained base beside ImageNet VGG16 on the same pair).
+/// The pipeline runs it first (skipping what is up to date), so it always exists and always used
+/// the same data; the report checks that by the dataset digests both runs recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompareConfig {
+    /// Its pipeline config (relative to the repository root); its `[run] data` and `name` are
+    /// replaced by this run's data and `name` below.
+    config: PathBuf,
+    /// Its run folder name (runs/<name>).
+    name: String,
 }
 
 /// `[pretrain]`: train a convnet from scratch on another dataset first and, with `use_as_base`,
@@ -235,7 +250,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             name: "demo".into(),
-            data: "data/fashion-mnist-small".into(),
+            data: "data/cats-vs-dogs-small".into(),
             device: "auto".into(),
             cache_dir: None,
             weights: None,
@@ -311,12 +326,18 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
             data.display()
         );
     }
+    if let Some(compare) = &config.compare {
+        run_comparison(compare, &args, &config, workspace)?;
+    }
 
     let torch = crate::libtorch::ensure()?;
+    if !args.status {
+        build_stages(&torch, workspace)?;
+    }
     let weights = match &config.run.weights {
         _ if config.pretrain.enabled && config.pretrain.use_as_base => pretrained_base(&run_dir),
         Some(w) => absolute(workspace, w),
-        None => crate::weights::ensure_demo(&torch, true)?,
+        None => crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?,
     };
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     run_folder::write_atomic(
@@ -334,7 +355,6 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
         return Ok(());
     }
 
-    build_stages(&torch, workspace)?;
     let mut timings = Vec::new();
     let mut steps = steps;
     for i in 0..steps.len() {
@@ -363,17 +383,58 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
         eprintln!("{label}: done in {seconds:.1}s");
         timings.push((step.name, seconds, false));
     }
-    let pretrained = config.pretrain.enabled && config.pretrain.use_as_base;
-    let demo_run = workspace.join("runs").join(RunConfig::default().name);
+    let compare_dir = config.compare.as_ref().map(|c| workspace.join("runs").join(&c.name));
     let context = crate::report::Context {
         settings: config_summary(&config, &weights),
-        base: if pretrained { format!("small convnet pretrained on {}", config.pretrain.data.display()) } else { "VGG16".into() },
-        // Beside a run on another base, the default run's ImageNet-VGG16 results (the homework).
-        compare_with: (pretrained && demo_run != run_dir && demo_run.is_dir()).then(|| ("ImageNet VGG16".to_owned(), demo_run.as_path())),
+        base: base_label(&config),
+        input_size: config.extract.input_size,
+        compare_with: compare_dir.as_deref().map(|dir| {
+            let other = resolved_config(dir).map_or_else(|| "other".into(), |c| base_label(&c));
+            (other, dir)
+        }),
     };
     crate::report::write(&run_dir, &context, &timings)?;
     eprintln!("report: {}", run_dir.join("report.html").display());
     Ok(())
+}
+
+/// Runs the `[compare]` run on this run's data, with this invocation's device, cache and profile.
+fn run_comparison(compare: &CompareConfig, args: &PipelineArgs, config: &Config, workspace: &Path) -> Result<()> {
+    if compare.name == config.run.name {
+        bail!("[compare] name = {:?} is this run's own name: give the compared run another", compare.name);
+    }
+    let path = absolute(workspace, &compare.config);
+    let nested: Config = toml::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("{}", path.display()))?;
+    if nested.compare.is_some() {
+        bail!("{}: a compared run cannot have a [compare] section of its own", path.display());
+    }
+    eprintln!("running `{}` ({}) on {} first, to set beside this run", compare.name, compare.config.display(), config.run.data.display());
+    let nested_args = PipelineArgs {
+        config: Some(path),
+        name: Some(compare.name.clone()),
+        data: Some(config.run.data.clone()),
+        weights: None,
+        device: Some(config.run.device.clone()),
+        cache_dir: config.run.cache_dir.clone(),
+        profile: args.profile,
+        status: args.status,
+    };
+    run(nested_args, workspace).with_context(|| format!("compared run `{}`", compare.name))
+}
+
+/// The settings a finished run resolved (`pipeline.resolved.toml`), if it has them.
+fn resolved_config(run_dir: &Path) -> Option<Config> {
+    toml::from_str(&std::fs::read_to_string(run_dir.join("pipeline.resolved.toml")).ok()?).ok()
+}
+
+/// What the run transfers, for the report: its own pretrained base or ImageNet VGG16.
+fn base_label(config: &Config) -> String {
+    match (&config.pretrain, &config.run.weights) {
+        (p, _) if p.enabled && p.use_as_base => format!("small convnet pretrained on {}", p.data.display()),
+        (_, Some(w)) => format!("the conv base in {}", w.display()),
+        (_, None) => "ImageNet VGG16".into(),
+    }
 }
 
 fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
@@ -469,8 +530,21 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
             resumable: false,
         });
     }
-    // Hashed once per plan: extraction, fine-tuning and the scratch baseline all name it.
+    // Hashed once per plan: the dataset record, extraction, fine-tuning and the scratch baseline
+    // all name it.
     let dataset = tree_fingerprint(data)?;
+    // First, so a dataset with errors (bad files, leakage, classes that differ between splits)
+    // stops the run before any compute, and the report has a record of what the run trained on.
+    steps.insert(
+        0,
+        Step {
+            name: "dataset",
+            binary: "dataset",
+            args: vec!["check".into(), data.display().to_string(), "--out".into(), run_dir.join("dataset").display().to_string()],
+            inputs: BTreeMap::from([("dataset".to_owned(), dataset.clone())]),
+            resumable: false,
+        },
+    );
     steps.extend(transfer_steps(config, run_dir, data, &dataset, weights)?);
     let c = &config.scratch;
     if c.enabled {
@@ -821,7 +895,7 @@ fn describe(status: &Status) -> String {
 
 fn build_stages(torch: &Libtorch, workspace: &Path) -> Result<()> {
     eprintln!("building the stage binaries (release)");
-    crate::build_release(torch, workspace, &["extract-features", "train-head", "fine-tune", "pretrain"]).map(drop)
+    crate::build_release(torch, workspace).map(drop)
 }
 
 /// Runs one stage binary, its stderr shown and copied to `<stage>/log.txt`; records the
@@ -1004,6 +1078,10 @@ mod tests {
         steps.iter().map(|s| s.name).collect()
     }
 
+    fn step<'a>(steps: &'a [Step], name: &str) -> &'a Step {
+        steps.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no {name} step"))
+    }
+
     fn arg<'a>(step: &'a Step, flag: &str) -> Option<&'a str> {
         step.args
             .iter()
@@ -1019,6 +1097,7 @@ mod tests {
         assert_eq!(
             names(&steps),
             [
+                "dataset",
                 "extract",
                 "head",
                 "head-augmented",
@@ -1027,17 +1106,18 @@ mod tests {
                 "scratch"
             ]
         );
-        let trunk = &steps[3];
+        let trunk = step(&steps, "extract-trunk");
         assert_eq!(arg(trunk, "--layer"), Some("block4_pool"));
         assert_eq!(arg(trunk, "--augment-passes"), Some("5"));
         assert_eq!(
             arg(trunk, "--out").map(PathBuf::from),
             Some(run.join("extract-trunk"))
         );
-        let fine_tune = &steps[4];
+        let fine_tune = step(&steps, "fine-tune");
+        let extract = step(&steps, "extract");
         assert_eq!(
             arg(fine_tune, "--input-size"),
-            arg(&steps[0], "--input-size")
+            arg(extract, "--input-size")
         );
         assert_eq!(
             arg(fine_tune, "--trunk-cache").map(PathBuf::from),
@@ -1048,14 +1128,17 @@ mod tests {
             Some(run.join("head/head.safetensors"))
         );
         assert_eq!(fine_tune.inputs["head/head.safetensors"], "absent");
-        assert!(fine_tune.resumable && !steps[0].resumable);
+        assert!(fine_tune.resumable && !extract.resumable);
+        let dataset = step(&steps, "dataset");
+        assert_eq!(dataset.args[..2], ["check".to_owned(), data.display().to_string()]);
+        assert_eq!(dataset.inputs["dataset"], extract.inputs["dataset"], "one identity of the data");
 
         // A trained head changes the fine-tune invocation (it becomes stale), not the extraction's.
         std::fs::create_dir_all(run.join("head")).unwrap();
         std::fs::write(run.join("head/head.safetensors"), b"h").unwrap();
         let again = plan(&Config::default(), &run, &data, &weights).unwrap();
-        assert_ne!(again[4].invocation(), fine_tune.invocation());
-        assert_eq!(again[0].invocation(), steps[0].invocation());
+        assert_ne!(step(&again, "fine-tune").invocation(), fine_tune.invocation());
+        assert_eq!(step(&again, "extract").invocation(), extract.invocation());
     }
 
     #[test]
@@ -1067,14 +1150,14 @@ mod tests {
         let steps = plan(&config, &dir.path().join("run"), &data, &weights).unwrap();
         assert_eq!(
             names(&steps),
-            ["extract", "head", "head-augmented", "fine-tune", "scratch"]
+            ["dataset", "extract", "head", "head-augmented", "fine-tune", "scratch"]
         );
-        assert_eq!(arg(&steps[3], "--trunk-cache"), None);
-        assert_eq!(arg(&steps[3], "--head-epochs"), Some("30"));
+        assert_eq!(arg(step(&steps, "fine-tune"), "--trunk-cache"), None);
+        assert_eq!(arg(step(&steps, "fine-tune"), "--head-epochs"), Some("30"));
         config.fine_tune.enabled = false;
         assert_eq!(
             names(&plan(&config, &dir.path().join("run"), &data, &weights).unwrap()),
-            ["extract", "head", "head-augmented", "scratch"]
+            ["dataset", "extract", "head", "head-augmented", "scratch"]
         );
     }
 
@@ -1086,17 +1169,20 @@ mod tests {
         let mut config: Config = toml::from_str(&text).unwrap();
         assert!(config.pretrain.enabled && config.pretrain.use_as_base);
         assert!(config.pretrain.data.ends_with("mnist-small"));
+        // ImageNet VGG16 on the same pair, run first, is what the report sets beside it.
+        let compare = config.compare.as_ref().expect("homework.toml has [compare]");
+        assert_eq!((compare.config.as_path(), compare.name.as_str()), (Path::new("pipeline.toml"), "homework-vgg16"));
         let digits = dir.path().join("digits");
         std::fs::create_dir_all(digits.join("train/0")).unwrap();
         config.pretrain.data = digits.clone();
         let base = pretrained_base(&run);
         let steps = plan(&config, &run, &data, &base).unwrap();
-        assert_eq!(steps.first().map(|s| s.name), Some("pretrain"));
+        assert_eq!(names(&steps)[..3], ["dataset", "pretrain", "extract"]);
         assert_eq!(steps.last().map(|s| s.name), Some("scratch"));
-        let pretrain = &steps[0];
+        let pretrain = step(&steps, "pretrain");
+        let extract = step(&steps, "extract");
         assert_eq!(arg(pretrain, "--data").map(PathBuf::from), Some(digits));
-        assert_eq!(arg(pretrain, "--input-size"), arg(&steps[1], "--input-size"), "one input size for the whole run");
-        let extract = steps.iter().find(|s| s.name == "extract").unwrap();
+        assert_eq!(arg(pretrain, "--input-size"), arg(extract, "--input-size"), "one input size for the whole run");
         assert_eq!(arg(extract, "--weights").map(PathBuf::from), Some(base.clone()));
         assert_eq!(extract.inputs["weights"], "absent", "digest of the base once pretrain wrote it");
         let scratch = steps.last().unwrap();
@@ -1106,7 +1192,7 @@ mod tests {
         std::fs::create_dir_all(base.parent().unwrap()).unwrap();
         std::fs::write(&base, b"base").unwrap();
         let again = plan(&config, &run, &data, &base).unwrap();
-        let extract_again = again.iter().find(|s| s.name == "extract").unwrap();
+        let extract_again = step(&again, "extract");
         assert_ne!(extract_again.invocation(), extract.invocation());
     }
 
@@ -1115,7 +1201,7 @@ mod tests {
         let (dir, data, weights) = inputs();
         let run = dir.path().join("run");
         let steps = plan(&Config::default(), &run, &data, &weights).unwrap();
-        let (extract, fine_tune) = (&steps[0], &steps[4]);
+        let (extract, fine_tune) = (step(&steps, "extract"), step(&steps, "fine-tune"));
         let stage = run.join("fine-tune");
         assert_eq!(status(fine_tune, &stage), Status::Missing);
         std::fs::create_dir_all(&stage).unwrap();
@@ -1129,7 +1215,7 @@ mod tests {
         let mut config = Config::default();
         config.fine_tune.lr = 1e-4;
         let changed = plan(&config, &run, &data, &weights).unwrap();
-        assert_eq!(status(&changed[4], &stage), Status::Missing);
+        assert_eq!(status(step(&changed, "fine-tune"), &stage), Status::Missing);
         std::fs::create_dir_all(run.join("extract")).unwrap();
         run_folder::write_json(&run.join("extract").join(PENDING), &pending(extract)).unwrap();
         assert_eq!(
@@ -1143,7 +1229,7 @@ mod tests {
         let (dir, data, weights) = inputs();
         let run = dir.path().join("run");
         let steps = plan(&Config::default(), &run, &data, &weights).unwrap();
-        let head = &steps[1];
+        let head = step(&steps, "head");
         let stage = run.join("head");
         std::fs::create_dir_all(&stage).unwrap();
         std::fs::write(stage.join("head.safetensors"), b"h").unwrap();
@@ -1170,7 +1256,7 @@ mod tests {
         std::fs::write(run.join("extract/features.json"), b"{}").unwrap();
         let replanned = plan(&Config::default(), &run, &data, &weights).unwrap();
         assert_eq!(
-            status(&replanned[1], &stage),
+            status(step(&replanned, "head"), &stage),
             Status::Stale("input extract/features.json changed".into())
         );
     }

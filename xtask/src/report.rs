@@ -1,11 +1,12 @@
 //! The pipeline report: `report.md` and `report.html` in the run folder, built only from what
-//! the stages of this run recorded (`stage.json`, `metrics.json`, plots).
+//! the stages of this run recorded (`dataset/dataset.json`, `stage.json`, `metrics.json`, plots).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
+use run_folder::DatasetRecord;
 
 /// Chollet's figures on real cats vs dogs (DESIGN.md §3; *Deep Learning with Python* 5.2 for the
 /// convnet from scratch), shown beside ours.
@@ -31,9 +32,76 @@ pub struct Context<'a> {
     pub settings: BTreeMap<String, String>,
     /// The base that is transferred (`ImageNet VGG16`, `MNIST-pretrained small convnet`).
     pub base: String,
-    /// Another run whose accuracies are shown beside this one's (the default ImageNet run for the
-    /// homework), when it exists.
+    /// Side of the square images the networks see, in pixels.
+    pub input_size: u32,
+    /// Another run (the base it transferred, its folder) whose accuracies are shown beside this
+    /// one's, only if its dataset record has this run's digest: accuracies on other data are not
+    /// comparable.
     pub compare_with: Option<(String, &'a Path)>,
+}
+
+/// The `dataset` stage's record of a run, if it has one.
+fn dataset_record(run_dir: &Path) -> Option<DatasetRecord> {
+    run_folder::read_json(&run_dir.join("dataset").join(run_folder::DATASET_FILE)).ok()
+}
+
+/// `## Dataset`: name, description, classes, counts, sizes and formats per split, all from the
+/// record; and, for the seed's figures, how this data differs from the book's.
+fn dataset_section(md: &mut String, record: &DatasetRecord, input_size: u32) -> Result<()> {
+    writeln!(md, "## Dataset\n")?;
+    writeln!(md, "**{}** (`{}`, digest `{}`)\n", record.name, record.root.display(), &record.digest[..record.digest.len().min(12)])?;
+    if let Some(description) = &record.description {
+        writeln!(md, "> {description}\n")?;
+    }
+    let classes: Vec<String> = record.classes.iter().enumerate().map(|(i, c)| format!("`{c}` = {i}")).collect();
+    writeln!(md, "Classes (index order): {}.\n", classes.join(", "))?;
+    write!(md, "| split |")?;
+    for class in &record.classes {
+        write!(md, " {class} |")?;
+    }
+    writeln!(md, " total | image sizes | formats | left out |")?;
+    writeln!(md, "|{}", " --- |".repeat(record.classes.len() + 5))?;
+    let tally = |m: &BTreeMap<String, usize>| m.iter().map(|(k, n)| format!("{k} ({n})")).collect::<Vec<_>>().join(", ");
+    for split in &record.splits {
+        write!(md, "| {} |", split.name)?;
+        for n in &split.counts {
+            write!(md, " {n} |")?;
+        }
+        writeln!(md, " {} | {} | {} | {} |", split.images(), tally(&split.sizes), tally(&split.formats), split.omitted)?;
+    }
+    writeln!(md)?;
+    writeln!(md, "{}\n", seed_comparison(record, input_size))?;
+    Ok(())
+}
+
+/// Why the seed's reference figures need not match this run: the book trained on 2,000 Kaggle
+/// photos of cats and dogs (a few hundred pixels a side, resized to 150x150, 1,000 / 500 / 500
+/// per class); what differs here is read off the record.
+fn seed_comparison(record: &DatasetRecord, input_size: u32) -> String {
+    let mut differences = Vec::new();
+    let classes: Vec<&str> = record.classes.iter().map(String::as_str).collect();
+    if !matches!(classes.as_slice(), ["cat" | "cats", "dog" | "dogs"]) {
+        differences.push(format!("another task ({} classes: {})", classes.len(), classes.join(", ")));
+    }
+    if let Some(train) = record.split("train").map(|s| s.images()).filter(|&n| n != 2000) {
+        differences.push(format!("{train} training images instead of 2,000"));
+    }
+    if let Some((size, _)) = record.sizes().first() {
+        let side = size.split('x').filter_map(|v| v.parse::<u32>().ok()).max().unwrap_or(0);
+        if side > 0 && side < 150 {
+            differences.push(format!("{size} images upscaled to {input_size}x{input_size} where the book's photos are several hundred pixels a side"));
+        } else if input_size != 150 {
+            differences.push(format!("{input_size}x{input_size} network input instead of 150x150"));
+        }
+    }
+    if differences.is_empty() {
+        "The seed's reference figures are Chollet's on 2,000 cats-vs-dogs photos; this dataset has the same shape.".into()
+    } else {
+        format!(
+            "The seed's reference figures are Chollet's on 2,000 cats-vs-dogs photos resized to 150x150; this run differs: {}.",
+            differences.join("; ")
+        )
+    }
 }
 
 /// `| label | validation | test | reference |` rows for every approach `run_dir` has metrics for.
@@ -53,16 +121,28 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
     let name = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     writeln!(md, "# Transfer-learning run `{name}`\n")?;
 
+    let record = dataset_record(run_dir);
     writeln!(md, "## Accuracy\n")?;
     writeln!(md, "| approach | validation acc | test acc | seed reference (cats vs dogs) |")?;
     writeln!(md, "| --- | --- | --- | --- |")?;
     accuracy_rows(&mut md, run_dir, &context.base, "")?;
+    let mut not_compared = None;
     if let Some((base, other)) = &context.compare_with {
         let other_name = other.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        accuracy_rows(&mut md, other, base, &format!("run `{other_name}`: "))?;
+        let other_record = dataset_record(other);
+        match (&record, &other_record) {
+            (Some(a), Some(b)) if a.digest == b.digest => accuracy_rows(&mut md, other, base, &format!("run `{other_name}`: "))?,
+            (_, Some(b)) => not_compared = Some(format!("Run `{other_name}` is not set beside this one: it trained on {} (digest `{}`), not on this run's data.", b.name, &b.digest[..b.digest.len().min(12)])),
+            (_, None) => not_compared = Some(format!("Run `{other_name}` is not set beside this one: it has no dataset record, so it cannot be shown to have used the same data.")),
+        }
     }
-    writeln!(md, "\nThe demo data is Fashion-MNIST shirt vs t-shirt/top (28x28 grayscale, upscaled), a much harder")?;
-    writeln!(md, "pair for ImageNet features than cats vs dogs; the seed's figures are the book's, for orientation.\n")?;
+    writeln!(md)?;
+    if let Some(why) = not_compared {
+        writeln!(md, "{why}\n")?;
+    }
+    if let Some(record) = &record {
+        dataset_section(&mut md, record, context.input_size)?;
+    }
 
     writeln!(md, "## Stages\n")?;
     writeln!(md, "| stage | this run | recorded time | facts |")?;
@@ -133,4 +213,82 @@ fn summary_text(summary: &serde_json::Value) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run folder with a dataset record and one head stage's metrics.
+    fn fixture_run(dir: &Path, digest: &str, classes: &[&str], train_per_class: usize, test_acc: f64) {
+        let record = DatasetRecord {
+            name: "pets".into(),
+            root: "/data/pets".into(),
+            description: Some("Small photos of pets.".into()),
+            digest: digest.into(),
+            classes: classes.iter().map(|c| (*c).to_owned()).collect(),
+            splits: ["train", "validation", "test"]
+                .iter()
+                .zip([train_per_class, 250, 250])
+                .map(|(name, n)| run_folder::SplitRecord {
+                    name: (*name).into(),
+                    counts: vec![n; classes.len()],
+                    sizes: BTreeMap::from([("32x32".to_owned(), n * classes.len())]),
+                    formats: BTreeMap::from([("png".to_owned(), n * classes.len())]),
+                    bytes: 1000,
+                    omitted: 0,
+                })
+                .collect(),
+        };
+        run_folder::write_json(&dir.join("dataset").join(run_folder::DATASET_FILE), &record).unwrap();
+        let metrics = serde_json::json!({ "validation": { "acc": 0.8 }, "test": { "acc": test_acc } });
+        run_folder::write_json(&dir.join("head/metrics.json"), &metrics).unwrap();
+    }
+
+    fn render(run: &Path, other: Option<&Path>) -> String {
+        let context = Context {
+            settings: BTreeMap::new(),
+            base: "ImageNet VGG16".into(),
+            input_size: 64,
+            compare_with: other.map(|o| ("small convnet".to_owned(), o)),
+        };
+        write(run, &context, &[]).unwrap();
+        std::fs::read_to_string(run.join("report.md")).unwrap()
+    }
+
+    #[test]
+    fn dataset_is_described_from_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        fixture_run(&run, "aaaa", &["cats", "dogs"], 500, 0.77);
+        let md = render(&run, None);
+        assert!(md.contains("**pets** (`/data/pets`"), "{md}");
+        assert!(md.contains("> Small photos of pets."), "{md}");
+        assert!(md.contains("| train | 500 | 500 | 1000 | 32x32 (1000) | png (1000) | 0 |"), "{md}");
+        assert!(md.contains("1000 training images instead of 2,000"), "{md}");
+        assert!(md.contains("32x32 images upscaled to 64x64"), "{md}");
+        assert!(!md.contains("another task"), "{md}");
+        assert!(md.contains("| dense head on cached features of ImageNet VGG16 | 80.00% | 77.00% |"), "{md}");
+        assert!(!md.contains("Fashion"), "no fixed sentence about other data: {md}");
+
+        fixture_run(&run, "aaaa", &["shirt", "t-shirt_top"], 1000, 0.77);
+        let md = render(&run, None);
+        assert!(md.contains("another task (2 classes: shirt, t-shirt_top)"), "{md}");
+        assert!(!md.contains("training images instead"), "{md}");
+    }
+
+    #[test]
+    fn another_run_is_set_beside_only_on_the_same_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, other) = (dir.path().join("run"), dir.path().join("other"));
+        fixture_run(&run, "same", &["cats", "dogs"], 500, 0.77);
+        fixture_run(&other, "same", &["cats", "dogs"], 500, 0.61);
+        let md = render(&run, Some(&other));
+        assert!(md.contains("| run `other`: dense head on cached features of small convnet | 80.00% | 61.00% |"), "{md}");
+
+        fixture_run(&other, "different", &["cats", "dogs"], 500, 0.61);
+        let md = render(&run, Some(&other));
+        assert!(!md.contains("61.00%"), "{md}");
+        assert!(md.contains("Run `other` is not set beside this one: it trained on pets (digest `different`)"), "{md}");
+    }
 }

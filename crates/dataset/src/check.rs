@@ -83,6 +83,39 @@ impl CheckReport {
         self.errors.is_empty()
     }
 
+    /// The pipeline's record of this dataset (`dataset.json`): counts, sizes and formats per
+    /// split, with the tree's `digest` ([`crate::tree_digest`]) and `description`
+    /// ([`readme_description`]). Classes are those of the first split (a mismatch between splits
+    /// is an error of the report, so a healthy report has one class list).
+    pub fn record(&self, digest: String, description: Option<String>) -> run_folder::DatasetRecord {
+        let name = self.root.file_name().map_or_else(|| self.root.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let classes = self.splits.first().map(|s| s.classes.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+        let splits = self
+            .splits
+            .iter()
+            .map(|split| {
+                let mut record = run_folder::SplitRecord {
+                    name: split.name.clone(),
+                    counts: split.classes.iter().map(|c| c.images).collect(),
+                    sizes: BTreeMap::new(),
+                    formats: BTreeMap::new(),
+                    bytes: split.classes.iter().map(|c| c.bytes).sum(),
+                    omitted: split.omitted.len(),
+                };
+                for class in &split.classes {
+                    for (k, n) in &class.sizes {
+                        *record.sizes.entry(k.clone()).or_default() += n;
+                    }
+                    for (k, n) in &class.formats {
+                        *record.formats.entry(k.clone()).or_default() += n;
+                    }
+                }
+                record
+            })
+            .collect();
+        run_folder::DatasetRecord { name, root: self.root.clone(), description, digest, classes, splits }
+    }
+
     pub fn leaks(&self) -> impl Iterator<Item = &Duplicate> {
         self.duplicates.iter().filter(|d| d.crosses_splits())
     }
@@ -197,6 +230,20 @@ fn split_rank(name: &str) -> usize {
         .iter()
         .position(|s| *s == name)
         .unwrap_or(usize::MAX)
+}
+
+/// What a dataset says about itself: the first paragraph after the `# title` line of
+/// `<root>/README.md` (Hugging Face dataset cards and `cargo xtask data` put a summary there),
+/// joined into one line; `None` when there is no README or no paragraph.
+pub fn readme_description(root: &Path) -> Option<String> {
+    let text = fs::read_to_string(root.join("README.md")).ok()?;
+    let paragraph: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty() || l.starts_with('#'))
+        .take_while(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    (!paragraph.is_empty()).then(|| paragraph.join(" "))
 }
 
 /// Checks every split of `root`; see the module doc. Errors only when `root` itself cannot be

@@ -9,6 +9,10 @@
 //!   digest. `stage.json` is written after the outputs, so a kill at any moment leaves a stage
 //!   that is not done, never one that looks done.
 
+mod dataset;
+
+pub use dataset::{DATASET_FILE, DatasetRecord, SplitRecord};
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -49,8 +49,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let args = Args::try_parse_from(std::iter::once("extract".to_owned()).chain(args.iter().cloned()))?;
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
-    let weights = crate::weights::ensure_demo(&torch, true)?;
-    let ours = crate::build_release(&torch, &root, &["extract-features"])?.join("extract-features");
+    let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
+    let ours = crate::build_release(&torch, &root)?.join("extract-features");
     let python = torch.python.clone().unwrap_or_else(|| "python3".into());
     let data = if args.data.is_absolute() { args.data.clone() } else { root.join(&args.data) };
     let images = list_images(&data, &args.splits)?;

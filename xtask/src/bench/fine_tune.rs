@@ -84,9 +84,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let args = Args::try_parse_from(std::iter::once("fine-tune".to_owned()).chain(args.iter().cloned()))?;
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
-    let weights = crate::weights::ensure_demo(&torch, true)?;
+    let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
     if !args.no_build {
-        crate::build_release(&torch, &root, &["fine-tune", "extract-features", "train-head"])?;
+        crate::build_release(&torch, &root)?;
     }
     let bin = |name: &str| crate::weights::target_dir(&root).join("release").join(name);
     let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { root.join(p) };

@@ -1,12 +1,14 @@
-//! `cargo xtask bench head-accuracy`: test accuracy of the dense head on the demo data for each
-//! combination of preprocessing (`caffe`, what the Keras weights expect, vs the seed's `rescale`
-//! = divide by 255), feature layer (`block5_pool` vs `block4_pool`) and training data (plain
-//! features vs K cached augmented passes), plus bf16 features beside f32. Runs the real stage
-//! binaries (`extract-features`, then `train-head` twice per extraction) into
-//! `runs/bench-head-accuracy/`, sharing the feature cache, so variants the pipeline already
-//! extracted are cache hits. Prints a Markdown table.
+//! `cargo xtask bench head-accuracy`: validation and test accuracy of the dense head on a dataset
+//! (the demo's cats vs dogs by default) for each combination of input size, preprocessing
+//! (`caffe`, what the Keras weights expect, vs the seed's `rescale` = divide by 255), feature
+//! layer (`block5_pool` vs `block4_pool`) and training data (plain features vs K cached augmented
+//! passes), plus bf16 features beside f32 at the first size. Runs the real stage binaries
+//! (`extract-features`, then `train-head` twice per extraction) into
+//! `runs/bench-head-accuracy/<dataset>/`, sharing the feature cache, so variants the pipeline
+//! already extracted are cache hits. Prints a Markdown table.
 //!
-//! Flags (after `--`): `--input-size N` (64), `--epochs N` (30), `--passes K` (2), `--seed N` (0).
+//! Flags (after `--`): `--data DIR` (data/cats-vs-dogs-small), `--sizes N,M` (64,150),
+//! `--epochs N` (30), `--passes K` (2), `--seed N` (0).
 
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +16,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 struct Settings {
-    input_size: u32,
+    data: std::path::PathBuf,
+    sizes: Vec<u32>,
     epochs: u32,
     passes: u32,
     seed: u64,
@@ -23,40 +26,46 @@ struct Settings {
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
     match args.iter().position(|a| a == name) {
         None => Ok(default),
-        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).with_context(|| format!("{name} needs a number")),
+        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).with_context(|| format!("{name} needs a value")),
     }
 }
 
 pub fn run(args: &[String]) -> Result<()> {
+    let sizes: String = flag(args, "--sizes", "64,150".to_owned())?;
     let s = Settings {
-        input_size: flag(args, "--input-size", 64)?,
+        data: flag(args, "--data", "data/cats-vs-dogs-small".into())?,
+        sizes: sizes.split(',').map(|v| v.trim().parse().with_context(|| format!("--sizes: {v:?} is not a size"))).collect::<Result<_>>()?,
         epochs: flag(args, "--epochs", 30)?,
         passes: flag(args, "--passes", 2)?,
         seed: flag(args, "--seed", 0)?,
     };
     let torch = crate::libtorch::ensure()?;
     let root = crate::workspace_root();
-    let weights = crate::weights::ensure_demo(&torch, true)?;
-    let release = crate::build_release(&torch, &root, &["extract-features", "train-head"])?;
+    let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
+    let release = crate::build_release(&torch, &root)?;
     let bin = |name: &str| release.join(name);
-    let data = root.join("data/fashion-mnist-small");
-    let out = root.join("runs/bench-head-accuracy");
+    let data = root.join(&s.data);
+    let name = data.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+    let out = root.join("runs/bench-head-accuracy").join(&name);
 
-    // (preprocessing, layer, precision): the 2 x 2 grid, plus bf16 features beside f32.
-    let variants = [
-        ("caffe", "block5_pool", "f32"),
-        ("caffe", "block4_pool", "f32"),
-        ("rescale", "block5_pool", "f32"),
-        ("rescale", "block4_pool", "f32"),
-        ("caffe", "block5_pool", "bf16"),
-    ];
+    // (size, preprocessing, layer, precision): the 2 x 2 grid at every size, plus bf16 features
+    // beside f32 at the first size.
+    let mut variants = Vec::new();
+    for (i, &size) in s.sizes.iter().enumerate() {
+        for (preprocessing, layer) in [("caffe", "block5_pool"), ("caffe", "block4_pool"), ("rescale", "block5_pool"), ("rescale", "block4_pool")] {
+            variants.push((size, preprocessing, layer, "f32"));
+        }
+        if i == 0 {
+            variants.push((size, "caffe", "block5_pool", "bf16"));
+        }
+    }
     let mut rows = Vec::new();
-    for (preprocessing, layer, precision) in variants {
-        let extract_dir = out.join(format!("{preprocessing}-{layer}-{precision}"));
+    for (size, preprocessing, layer, precision) in variants {
+        let extract_dir = out.join(format!("{size}-{preprocessing}-{layer}-{precision}"));
         let mut cmd = Command::new(bin("extract-features"));
         cmd.arg("--data").arg(&data).arg("--weights").arg(&weights).arg("--out").arg(&extract_dir);
         cmd.args(["--layer", layer, "--preprocessing", preprocessing, "--precision", precision, "--device", "cpu"]);
-        cmd.args(["--input-size", &s.input_size.to_string(), "--augment-passes", &s.passes.to_string()]);
+        cmd.args(["--input-size", &size.to_string(), "--augment-passes", &s.passes.to_string()]);
         cmd.args(["--augment-seed", &s.seed.to_string()]);
         torch.configure(&mut cmd);
         crate::run_checked(&mut cmd, &format!("extract-features ({preprocessing}, {layer}, {precision})"))?;
@@ -69,20 +78,20 @@ pub fn run(args: &[String]) -> Result<()> {
                 cmd.arg("--no-augmented-passes");
             }
             torch.configure(&mut cmd);
-            crate::run_checked(&mut cmd, &format!("train-head ({preprocessing}, {layer}, {precision}, augmented {augmented})"))?;
-            rows.push((preprocessing, layer, precision, augmented, accuracies(&head_dir)?));
+            crate::run_checked(&mut cmd, &format!("train-head ({size}, {preprocessing}, {layer}, {precision}, augmented {augmented})"))?;
+            rows.push((size, preprocessing, layer, precision, augmented, accuracies(&head_dir)?));
         }
     }
 
     println!(
-        "\nDense head on the demo (fashion-mnist-small, demo weights), {0}x{0}, {1} epochs, RMSprop lr 2e-5, batch 20, seed {2}:\n",
-        s.input_size, s.epochs, s.seed
+        "\nDense head on {name} (demo weights), {} epochs, RMSprop lr 2e-5, batch 20, seed {}:\n",
+        s.epochs, s.seed
     );
-    println!("| preprocessing | layer | precision | training features | validation acc | test acc |");
-    println!("| --- | --- | --- | --- | --- | --- |");
-    for (preprocessing, layer, precision, augmented, (val, test)) in rows {
+    println!("| input | preprocessing | layer | precision | training features | validation acc | test acc |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (size, preprocessing, layer, precision, augmented, (val, test)) in rows {
         let features = if augmented { format!("{} augmented passes", s.passes) } else { "plain".to_owned() };
-        println!("| {preprocessing} | {layer} | {precision} | {features} | {:.2}% | {:.2}% |", 100.0 * val, 100.0 * test);
+        println!("| {size}x{size} | {preprocessing} | {layer} | {precision} | {features} | {:.2}% | {:.2}% |", 100.0 * val, 100.0 * test);
     }
     Ok(())
 }

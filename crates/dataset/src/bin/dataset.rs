@@ -1,6 +1,7 @@
 //! `dataset`: command-line tools over an image-folder dataset. `dataset check <root>` prints a
 //! health report (counts, sizes, formats, leakage between splits, bad files) and exits non-zero
-//! when the dataset has errors.
+//! when the dataset has errors. With `--out DIR` it is also the pipeline's `dataset` stage: a
+//! healthy dataset's record goes to `DIR/dataset.json` and `DIR/stage.json` (run-folder contract).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,11 @@ enum Cmd {
         /// Print the report as JSON on stdout instead of text.
         #[arg(long)]
         json: bool,
+        /// Stage folder: when the dataset is healthy, write its record (`dataset.json`: name,
+        /// README description, digest, classes, counts, sizes and formats per split) and
+        /// `stage.json` there, as the pipeline's `dataset` stage.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -61,7 +67,8 @@ fn main() -> ExitCode {
 /// Returns whether the command found the dataset healthy.
 fn run(cli: Cli) -> Result<bool> {
     match cli.command {
-        Cmd::Check { root, splits, follow_links, allow_empty_classes, json } => {
+        Cmd::Check { root, splits, follow_links, allow_empty_classes, json, out } => {
+            let started = std::time::Instant::now();
             let opts = CheckOptions {
                 splits: (!splits.is_empty()).then_some(splits),
                 follow_links,
@@ -87,6 +94,17 @@ fn run(cli: Cli) -> Result<bool> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+            if let (Some(out), true) = (out, report.is_ok()) {
+                let scan = dataset::ScanOptions { follow_links, allow_empty_classes, ..Default::default() };
+                let digest = dataset::tree_digest(&root, &scan).with_context(|| format!("hashing {}", root.display()))?;
+                let record = report.record(digest, dataset::check::readme_description(&root));
+                run_folder::write_json(&out.join(run_folder::CONFIG_FILE), &serde_json::json!({ "root": root, "follow_links": follow_links, "allow_empty_classes": allow_empty_classes }))?;
+                run_folder::write_json(&out.join(run_folder::DATASET_FILE), &record)?;
+                let inputs = [("dataset".to_owned(), record.digest.clone())].into();
+                let config = run_folder::json_sha256(&(&root, follow_links, allow_empty_classes));
+                let summary = serde_json::json!({ "classes": record.classes.len(), "images": record.splits.iter().map(|s| s.images()).sum::<usize>() });
+                run_folder::StageRecord::write(&out, "dataset", config, inputs, &[run_folder::CONFIG_FILE, run_folder::DATASET_FILE], started.elapsed().as_secs_f64(), summary)?;
             }
             Ok(report.is_ok())
         }
