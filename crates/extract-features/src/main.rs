@@ -1,7 +1,12 @@
 //! `extract-features`: the feature-extraction stage. Runs each dataset split (and K augmented
-//! passes of the training split) through the frozen VGG16 conv base and stores the features in
-//! the content-addressed cache; entries already cached (by anyone sharing the cache) are reused
-//! after verification. Leaves `features.json` in its run folder for the later stages.
+//! passes of the training split) through the frozen VGG16 conv base and stores the features of
+//! one or more layers in the content-addressed cache. Nothing is run twice: entries already
+//! cached (by anyone sharing the cache) are reused after verification; several layers come from
+//! one pass; and a layer whose entry is missing is computed from the cached entry of a lower
+//! layer with the same settings when there is one, running only the layers between (the entry's
+//! key is the one a direct extraction gives, and so are its features, bit for bit on the CPU).
+//! Leaves `features.json` (the first layer; with several, also `features-<layer>.json` each) in
+//! its run folder for the later stages.
 
 mod model;
 
@@ -14,13 +19,13 @@ use anyhow::{Context, Result, bail};
 use augment::{AugmentConfig, AugmentSpec};
 use clap::{Parser, ValueEnum};
 use dataset::{BadImagePolicy, BatchOptions, ClassMode, DecodeOptions, Interpolation, ScanOptions, Size, SplitIndex};
-use feature_cache::{AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey, Lookup};
+use feature_cache::{AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey, LoadedEntry, Lookup, Origin};
 use indicatif::{ProgressBar, ProgressStyle};
-use models::{DeviceChoice, LayerName};
+use models::{DeviceChoice, Layer, LayerName};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::model::{FeatureModel, Pending, Precision};
+use crate::model::{FeatureModel, Pending, Precision, Staged};
 use models::{Pooling, Preprocessing};
 
 /// Extract VGG16 conv-base features of an image-folder dataset into the shared feature cache
@@ -41,9 +46,10 @@ struct Args {
     /// VGG16 conv-base weights (our safetensors, from `cargo xtask weights` or an import).
     #[arg(long)]
     weights: PathBuf,
-    /// Layer whose output is the feature (Keras `block4_pool` or torchvision `features.23`).
-    #[arg(long, default_value = "block5_pool")]
-    layer: LayerName,
+    /// Layer(s) whose output is the feature (Keras `block4_pool` or torchvision `features.23`);
+    /// several, comma-separated, come from one pass, each into its own cache entries.
+    #[arg(long, value_delimiter = ',', default_value = "block5_pool")]
+    layer: Vec<LayerName>,
     /// Images are resized to SIZE x SIZE.
     #[arg(long, default_value_t = 150)]
     input_size: u32,
@@ -56,7 +62,8 @@ struct Args {
     /// Override the preprocessing recorded with the weights (caffe, torch or rescale).
     #[arg(long, value_enum)]
     preprocessing: Option<Preprocessing>,
-    /// Global pooling of the feature map, as Keras `pooling=` (none keeps [H, W, C]).
+    /// Global pooling of the feature map, as Keras `pooling=` (none keeps [H, W, C] per image,
+    /// channels last as Keras stores it; avg and max give [C]).
     #[arg(long, value_enum, default_value_t = Pooling::None)]
     pooling: Pooling,
     /// Numeric precision of the forward pass: bf16 is about twice as fast on CPUs with AVX-512
@@ -91,6 +98,11 @@ struct Args {
     /// Stage folder: config.json, features.json, classes.json, stage.json.
     #[arg(long)]
     out: PathBuf,
+    /// Compute a missing entry from the cached entry of a lower layer (same weights, size,
+    /// preprocessing, precision, augmentation pass and files, no pooling) when there is one,
+    /// running only the layers between; `false` always runs from the images.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    derive: bool,
     /// Skip images that cannot be decoded (each logged), instead of stopping at the first.
     #[arg(long)]
     skip_bad_images: bool,
@@ -113,7 +125,7 @@ struct StageConfig {
     splits: Vec<String>,
     weights: PathBuf,
     weights_sha256: String,
-    layer: String,
+    layers: Vec<String>,
     input_size: u32,
     resize: String,
     preprocessing: String,
@@ -124,14 +136,17 @@ struct StageConfig {
     augment_seed: u64,
     augment_spec: serde_json::Value,
     cache_dir: PathBuf,
+    derive: bool,
     skip_bad_images: bool,
 }
 
-/// One unit of work: a split, plain or one augmented pass.
+/// One unit of work: a split, plain or one augmented pass, with the key of each layer cut (in
+/// `FeatureModel::layers` order).
 struct Job<'a> {
     split: &'a str,
     index: &'a SplitIndex,
-    key: FeatureKey,
+    digests: &'a [String],
+    keys: Vec<FeatureKey>,
     pass: Option<u32>,
 }
 
@@ -139,6 +154,7 @@ struct Job<'a> {
 struct Totals {
     hits: usize,
     computed: usize,
+    derived: usize,
     images: usize,
     model: Duration,
     skipped: Vec<String>,
@@ -201,7 +217,8 @@ fn run(args: Args) -> Result<()> {
     }
     let model = FeatureModel::load(&args.weights, device, &args.layer, args.preprocessing, args.pooling, args.precision)?;
     let size = Size::square(args.input_size);
-    let row_shape = model.row_shape(args.input_size as i64)?;
+    let row_shapes =
+        model.layers().iter().map(|&l| model.row_shape(args.input_size as i64, l, args.pooling)).collect::<Result<Vec<_>>>()?;
     let resize = match (args.resize, args.crop) {
         (Resize::Nearest, false) => "nearest",
         (Resize::Bilinear, false) => "bilinear",
@@ -237,7 +254,7 @@ fn run(args: Args) -> Result<()> {
         splits: args.splits.clone(),
         weights: args.weights.clone(),
         weights_sha256: model.weights_sha256().to_owned(),
-        layer: model.layer_name().to_owned(),
+        layers: model.layers().iter().map(|&l| model.layer_name(l).to_owned()).collect(),
         input_size: args.input_size,
         resize: resize.to_owned(),
         preprocessing: model.preprocessing_name(),
@@ -248,6 +265,7 @@ fn run(args: Args) -> Result<()> {
         augment_seed: args.augment_seed,
         augment_spec: augment_json.clone(),
         cache_dir: cache_dir.clone(),
+        derive: args.derive,
         skip_bad_images: args.skip_bad_images,
     };
     run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
@@ -266,15 +284,15 @@ fn run(args: Args) -> Result<()> {
             bail!("split {split} has classes {:?}, but {} has {:?}", index.classes, indexes[0].0, classes);
         }
     }
-    let base_key = |split: &str, index: &SplitIndex, digests: &[String], pass: Option<u32>| FeatureKey {
+    let base_key = |split: &str, index: &SplitIndex, digests: &[String], pass: Option<u32>, layer: Layer, pooling: Pooling| FeatureKey {
         format_version: FORMAT_VERSION,
         weights_sha256: model.weights_sha256().to_owned(),
         architecture: model.architecture().to_owned(),
-        layer: model.layer_name().to_owned(),
+        layer: model.layer_name(layer).to_owned(),
         input_size: [args.input_size, args.input_size],
         resize: resize.to_owned(),
         preprocessing: model.preprocessing_name(),
-        pooling: args.pooling.name().to_owned(),
+        pooling: pooling.name().to_owned(),
         precision: args.precision.name().to_owned(),
         augmentation: pass.map(|p| AugmentationKey { spec: augment_json.clone(), seed: args.augment_seed, pass: p }),
         dataset: DatasetKey {
@@ -288,80 +306,137 @@ fn run(args: Args) -> Result<()> {
                 .collect(),
         },
     };
+    let keys = |split: &str, index: &SplitIndex, digests: &[String], pass: Option<u32>| {
+        model.layers().iter().map(|&l| base_key(split, index, digests, pass, l, args.pooling)).collect::<Vec<_>>()
+    };
     let mut jobs = Vec::new();
     for (split, index, digests) in &indexes {
-        jobs.push(Job { split, index, key: base_key(split, index, digests, None), pass: None });
+        jobs.push(Job { split, index, digests, keys: keys(split, index, digests, None), pass: None });
         if *split == "train" {
             for p in 0..args.augment_passes {
-                jobs.push(Job { split, index, key: base_key(split, index, digests, Some(p)), pass: Some(p) });
+                jobs.push(Job { split, index, digests, keys: keys(split, index, digests, Some(p)), pass: Some(p) });
             }
         }
     }
 
     let mut totals = Totals::default();
+    let fallback_dir = args.out.join("cache");
     let mut fallback: Option<Cache> = None;
-    let mut entries = Vec::new();
+    // Per layer, in `model.layers()` order: the entries of every job.
+    let mut entries: Vec<Vec<EntryRef>> = vec![Vec::new(); model.layers().len()];
     for job in &jobs {
-        let key = job.key.digest();
         let label = match job.pass {
             Some(p) => format!("{} (augmented pass {p})", job.split),
             None => job.split.to_owned(),
         };
-        let fallback_dir = args.out.join("cache");
-        let mut lookup = cache.lookup(&job.key)?;
-        if !matches!(lookup, Lookup::Hit(_)) && fallback_dir.is_dir() {
-            lookup = Cache::open(&fallback_dir)?.lookup(&job.key)?;
-            if matches!(lookup, Lookup::Hit(_)) {
-                fallback.get_or_insert(Cache::open(&fallback_dir)?);
+        let mut got: Vec<Option<EntryRef>> = vec![None; job.keys.len()];
+        for (i, key) in job.keys.iter().enumerate() {
+            if let Some((entry, private)) = find(&cache, &fallback_dir, key)? {
+                totals.hits += 1;
+                tracing::info!(split = %label, layer = %key.layer, key = %key.digest(), "cache hit");
+                if private {
+                    fallback.get_or_insert(Cache::open(&fallback_dir)?);
+                }
+                got[i] = Some(entry_ref(job, key, entry.shape()[0], private.then(|| fallback_dir.clone()), Origin::Found));
             }
         }
-        let (rows, entry_cache) = match lookup {
-            Lookup::Hit(entry) => {
-                totals.hits += 1;
-                tracing::info!(split = %label, key = %key, "cache hit");
-                let in_fallback = !cache.entry_dir(&key).is_dir();
-                (entry.shape()[0], in_fallback.then(|| fallback_dir.clone()))
+        let missing: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_none()).collect();
+        if !missing.is_empty() {
+            let keep: Vec<Layer> = missing.iter().map(|&i| model.layers()[i]).collect();
+            let lowest = *keep.iter().min().expect("missing is not empty");
+            // The highest lower layer whose unpooled entry for this job is cached.
+            let mut source = None;
+            if args.derive {
+                for below in model.layers_below(lowest) {
+                    let key = base_key(job.split, job.index, job.digests, job.pass, below, Pooling::None);
+                    if let Some((entry, _)) = find(&cache, &fallback_dir, &key)? {
+                        source = Some((below, key.digest(), entry));
+                        break;
+                    }
+                }
             }
-            Lookup::Miss | Lookup::Corrupt(_) => {
+            let mut writers = Vec::new();
+            let mut private = Vec::new();
+            for &i in &missing {
                 let rows_announced = job.index.files.len() as u64;
-                let (writer, in_fallback) = match cache.writer(job.key.clone(), tool(), rows_announced, &row_shape) {
-                    Ok(w) => (w, false),
+                match cache.writer(job.keys[i].clone(), tool(), rows_announced, &row_shapes[i]) {
+                    Ok(w) => {
+                        writers.push(w);
+                        private.push(false);
+                    }
                     Err(err) => {
                         tracing::warn!(cache = %cache_dir.display(), %err, fallback = %fallback_dir.display(), "the feature cache cannot be written: using a private cache in the run folder");
                         let fb = fallback.get_or_insert(Cache::open(&fallback_dir)?);
-                        (fb.writer(job.key.clone(), tool(), rows_announced, &row_shape)?, true)
+                        writers.push(fb.writer(job.keys[i].clone(), tool(), rows_announced, &row_shapes[i])?);
+                        private.push(true);
                     }
-                };
-                let rows = extract(&args, &model, job, size, &augment_config, writer, &label, &mut totals)?;
-                totals.computed += 1;
-                (rows, in_fallback.then(|| fallback_dir.clone()))
+                }
             }
-        };
-        entries.push(EntryRef { split: job.split.to_owned(), pass: job.pass, key, rows, cache_dir: entry_cache });
+            let (rows, origin) = match source {
+                Some((from, from_key, entry)) => {
+                    let from_layer = model.layer_name(from).to_owned();
+                    tracing::info!(split = %label, from = %from_layer, key = %from_key, "computing from the cached lower layer");
+                    for w in &mut writers {
+                        w.derived_from(from_key.clone());
+                    }
+                    let rows = derive(&args, &model, job, &entry, from, &keep, writers, &label, &mut totals)?;
+                    totals.derived += missing.len();
+                    (rows, Origin::Derived { from_key, from_layer })
+                }
+                None => {
+                    let rows = extract(&args, &model, job, size, &augment_config, &keep, writers, &label, &mut totals)?;
+                    totals.computed += missing.len();
+                    (rows, Origin::Images)
+                }
+            };
+            for (&i, private) in missing.iter().zip(private) {
+                got[i] = Some(entry_ref(job, &job.keys[i], rows, private.then(|| fallback_dir.clone()), origin.clone()));
+            }
+        }
+        for (layer_entries, entry) in entries.iter_mut().zip(got) {
+            layer_entries.push(entry.expect("every layer found or computed"));
+        }
     }
 
-    let record = ExtractionRecord {
-        cache_dir: cache.root().to_owned(),
-        classes: classes.clone(),
-        feature_shape: row_shape.clone(),
-        layer: model.layer_name().to_owned(),
-        weights_sha256: model.weights_sha256().to_owned(),
-        entries,
-    };
-    run_folder::write_json(&args.out.join(feature_cache::EXTRACTION_FILE), &record)?;
+    // One record per layer: `features.json` for the first (what later stages read by default),
+    // and with several layers `features-<layer>.json` for each.
+    let mut records = Vec::new();
+    for ((&layer, row_shape), layer_entries) in model.layers().iter().zip(&row_shapes).zip(entries) {
+        records.push(ExtractionRecord {
+            cache_dir: cache.root().to_owned(),
+            classes: classes.clone(),
+            feature_shape: row_shape.clone(),
+            layer: model.layer_name(layer).to_owned(),
+            weights_sha256: model.weights_sha256().to_owned(),
+            entries: layer_entries,
+        });
+    }
+    let mut record_files = vec![feature_cache::EXTRACTION_FILE.to_owned()];
+    run_folder::write_json(&args.out.join(feature_cache::EXTRACTION_FILE), &records[0])?;
+    if records.len() > 1 {
+        for record in &records {
+            let file = format!("features-{}.json", record.layer);
+            run_folder::write_json(&args.out.join(&file), record)?;
+            record_files.push(file);
+        }
+    }
     indexes[0].1.class_map().write(&args.out)?;
     let wall = started.elapsed().as_secs_f64();
     let model_share = if totals.images > 0 { totals.model.as_secs_f64() / wall } else { 0.0 };
     let summary = serde_json::json!({
         "device": format!("{device:?}"),
+        // Entries found in the cache, computed from the images, and computed from a cached
+        // lower layer (only the layers between run).
         "cache_hits": totals.hits,
         "computed": totals.computed,
+        "derived": totals.derived,
         "images_run": totals.images,
         "images_per_second": if totals.images > 0 { totals.images as f64 / wall } else { 0.0 },
         "model_time_fraction": model_share,
         "skipped": totals.skipped,
         "peak_rss_mb": peak_rss_mb(),
-        "feature_shape": row_shape,
+        "feature_shape": row_shapes[0],
+        "layers": records.iter().map(|r| serde_json::json!({ "layer": r.layer, "feature_shape": r.feature_shape })).collect::<Vec<_>>(),
         "precision": args.precision.name(),
         "batch_size": args.batch_size,
         "cudnn_benchmark": device.is_cuda().then_some(args.cudnn_benchmark),
@@ -371,24 +446,33 @@ fn run(args: Args) -> Result<()> {
         "timing_method": "host clocks around device synchronisation, one batch in flight",
         "entries": totals.timings,
     });
+    // Keys of the first layer as before (`entry:<split>:<pass>`); other layers' carry their name.
     let inputs: BTreeMap<String, String> = BTreeMap::from([("weights".to_owned(), model.weights_sha256().to_owned())])
         .into_iter()
-        .chain(record.entries.iter().map(|e| (format!("entry:{}:{}", e.split, e.pass.map_or("plain".to_owned(), |p| format!("pass{p}"))), e.key.clone())))
+        .chain(records.iter().enumerate().flat_map(|(i, r)| {
+            r.entries.iter().map(move |e| {
+                let pass = e.pass.map_or("plain".to_owned(), |p| format!("pass{p}"));
+                let name = if i == 0 { format!("entry:{}:{pass}", e.split) } else { format!("entry:{}:{}:{pass}", r.layer, e.split) };
+                (name, e.key.clone())
+            })
+        }))
         .collect();
+    let record_files: Vec<&str> = record_files.iter().map(String::as_str).chain([dataset::CLASS_MAP_FILE]).collect();
     run_folder::StageRecord::write(
         &args.out,
         "extract-features",
         run_folder::json_sha256(&config),
         inputs,
-        &[feature_cache::EXTRACTION_FILE, dataset::CLASS_MAP_FILE],
+        &record_files,
         wall,
         summary,
     )?;
     eprintln!(
-        "extract-features: {} entries ({} from cache, {} computed, {} images at {:.1} img/s, model {:.0}% of wall time) in {wall:.1}s -> {}",
-        jobs.len(),
+        "extract-features: {} entries ({} from cache, {} computed from images, {} from a lower layer, {} images at {:.1} img/s, model {:.0}% of wall time) in {wall:.1}s -> {}",
+        jobs.len() * model.layers().len(),
         totals.hits,
         totals.computed,
+        totals.derived,
         totals.images,
         if totals.images > 0 { totals.images as f64 / wall } else { 0.0 },
         100.0 * model_share,
@@ -412,7 +496,27 @@ fn relative(path: &Path, root: &Path) -> String {
     path.strip_prefix(root).unwrap_or(path).to_string_lossy().replace('\\', "/")
 }
 
-/// Runs one job through the model into `writer`; returns the rows written.
+/// The verified entry of `key` in the shared cache or, failing that, in the run folder's private
+/// cache (`true`); `None` when neither has it (a corrupt one is removed, so it is recomputed).
+fn find(cache: &Cache, fallback_dir: &Path, key: &FeatureKey) -> Result<Option<(LoadedEntry, bool)>> {
+    if let Lookup::Hit(entry) = cache.lookup(key)? {
+        return Ok(Some((*entry, false)));
+    }
+    if fallback_dir.is_dir()
+        && let Lookup::Hit(entry) = Cache::open(fallback_dir)?.lookup(key)?
+    {
+        return Ok(Some((*entry, true)));
+    }
+    Ok(None)
+}
+
+fn entry_ref(job: &Job<'_>, key: &FeatureKey, rows: u64, cache_dir: Option<PathBuf>, origin: Origin) -> EntryRef {
+    EntryRef { split: job.split.to_owned(), pass: job.pass, key: key.digest(), rows, cache_dir, origin: Some(origin) }
+}
+
+/// Runs one job's images (augmented for an augmented pass) through the model in one pass per
+/// batch, the output of each layer of `keep` into the writer at the same position; returns the
+/// rows written.
 #[allow(clippy::too_many_arguments)]
 fn extract(
     args: &Args,
@@ -420,7 +524,8 @@ fn extract(
     job: &Job<'_>,
     size: Size,
     augment_config: &AugmentConfig,
-    mut writer: feature_cache::EntryWriter,
+    keep: &[Layer],
+    writers: Vec<feature_cache::EntryWriter>,
     label: &str,
     totals: &mut Totals,
 ) -> Result<u64> {
@@ -444,6 +549,85 @@ fn extract(
         },
         ..Default::default()
     };
+    let (h, w) = (size.height as usize, size.width as usize);
+    let mut batches = dataset::batches(job.index, &decode, &options, 0)?;
+    // Decode (on the prefetch threads), augmentation and staging overlap the batch in flight.
+    let staged = batches.by_ref().map(|batch| -> Result<(Staged, Vec<i32>)> {
+        let mut batch = batch?;
+        if let Some(pass) = job.pass {
+            let image_len = h * w * 3;
+            let src = batch.images.clone();
+            batch.images.par_chunks_mut(image_len).zip(src.par_chunks(image_len)).zip(batch.indices.par_iter()).try_for_each(
+                |((dst, src), &i)| augment_config.sample(args.augment_seed, pass as u64, i as u64).apply_u8(src, h, w, 3, dst),
+            )?;
+        }
+        let labels = batch.classes.iter().map(|&c| c as i32).collect();
+        Ok((model.stage(&batch.images, batch.len(), h, w)?, labels))
+    });
+    let (mut writers, rows) = pump(model, staged, |s| model.submit(s, keep), writers, job, label, totals)?;
+    for skipped in batches.skipped() {
+        tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "skipped a bad image");
+        for writer in &mut writers {
+            writer.skip(relative(&skipped.path, &job.index.dir));
+        }
+        totals.skipped.push(skipped.path.display().to_string());
+    }
+    if !batches.skipped().is_empty() {
+        eprintln!("{label}: skipped {} of {}", batches.skipped().len(), job.index.files.len());
+    }
+    for writer in writers {
+        writer.finish()?;
+    }
+    Ok(rows)
+}
+
+/// Runs one job from `source`, the verified cached entry of the lower layer `from` for the same
+/// images and pass, through the layers above it up to each layer of `keep`, in batches of
+/// `--batch-size` rows like [`extract`] (so the arithmetic, and on the CPU every bit, is the
+/// same); images the source skipped are skipped here too. Returns the rows written.
+#[allow(clippy::too_many_arguments)]
+fn derive(
+    args: &Args,
+    model: &FeatureModel,
+    job: &Job<'_>,
+    source: &LoadedEntry,
+    from: Layer,
+    keep: &[Layer],
+    writers: Vec<feature_cache::EntryWriter>,
+    label: &str,
+    totals: &mut Totals,
+) -> Result<u64> {
+    let row_shape = &source.shape()[1..];
+    let row_len = row_shape.iter().product::<u64>() as usize;
+    let staged = source.features.chunks(args.batch_size * row_len).zip(source.labels.chunks(args.batch_size)).map(
+        |(rows, labels)| -> Result<(Staged, Vec<i32>)> { Ok((model.stage_features(rows, labels.len(), row_shape)?, labels.to_vec())) },
+    );
+    let (mut writers, rows) = pump(model, staged, |s| model.submit_from(s, from, keep), writers, job, label, totals)?;
+    for writer in &mut writers {
+        for skipped in &source.manifest.skipped {
+            writer.skip(skipped.clone());
+        }
+    }
+    for writer in writers {
+        writer.finish()?;
+    }
+    Ok(rows)
+}
+
+/// The batch loop shared by [`extract`] and [`derive`]: keeps one batch on the device, staging
+/// batch k+1 (`staged` does that work) while batch k runs, then synchronises, submits k+1 and
+/// hands batch k's rows to a writer thread, which appends the i-th kept layer's rows to
+/// `writers[i]`. Records the job's [`EntryTiming`] in `totals`; returns the writers (not yet
+/// finished) and the rows written to each.
+fn pump(
+    model: &FeatureModel,
+    staged: impl Iterator<Item = Result<(Staged, Vec<i32>)>>,
+    submit: impl Fn(Staged) -> Result<Pending>,
+    writers: Vec<feature_cache::EntryWriter>,
+    job: &Job<'_>,
+    label: &str,
+    totals: &mut Totals,
+) -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
     let total = job.index.files.len() as u64;
     let bar = ProgressBar::new(total).with_message(label.to_owned());
     bar.set_style(
@@ -451,11 +635,9 @@ fn extract(
             .expect("static template")
             .progress_chars("=> "),
     );
-    let (h, w) = (size.height as usize, size.width as usize);
     let step = (total / 10).max(1);
     let mut timing = EntryTiming { split: job.split.to_owned(), pass: job.pass, ..Default::default() };
     let loop_start = Instant::now();
-    let mut batches = dataset::batches(job.index, &decode, &options, 0)?;
     // Ends the batch in flight: waits for the device, accounts its time, hands back its rows.
     let settle = |in_flight: Option<InFlight>, timing: &mut EntryTiming| {
         in_flight.map(|InFlight { pending, labels, submitted, returned }| {
@@ -479,13 +661,16 @@ fn extract(
     // Finished batches go to a writer thread (copy out of pinned memory, hashing, the file), so
     // that work overlaps the next batch instead of delaying its submit; the channel is bounded,
     // so a slow disk slows the loop rather than filling memory.
-    let (mut writer, rows) = std::thread::scope(|scope| -> Result<(feature_cache::EntryWriter, u64)> {
+    let (writers, rows) = std::thread::scope(|scope| -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
         let (to_writer, finished) = std::sync::mpsc::sync_channel::<(Pending, Vec<i32>)>(2);
         let bar = &bar;
-        let write_thread = scope.spawn(move || -> Result<(feature_cache::EntryWriter, u64)> {
+        let mut writers = writers;
+        let write_thread = scope.spawn(move || -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
             let mut rows = 0u64;
             for (pending, labels) in finished {
-                writer.append(&pending.rows()?, &labels)?;
+                for (i, writer) in writers.iter_mut().enumerate() {
+                    writer.append(&pending.rows(i)?, &labels)?;
+                }
                 let n = pending.len() as u64;
                 rows += n;
                 bar.inc(n);
@@ -494,26 +679,15 @@ fn extract(
                     tracing::info!(split = %label, done = rows, total, "extracting");
                 }
             }
-            Ok((writer, rows))
+            Ok((writers, rows))
         });
-        let mut run_loop = || -> Result<()> {
+        let run_loop = || -> Result<()> {
             let mut in_flight: Option<InFlight> = None;
-            for batch in batches.by_ref() {
-                // Decode (on the prefetch threads), augmentation and staging overlap the batch in
-                // flight.
-                let mut batch = batch?;
-                if let Some(pass) = job.pass {
-                    let image_len = h * w * 3;
-                    let src = batch.images.clone();
-                    batch.images.par_chunks_mut(image_len).zip(src.par_chunks(image_len)).zip(batch.indices.par_iter()).try_for_each(
-                        |((dst, src), &i)| augment_config.sample(args.augment_seed, pass as u64, i as u64).apply_u8(src, h, w, 3, dst),
-                    )?;
-                }
-                let staged = model.stage(&batch.images, batch.len(), h, w)?;
+            for next in staged {
+                let (staged, labels) = next?;
                 let finished = settle(in_flight.take(), &mut timing);
                 let submitted = Instant::now();
-                let pending = model.submit(staged)?;
-                let labels = batch.classes.iter().map(|&c| c as i32).collect();
+                let pending = submit(staged)?;
                 in_flight = Some(InFlight { pending, labels, submitted, returned: Instant::now() });
                 // A closed channel means the writer failed: its error comes from the join below.
                 if finished.is_some_and(|f| to_writer.send(f).is_err()) {
@@ -541,15 +715,6 @@ fn extract(
     totals.model += Duration::from_secs_f64(timing.device_queued_seconds);
     totals.images += rows as usize;
     totals.timings.push(timing);
-    for skipped in batches.skipped() {
-        tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "skipped a bad image");
-        writer.skip(relative(&skipped.path, &job.index.dir));
-        totals.skipped.push(skipped.path.display().to_string());
-    }
-    if !batches.skipped().is_empty() {
-        eprintln!("{label}: skipped {} of {}", batches.skipped().len(), total);
-    }
     bar.finish();
-    writer.finish()?;
-    Ok(rows)
+    Ok((writers, rows))
 }

@@ -1,6 +1,8 @@
-//! The frozen feature extractor: VGG16 weights loaded once, preprocessing, the layer cut,
-//! optional global pooling, the CPU fast paths (channels-last layout, bfloat16) and the CUDA
-//! data path.
+//! The frozen feature extractor: VGG16 weights loaded once, preprocessing, the layer cuts (one
+//! pass gives every requested layer), optional global pooling, the CPU fast paths (channels-last
+//! layout, bfloat16) and the CUDA data path. It also continues from a cached lower layer's
+//! features ([`FeatureModel::stage_features`], [`FeatureModel::submit_from`]), running only the
+//! layers between.
 //!
 //! Weights are our safetensors (`features.N.weight|bias`, metadata `preprocessing`,
 //! `architecture`), read with `training::tensors_io`.
@@ -62,11 +64,11 @@ fn to_channels_last(vs: &tch::nn::VarStore) -> Result<()> {
     Ok(())
 }
 
-/// The conv base (VGG16 or any base of our weights format) cut at a layer, ready to turn u8 image
-/// batches into feature rows.
+/// The conv base (VGG16 or any base of our weights format) cut at one or more layers, ready to
+/// turn u8 image batches (or a lower layer's cached features) into feature rows.
 pub struct FeatureModel {
     weights: LoadedWeights,
-    layer: Layer,
+    layers: Vec<Layer>,
     preprocessing: Preprocessing,
     pooling: Pooling,
     precision: Precision,
@@ -74,16 +76,23 @@ pub struct FeatureModel {
 }
 
 impl FeatureModel {
+    /// Loads the weights at `path` onto `device`, cut at `layers` (at least one, no repeats).
     pub fn load(
         path: &Path,
         device: Device,
-        layer: &LayerName,
+        layers: &[LayerName],
         preprocessing: Option<Preprocessing>,
         pooling: Pooling,
         precision: Precision,
     ) -> Result<Self> {
         let mut weights = load_weights(path, device).with_context(|| format!("loading weights {}", path.display()))?;
-        let layer = weights.base.layer(layer).context("--layer")?;
+        let layers = layers.iter().map(|l| weights.base.layer(l)).collect::<Result<Vec<_>, _>>().context("--layer")?;
+        if layers.is_empty() {
+            bail!("--layer names no layer");
+        }
+        if let Some((_, l)) = layers.iter().enumerate().find(|(i, l)| layers[..*i].contains(l)) {
+            bail!("--layer names {} twice (Keras and torchvision names of one layer count as the same)", weights.base.arch().name_of(*l));
+        }
         weights.vs.freeze();
         let preprocessing = preprocessing.unwrap_or(weights.meta.preprocessing);
         if precision == Precision::Autocast && !device.is_cuda() {
@@ -95,8 +104,22 @@ impl FeatureModel {
             weights.vs.bfloat16();
         }
         to_channels_last(&weights.vs)?;
-        Ok(Self { weights, layer, preprocessing, pooling, precision, device })
+        Ok(Self { weights, layers, preprocessing, pooling, precision, device })
     }
+
+    /// The layers cut, in the order `--layer` named them.
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    /// The layers of the architecture below `layer`, highest first: where features of `layer`
+    /// may be derived from.
+    pub fn layers_below(&self, layer: Layer) -> Vec<Layer> {
+        let mut below: Vec<Layer> = self.weights.base.arch().layers().take(layer.position()).collect();
+        below.reverse();
+        below
+    }
+
 
     pub fn device(&self) -> Device {
         self.device
@@ -110,19 +133,19 @@ impl FeatureModel {
         &self.weights.meta.architecture
     }
 
-    /// The Keras name of the layer cut (`block5_pool` for `features.30`).
-    pub fn layer_name(&self) -> &str {
-        self.weights.base.arch().name_of(self.layer)
+    /// The Keras name of a layer (`block5_pool` for `features.30`).
+    pub fn layer_name(&self, layer: Layer) -> &str {
+        self.weights.base.arch().name_of(layer)
     }
 
     pub fn preprocessing_name(&self) -> String {
         self.preprocessing.to_string()
     }
 
-    /// Shape of one feature row for square inputs of `size`: `[H, W, C]` (channels last, as
-    /// Keras stores them) or `[C]` with global pooling.
-    pub fn row_shape(&self, size: i64) -> Result<Vec<u64>> {
-        let chw = self.weights.base.arch().feature_shape(size, size, self.layer, self.pooling)?;
+    /// Shape of one feature row of `layer` for square inputs of `size`: `[H, W, C]` (channels
+    /// last, as Keras stores them) or `[C]` with `pooling`.
+    pub fn row_shape(&self, size: i64, layer: Layer, pooling: Pooling) -> Result<Vec<u64>> {
+        let chw = self.weights.base.arch().feature_shape(size, size, layer, pooling)?;
         // Stored channels last, as Keras does: [C, H, W] -> [H, W, C].
         let mut shape: Vec<u64> = chw.iter().map(|&d| d as u64).collect();
         shape.rotate_left(1);
@@ -142,27 +165,67 @@ impl FeatureModel {
         Ok(Staged { batch, rows: n })
     }
 
-    /// Queues a staged batch: upload (non-blocking), preprocessing on the device, the forward
-    /// pass, the cast to float32 rows, and a non-blocking download into pinned memory. On CUDA it
-    /// returns as soon as the work is queued; call [`Self::wait`] before [`Pending::rows`].
-    pub fn submit(&self, staged: Staged) -> Result<Pending> {
+    /// Host side of a batch of a lower layer's cached features: `n` rows of `row_shape`
+    /// (`[H, W, C]`, as the cache stores them) back to back, as a float32 `[n, H, W, C]` tensor,
+    /// pinned on CUDA like [`Self::stage`].
+    pub fn stage_features(&self, rows: &[f32], n: usize, row_shape: &[u64]) -> Result<Staged> {
+        let [h, w, c] = row_shape[..] else {
+            bail!("features to continue from must be unpooled [H, W, C] rows, got {row_shape:?}");
+        };
+        let expected = n * (h * w * c) as usize;
+        if rows.len() != expected {
+            bail!("{n} feature rows of {row_shape:?} need {expected} values, got {}", rows.len());
+        }
+        let batch = Tensor::from_slice(rows).f_view([n as i64, h as i64, w as i64, c as i64])?;
+        let batch = if self.device.is_cuda() { batch.f_pin_memory(self.device)? } else { batch };
+        Ok(Staged { batch, rows: n })
+    }
+
+    /// Queues a staged image batch: upload (non-blocking), preprocessing on the device, one
+    /// forward pass giving every layer of `keep`, the casts to float32 rows, and non-blocking
+    /// downloads into pinned memory. On CUDA it returns as soon as the work is queued; call
+    /// [`Self::wait`] before [`Pending::rows`].
+    pub fn submit(&self, staged: Staged, keep: &[Layer]) -> Result<Pending> {
         tch::no_grad(|| {
-            let batch = if self.device.is_cuda() {
-                staged.batch.f_to_device_(self.device, Kind::Uint8, true, false)?
-            } else {
-                staged.batch
-            };
+            let batch = self.upload(staged.batch, Kind::Uint8)?;
             // NHWC u8 -> float NCHW view with channels-last strides (no copy).
             let xs = preprocess(&batch, self.preprocessing)?.f_to_kind(self.precision.kind())?;
-            let forward = || -> Result<Tensor> { Ok(self.pooling.apply(&self.weights.base.forward_to(&xs, self.layer)?)?) };
-            let ys = if self.precision == Precision::Autocast { tch::autocast(true, forward)? } else { forward()? };
-            let ys = if ys.dim() == 4 { ys.f_permute([0, 2, 3, 1])? } else { ys };
-            // Contiguous on the device, so the download is one copy; non-blocking to the CPU
-            // makes libtorch allocate the destination in pinned memory.
-            let ys = ys.f_to_kind(Kind::Float)?.f_contiguous()?;
-            let host = if self.device.is_cuda() { ys.f_to_device_(Device::Cpu, Kind::Float, true, false)? } else { ys };
-            Ok(Pending { host, rows: staged.rows })
+            self.run(&xs, None, keep, staged.rows)
         })
+    }
+
+    /// Like [`Self::submit`], from a staged batch of layer `after`'s features
+    /// ([`Self::stage_features`]): only the layers above `after` up to the highest of `keep`
+    /// run. The `[n, H, W, C]` rows are viewed as NCHW with channels-last strides, the layout
+    /// the direct pass has at that layer, so the results are the direct pass's bit for bit.
+    pub fn submit_from(&self, staged: Staged, after: Layer, keep: &[Layer]) -> Result<Pending> {
+        tch::no_grad(|| {
+            let batch = self.upload(staged.batch, Kind::Float)?;
+            let xs = batch.f_permute([0, 3, 1, 2])?.f_to_kind(self.precision.kind())?;
+            self.run(&xs, Some(after), keep, staged.rows)
+        })
+    }
+
+    fn upload(&self, batch: Tensor, kind: Kind) -> Result<Tensor> {
+        Ok(if self.device.is_cuda() { batch.f_to_device_(self.device, kind, true, false)? } else { batch })
+    }
+
+    /// The forward pass from `after` (None: the input), pooling, NHWC float32 rows on the host.
+    fn run(&self, xs: &Tensor, after: Option<Layer>, keep: &[Layer], rows: usize) -> Result<Pending> {
+        let forward = || -> Result<Vec<Tensor>> { Ok(self.weights.base.forward_layers(xs, after, keep)?) };
+        let outputs = if self.precision == Precision::Autocast { tch::autocast(true, forward)? } else { forward()? };
+        let hosts = outputs
+            .into_iter()
+            .map(|ys| -> Result<Tensor> {
+                let ys = self.pooling.apply(&ys)?;
+                let ys = if ys.dim() == 4 { ys.f_permute([0, 2, 3, 1])? } else { ys };
+                // Contiguous on the device, so the download is one copy; non-blocking to the CPU
+                // makes libtorch allocate the destination in pinned memory.
+                let ys = ys.f_to_kind(Kind::Float)?.f_contiguous()?;
+                Ok(if self.device.is_cuda() { ys.f_to_device_(Device::Cpu, Kind::Float, true, false)? } else { ys })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Pending { hosts, rows })
     }
 
     /// Blocks until every queued batch is done (no-op on the CPU). tch exposes no CUDA events,
@@ -181,10 +244,11 @@ pub struct Staged {
     rows: usize,
 }
 
-/// A submitted batch: its feature rows land in `host` once the device is done.
+/// A submitted batch: its feature rows, one tensor per kept layer, land in `hosts` once the
+/// device is done.
 #[derive(Debug)]
 pub struct Pending {
-    host: Tensor,
+    hosts: Vec<Tensor>,
     rows: usize,
 }
 
@@ -193,9 +257,9 @@ impl Pending {
         self.rows
     }
 
-    /// The feature rows, flattened. Only after [`FeatureModel::wait`] on CUDA: before, the
-    /// download may not have landed.
-    pub fn rows(&self) -> Result<Vec<f32>> {
-        Ok(Vec::<f32>::try_from(self.host.f_flatten(0, -1)?)?)
+    /// The feature rows of the `i`-th kept layer, flattened. Only after [`FeatureModel::wait`]
+    /// on CUDA: before, the download may not have landed.
+    pub fn rows(&self, i: usize) -> Result<Vec<f32>> {
+        Ok(Vec::<f32>::try_from(self.hosts[i].f_flatten(0, -1)?)?)
     }
 }

@@ -48,6 +48,11 @@ pub struct Manifest {
     /// their rows are absent, so `feature_shape[0]` is the file count minus these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<String>,
+    /// Key of the lower-layer entry these features were computed from (`extract-features` runs
+    /// only the layers between); absent when they were computed from the images. The entry's
+    /// own key is the one a direct extraction gives, so the two are interchangeable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +90,7 @@ pub struct EntryWriter {
     features: HashingWriter<BufWriter<File>>,
     labels: Vec<i32>,
     skipped: Vec<String>,
+    derived_from: Option<String>,
 }
 
 impl EntryWriter {
@@ -117,6 +123,7 @@ impl EntryWriter {
             features,
             labels: Vec::with_capacity(rows as usize),
             skipped: Vec::new(),
+            derived_from: None,
         })
     }
 
@@ -152,11 +159,17 @@ impl EntryWriter {
         self.skipped.push(file);
     }
 
+    /// Records that the rows are computed from the lower-layer entry `key` (its manifest's
+    /// `derived_from`), not from the images.
+    pub fn derived_from(&mut self, key: String) {
+        self.derived_from = Some(key);
+    }
+
     /// Writes labels, manifest and checksums, fsyncs everything and renames the folder into
     /// place. If another writer published the same key first, its entry is kept when it
     /// verifies (ours is discarded) and replaced when it does not.
     pub fn finish(self) -> Result<PathBuf, CacheError> {
-        let Self { tmp_dir, final_dir, key, tool, mut feature_shape, rows_written, features, labels, skipped, .. } = self;
+        let Self { tmp_dir, final_dir, key, tool, mut feature_shape, rows_written, features, labels, skipped, derived_from, .. } = self;
         if rows_written + skipped.len() as u64 != feature_shape[0] {
             return Err(CacheError::Usage {
                 path: tmp_dir.join(FEATURES),
@@ -193,6 +206,7 @@ impl EntryWriter {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             skipped,
+            derived_from,
         };
         let mut manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
         manifest_bytes.push(b'\n');

@@ -33,6 +33,22 @@ pub struct EntryRef {
     /// could not be written; `None` means the record's `cache_dir`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// How this run got the entry; absent in records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// How an extraction run got a cache entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// Already in the cache (verified).
+    Found,
+    /// Computed from the images.
+    Images,
+    /// Computed from the cached entry of a lower layer (this key), running only the layers
+    /// between.
+    Derived { from_key: String, from_layer: String },
 }
 
 impl ExtractionRecord {

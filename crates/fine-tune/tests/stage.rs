@@ -336,7 +336,7 @@ fn write_trunk_cache(dir: &Path, passes: u32, with_validation: bool) -> PathBuf 
             writer.append(&rows, &labels).unwrap();
         }
         writer.finish().unwrap();
-        entries.push(EntryRef { split: split.into(), pass, key: key.digest(), rows: index.len() as u64, cache_dir: None });
+        entries.push(EntryRef { split: split.into(), pass, key: key.digest(), rows: index.len() as u64, cache_dir: None, origin: None });
     }
     let record = ExtractionRecord {
         cache_dir: cache.root().to_owned(),

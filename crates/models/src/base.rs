@@ -57,26 +57,67 @@ impl ConvBase {
     /// a libtorch abort.
     pub fn forward_to(&self, xs: &Tensor, until: impl ToLayer) -> Result<Tensor, ModelError> {
         let until = until.to_layer(&self.arch)?;
+        Ok(self.forward_layers(xs, None, &[until])?.pop().expect("one output per kept layer"))
+    }
+
+    /// One pass through the layers after `after` up to the highest of `keep`, returning the
+    /// output of every layer in `keep` (in the order given), each `[N, C, H', W']`.
+    ///
+    /// xs is the preprocessed image batch `[N, 3, H, W]` when `after` is `None`, or the output of
+    /// layer `after` (`[N, C_after, H_after, W_after]`) to continue from it: how
+    /// `extract-features` stores several layers from one pass, and derives a higher layer from a
+    /// cached lower one. The arithmetic is the same either way, so a layer derived from its
+    /// lower layer's float32 output equals the direct pass bit for bit on the same device and
+    /// batch layout. Errors, before running anything: a wrong rank or channel count, an empty
+    /// batch, an empty `keep`, a kept layer not above `after`, an input too small for the
+    /// highest kept layer.
+    pub fn forward_layers(&self, xs: &Tensor, after: Option<Layer>, keep: &[Layer]) -> Result<Vec<Tensor>, ModelError> {
         let shape = xs.size();
-        let [n, 3, h, w] = shape[..] else {
-            return Err(ModelError::BadInputShape { shape });
+        let channels = match after {
+            None => 3,
+            Some(layer) => self.arch.output_shape(self.arch.min_input(layer), self.arch.min_input(layer), layer)?[0],
         };
+        let [n, c, h, w] = shape[..] else {
+            return Err(ModelError::BadInputShape { shape, expected: format!("[N, {channels}, H, W]") });
+        };
+        if c != channels {
+            return Err(ModelError::BadInputShape { shape, expected: format!("[N, {channels}, H, W]") });
+        }
         if n == 0 {
             return Err(ModelError::EmptyBatch);
         }
-        self.arch.output_shape(h, w, until)?;
+        let Some(&until) = keep.iter().max_by_key(|l| l.position()) else {
+            return Err(ModelError::NothingToKeep);
+        };
+        let start = after.map_or(0, |l| l.position() + 1);
+        if let Some(&low) = keep.iter().find(|l| l.position() < start) {
+            return Err(ModelError::LayerNotAbove {
+                layer: self.arch.name_of(low).to_owned(),
+                after: after.map_or_else(|| "the input".to_owned(), |l| self.arch.name_of(l).to_owned()),
+            });
+        }
+        if after.is_none() {
+            self.arch.output_shape(h, w, until)?;
+        }
         let mut convs = self.convs.iter();
+        let mut kept: Vec<Option<Tensor>> = keep.iter().map(|_| None).collect();
         let mut ys = xs.shallow_clone();
         for layer in self.arch.layers().take(until.position() + 1) {
-            ys = match self.arch.spec(layer).kind {
-                LayerKind::Conv { kernel, padding, .. } => {
-                    let conv = convs.next().expect("one Conv2D per conv layer of the architecture");
-                    run_conv(&ys, &conv.ws, conv.bs.as_ref(), kernel, padding)?
-                }
-                LayerKind::Pool => run_pool(&ys)?,
+            let conv = matches!(self.arch.spec(layer).kind, LayerKind::Conv { .. }).then(|| convs.next().expect("one Conv2D per conv layer of the architecture"));
+            if layer.position() < start {
+                continue;
+            }
+            ys = match (self.arch.spec(layer).kind, conv) {
+                (LayerKind::Conv { kernel, padding, .. }, Some(conv)) => run_conv(&ys, &conv.ws, conv.bs.as_ref(), kernel, padding)?,
+                _ => run_pool(&ys)?,
             };
+            // The next layer makes a new tensor (the in-place ReLU only touches its own conv's
+            // output), so a kept output is never overwritten.
+            for (slot, _) in kept.iter_mut().zip(keep).filter(|(_, k)| **k == layer) {
+                *slot = Some(ys.shallow_clone());
+            }
         }
-        Ok(ys)
+        Ok(kept.into_iter().map(|t| t.expect("every kept layer is at most `until`")).collect())
     }
 
     /// The whole base: xs `[N, 3, H, W]` -> the last layer's output (VGG16:

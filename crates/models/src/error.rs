@@ -11,8 +11,12 @@ pub enum ModelError {
     UnknownLayerIn { name: String, architecture: String, expected: String },
     #[error("architecture {name}: {reason}")]
     BadArchitecture { name: String, reason: String },
-    #[error("input batch has shape {shape:?}: expected [N, 3, H, W]")]
-    BadInputShape { shape: Vec<i64> },
+    #[error("input batch has shape {shape:?}: expected {expected}")]
+    BadInputShape { shape: Vec<i64>, expected: String },
+    #[error("no layer to keep: name at least one")]
+    NothingToKeep,
+    #[error("layer {layer} is not above {after}: a pass continuing from {after} cannot produce it")]
+    LayerNotAbove { layer: String, after: String },
     #[error("input batch is empty (N = 0): nothing to run")]
     EmptyBatch,
     #[error("input of {height}x{width} is too small for {architecture} up to {layer}: the feature map vanishes at {vanishes_at} (needs at least {min}x{min})")]

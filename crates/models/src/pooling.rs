@@ -34,7 +34,7 @@ impl Pooling {
     /// ys: `[N, C, H, W]` -> `[N, C, H, W]` (none) or `[N, C]` (avg, max), same kind and device.
     pub fn apply(self, ys: &Tensor) -> Result<Tensor, ModelError> {
         if ys.dim() != 4 {
-            return Err(ModelError::BadInputShape { shape: ys.size() });
+            return Err(ModelError::BadInputShape { shape: ys.size(), expected: "[N, C, H, W]".into() });
         }
         Ok(match self {
             Self::None => ys.shallow_clone(),

@@ -103,3 +103,26 @@ fn wrong_dtype_is_an_error_not_an_abort() {
     let xs = Tensor::zeros([1, 3, 32, 32], (Kind::Int64, Device::Cpu));
     assert!(base.forward(&xs).is_err());
 }
+
+/// `forward_layers`: one pass keeps every named layer, and continuing from a lower layer's
+/// output gives the direct pass's values exactly; inputs it cannot continue from are errors.
+#[test]
+fn forward_layers_keeps_several_and_continues_from_a_lower_one() {
+    let (_vs, base) = base();
+    let layer = |name: &str| base.layer(name).unwrap();
+    tch::manual_seed(5);
+    let xs = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 100.0;
+    let (b3, b4, b5) = (layer("block3_pool"), layer("block4_pool"), layer("block5_pool"));
+    let kept = tch::no_grad(|| base.forward_layers(&xs, None, &[b5, b3])).unwrap();
+    assert_eq!(kept[0].size(), [2, 512, 1, 1]);
+    assert_eq!(kept[1].size(), [2, 256, 4, 4]);
+    let direct = tch::no_grad(|| base.forward_to(&xs, b5)).unwrap();
+    assert!(kept[0].equal(&direct), "kept block5_pool differs from forward_to");
+    let continued = tch::no_grad(|| base.forward_layers(&kept[1], Some(b3), &[b4, b5])).unwrap();
+    assert!(continued[1].equal(&direct), "block5_pool continued from block3_pool differs");
+
+    let err = |xs: &Tensor, after, keep: &[models::Layer]| base.forward_layers(xs, after, keep).unwrap_err().to_string();
+    assert!(err(&kept[1], Some(b4), &[b5]).contains("expected [N, 512, H, W]"), "block3_pool output is not block4_pool's");
+    assert!(err(&kept[1], Some(b3), &[b3]).contains("block3_pool is not above block3_pool"));
+    assert!(err(&xs, None, &[]).contains("no layer to keep"));
+}

@@ -35,7 +35,7 @@ fn write_split(cache: &Cache, split: &str, rows: u32, pass: Option<u32>, width: 
         w.append(&row, &[label]).unwrap();
     }
     w.finish().unwrap();
-    EntryRef { split: split.into(), pass, key: key.digest(), rows: rows as u64, cache_dir: None }
+    EntryRef { split: split.into(), pass, key: key.digest(), rows: rows as u64, cache_dir: None, origin: None }
 }
 
 fn setup(dir: &Path, width: u64, record_width: u64) -> PathBuf {
