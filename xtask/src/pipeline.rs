@@ -711,13 +711,19 @@ fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, dataset: &str, w
             "extract-trunk/features.json".into(),
             digest_or_absent(&trunk),
         );
-        steps.push(Step {
-            name: "extract-trunk",
-            binary: "extract-features",
-            args: trunk_args,
-            inputs: steps[0].inputs.clone(),
-            resumable: false,
-        });
+        // First: the trunk's passes run blocks 1-4 of every image once, and `extract` then finds
+        // them in the cache and runs only block 5 for its own layer (extract-features derives a
+        // higher layer from a cached lower one), so no image goes through blocks 1-4 twice.
+        steps.insert(
+            0,
+            Step {
+                name: "extract-trunk",
+                binary: "extract-features",
+                args: trunk_args,
+                inputs: steps[0].inputs.clone(),
+                resumable: false,
+            },
+        );
     }
     steps.push(Step {
         name: "fine-tune",
@@ -1098,10 +1104,10 @@ mod tests {
             names(&steps),
             [
                 "dataset",
+                "extract-trunk",
                 "extract",
                 "head",
                 "head-augmented",
-                "extract-trunk",
                 "fine-tune",
                 "scratch"
             ]
@@ -1109,12 +1115,16 @@ mod tests {
         let trunk = step(&steps, "extract-trunk");
         assert_eq!(arg(trunk, "--layer"), Some("block4_pool"));
         assert_eq!(arg(trunk, "--augment-passes"), Some("5"));
+        // The trunk's passes are the head's passes at a lower layer (same seed, at least as many),
+        // so extract derives all of its entries from them.
+        let extract = step(&steps, "extract");
+        assert_eq!(arg(trunk, "--augment-seed"), arg(extract, "--augment-seed"));
+        assert!(arg(trunk, "--augment-passes").unwrap().parse::<u32>().unwrap() >= arg(extract, "--augment-passes").unwrap().parse().unwrap());
         assert_eq!(
             arg(trunk, "--out").map(PathBuf::from),
             Some(run.join("extract-trunk"))
         );
         let fine_tune = step(&steps, "fine-tune");
-        let extract = step(&steps, "extract");
         assert_eq!(
             arg(fine_tune, "--input-size"),
             arg(extract, "--input-size")

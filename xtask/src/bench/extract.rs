@@ -31,11 +31,17 @@ struct Args {
 
 /// VGG16 conv base forward FLOPs per image at `size` (2 x multiply-adds of the 13 convolutions).
 fn gflop_per_image(size: u32) -> f64 {
-    let convs: [(u32, u32, u32); 13] = [
+    vgg16_gflop(size, 0..13)
+}
+
+/// Forward GFLOP per image at `size` of VGG16's convolutions `convs` (0-based, in order: 0..10 is
+/// blocks 1-4, up to `block4_pool`; 10..13 is block 5), 2 x multiply-adds; pools are free.
+pub(super) fn vgg16_gflop(size: u32, convs: std::ops::Range<usize>) -> f64 {
+    let table: [(u32, u32, u32); 13] = [
         (3, 64, 0), (64, 64, 0), (64, 128, 1), (128, 128, 1), (128, 256, 2), (256, 256, 2), (256, 256, 2),
         (256, 512, 3), (512, 512, 3), (512, 512, 3), (512, 512, 4), (512, 512, 4), (512, 512, 4),
     ];
-    convs
+    table[convs]
         .iter()
         .map(|&(cin, cout, pools)| {
             let side = (0..pools).fold(size, |s, _| s / 2) as f64;

@@ -8,6 +8,7 @@ mod extract;
 mod fine_tune;
 mod head;
 mod head_accuracy;
+mod pipeline_extract;
 
 use anyhow::Result;
 
@@ -28,6 +29,9 @@ pub enum Target {
     /// `-- --accuracy` adds small-budget accuracy of head only, head + augmented passes and both
     /// fine-tuning modes.
     FineTune,
+    /// The pipeline's extraction stages with blocks 1-4 run twice (extract, then extract-trunk,
+    /// both from images) beside trunk-first with block5_pool derived from the cached block4_pool.
+    PipelineExtract,
 }
 
 pub fn run(target: Target, args: &[String]) -> Result<()> {
@@ -38,5 +42,6 @@ pub fn run(target: Target, args: &[String]) -> Result<()> {
         Target::HeadAccuracy => head_accuracy::run(args),
         Target::Extract => extract::run(args),
         Target::FineTune => fine_tune::run(args),
+        Target::PipelineExtract => pipeline_extract::run(args),
     }
 }
