@@ -704,7 +704,8 @@ fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, dataset: &str, w
             "--augment-passes",
             f.trunk_passes.to_string(),
         );
-        set(&mut trunk_args, "--augment-seed", f.seed.to_string());
+        // `--augment-seed` stays the extract stage's: its passes are then the trunk's first
+        // passes one layer block higher, derived from these.
         let trunk = run_dir.join("extract-trunk").join("features.json");
         fine_tune_args.extend(["--trunk-cache".into(), trunk.display().to_string()]);
         fine_tune_inputs.insert(

@@ -155,6 +155,8 @@ struct Totals {
     hits: usize,
     computed: usize,
     derived: usize,
+    /// Rows computed from a cached lower layer (`images` counts rows computed from images).
+    derived_rows: usize,
     images: usize,
     model: Duration,
     skipped: Vec<String>,
@@ -332,6 +334,11 @@ fn run(args: Args) -> Result<()> {
         let mut got: Vec<Option<EntryRef>> = vec![None; job.keys.len()];
         for (i, key) in job.keys.iter().enumerate() {
             if let Some((entry, private)) = find(&cache, &fallback_dir, key)? {
+                if !skips_allowed(&args, entry.manifest.skipped.len(), job.index.files.len()) {
+                    tracing::info!(split = %label, layer = %key.layer, skipped = entry.manifest.skipped.len(), "cached entry skipped images this run's bad-image policy does not skip: recomputing");
+                    continue;
+                }
+                totals.skipped.extend(entry.manifest.skipped.iter().map(|p| job.index.dir.join(p).display().to_string()));
                 totals.hits += 1;
                 tracing::info!(split = %label, layer = %key.layer, key = %key.digest(), "cache hit");
                 if private {
@@ -350,6 +357,10 @@ fn run(args: Args) -> Result<()> {
                 for below in model.layers_below(lowest) {
                     let key = base_key(job.split, job.index, job.digests, job.pass, below, Pooling::None);
                     if let Some((entry, _)) = find(&cache, &fallback_dir, &key)? {
+                        if !skips_allowed(&args, entry.manifest.skipped.len(), job.index.files.len()) {
+                            tracing::info!(split = %label, from = %key.layer, skipped = entry.manifest.skipped.len(), "not derived from a lower layer whose entry skipped images this run's bad-image policy does not skip");
+                            continue;
+                        }
                         source = Some((below, key.digest(), entry));
                         break;
                     }
@@ -430,7 +441,9 @@ fn run(args: Args) -> Result<()> {
         "cache_hits": totals.hits,
         "computed": totals.computed,
         "derived": totals.derived,
-        "images_run": totals.images,
+        // Rows run through the network: from images, and from a cached lower layer's features.
+        "images_run": totals.images - totals.derived_rows,
+        "rows_derived": totals.derived_rows,
         "images_per_second": if totals.images > 0 { totals.images as f64 / wall } else { 0.0 },
         "model_time_fraction": model_share,
         "skipped": totals.skipped,
@@ -468,12 +481,13 @@ fn run(args: Args) -> Result<()> {
         summary,
     )?;
     eprintln!(
-        "extract-features: {} entries ({} from cache, {} computed from images, {} from a lower layer, {} images at {:.1} img/s, model {:.0}% of wall time) in {wall:.1}s -> {}",
+        "extract-features: {} entries ({} from cache, {} computed from images, {} from a lower layer; {} images and {} lower-layer rows run at {:.1} rows/s, model {:.0}% of wall time) in {wall:.1}s -> {}",
         jobs.len() * model.layers().len(),
         totals.hits,
         totals.computed,
         totals.derived,
-        totals.images,
+        totals.images - totals.derived_rows,
+        totals.derived_rows,
         if totals.images > 0 { totals.images as f64 / wall } else { 0.0 },
         100.0 * model_share,
         args.out.display()
@@ -582,9 +596,10 @@ fn extract(
 }
 
 /// Runs one job from `source`, the verified cached entry of the lower layer `from` for the same
-/// images and pass, through the layers above it up to each layer of `keep`, in batches of
-/// `--batch-size` rows like [`extract`] (so the arithmetic, and on the CPU every bit, is the
-/// same); images the source skipped are skipped here too. Returns the rows written.
+/// images and pass, through the layers above it up to each layer of `keep`. The rows are batched
+/// exactly as [`extract`] batches the images (`--batch-size` files at a time, less the images the
+/// source skipped as bad), so the arithmetic, and on the CPU every bit, is the direct pass's;
+/// the source's skipped images are skipped here too. Returns the rows written.
 #[allow(clippy::too_many_arguments)]
 fn derive(
     args: &Args,
@@ -599,19 +614,44 @@ fn derive(
 ) -> Result<u64> {
     let row_shape = &source.shape()[1..];
     let row_len = row_shape.iter().product::<u64>() as usize;
-    let staged = source.features.chunks(args.batch_size * row_len).zip(source.labels.chunks(args.batch_size)).map(
-        |(rows, labels)| -> Result<(Staged, Vec<i32>)> { Ok((model.stage_features(rows, labels.len(), row_shape)?, labels.to_vec())) },
-    );
+    let sizes = batch_rows(job.index, &source.manifest.skipped, args.batch_size);
+    let mut start = 0;
+    let staged = sizes.into_iter().map(|n| -> Result<(Staged, Vec<i32>)> {
+        let (rows, labels) = (&source.features[start * row_len..(start + n) * row_len], &source.labels[start..start + n]);
+        start += n;
+        Ok((model.stage_features(rows, n, row_shape)?, labels.to_vec()))
+    });
     let (mut writers, rows) = pump(model, staged, |s| model.submit_from(s, from, keep), writers, job, label, totals)?;
-    for writer in &mut writers {
-        for skipped in &source.manifest.skipped {
+    for skipped in &source.manifest.skipped {
+        for writer in &mut writers {
             writer.skip(skipped.clone());
         }
+        totals.skipped.push(job.index.dir.join(skipped).display().to_string());
     }
     for writer in writers {
         writer.finish()?;
     }
+    totals.derived_rows += rows as usize;
     Ok(rows)
+}
+
+/// Rows per batch of a direct extraction of `index`: each batch is `batch_size` files in order,
+/// less those in `skipped` (paths relative to the split folder); batches left empty are dropped.
+fn batch_rows(index: &SplitIndex, skipped: &[String], batch_size: usize) -> Vec<usize> {
+    let skipped: std::collections::HashSet<&str> = skipped.iter().map(String::as_str).collect();
+    index
+        .files
+        .chunks(batch_size)
+        .map(|files| files.iter().filter(|f| !skipped.contains(relative(&f.path, &index.dir).as_str())).count())
+        .filter(|&n| n > 0)
+        .collect()
+}
+
+/// Whether an entry with these skipped images may stand in for a direct extraction under this
+/// run's bad-image policy: a direct run without `--skip-bad-images` stops at a bad image, and one
+/// with it fails past `--max-bad-fraction`.
+fn skips_allowed(args: &Args, skipped: usize, files: usize) -> bool {
+    skipped == 0 || (args.skip_bad_images && skipped as f64 <= args.max_bad_fraction * files as f64)
 }
 
 /// The batch loop shared by [`extract`] and [`derive`]: keeps one batch on the device, staging

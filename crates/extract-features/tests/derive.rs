@@ -215,3 +215,26 @@ fn a_kill_while_deriving_leaves_no_entry_that_passes_for_finished() {
     let (finished, _) = extract(&f, "finished", "shared", &["--layer", "block5_pool"]);
     assert_eq!(entry_bytes(&finished), entry_bytes(&reference));
 }
+
+/// A bad image skipped with --skip-bad-images: the derived entry batches its rows as the direct
+/// pass batches its files (a batch loses the skipped image, the next ones do not shift), so the
+/// bytes still match; and a run that does not skip bad images neither derives from such an
+/// entry nor succeeds, exactly as a direct run stops at the bad file.
+#[test]
+fn skipped_images_keep_derived_entries_identical_and_the_policy_holds() {
+    let f = fixture(ConvArch::vgg16(), "32");
+    std::fs::write(f.data.join("validation/a/0b.png"), b"not a png").unwrap();
+    let skip = ["--splits", "validation", "--skip-bad-images", "--max-bad-fraction", "0.5"];
+    extract(&f, "low", "shared", &[&["--layer", "block4_pool"], &skip[..]].concat());
+    let (derived, stderr) = extract(&f, "up", "shared", &[&["--layer", "block5_pool"], &skip[..]].concat());
+    assert!(stderr.contains("0 computed from images, 1 from a lower layer"), "{stderr}");
+    let (direct, _) = extract(&f, "direct", "fresh", &[&["--layer", "block5_pool", "--derive", "false"], &skip[..]].concat());
+    assert_eq!(entry_bytes(&derived), entry_bytes(&direct));
+    let stage = run_folder::StageRecord::read(&f.root.join("up")).unwrap();
+    assert_eq!(stage.summary["skipped"].as_array().map(Vec::len), Some(1), "the skipped image is reported: {:?}", stage.summary);
+
+    let result = command(&f, "strict", "shared", &["--layer", "block5_pool", "--splits", "validation"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success(), "{stderr}");
+    assert!(stderr.contains("0b.png"), "names the bad file: {stderr}");
+}

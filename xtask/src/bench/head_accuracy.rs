@@ -52,7 +52,9 @@ pub fn run(args: &[String]) -> Result<()> {
     // beside f32 at the first size.
     let mut variants = Vec::new();
     for (i, &size) in s.sizes.iter().enumerate() {
-        for (preprocessing, layer) in [("caffe", "block5_pool"), ("caffe", "block4_pool"), ("rescale", "block5_pool"), ("rescale", "block4_pool")] {
+        // block4_pool first: extract-features then derives block5_pool from its cached entries,
+        // running only block 5.
+        for (preprocessing, layer) in [("caffe", "block4_pool"), ("caffe", "block5_pool"), ("rescale", "block4_pool"), ("rescale", "block5_pool")] {
             variants.push((size, preprocessing, layer, "f32"));
         }
         if i == 0 {
