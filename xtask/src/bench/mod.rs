@@ -23,7 +23,8 @@ pub enum Target {
     Extract,
     /// Dense-head training on cached-size features beside the same model in Python PyTorch.
     Head,
-    /// Dense-head test accuracy on the demo: caffe vs rescale, block5 vs block4, plain vs augmented passes.
+    /// Dense-head validation and test accuracy on a dataset (the demo's cats vs dogs by default):
+    /// input sizes, caffe vs rescale, block5 vs block4, plain vs augmented passes.
     HeadAccuracy,
     /// One fine-tuning epoch (plain, cached-trunk) beside the same model in Python PyTorch;
     /// `-- --accuracy` adds small-budget accuracy of head only, head + augmented passes and both
