@@ -322,6 +322,12 @@ enum Status {
 }
 
 pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
+    run_pipeline(args, workspace).map(drop)
+}
+
+/// One pipeline run (after its `[compare]` run, if any); returns the names of the stages it
+/// planned, in order.
+fn run_pipeline(args: PipelineArgs, workspace: &Path) -> Result<Vec<&'static str>> {
     let config = resolve_config(&args, workspace)?;
     let run_dir = workspace.join("runs").join(&config.run.name);
     let data = absolute(workspace, &config.run.data);
@@ -331,14 +337,32 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
             data.display()
         );
     }
-    if let Some(compare) = &config.compare {
-        run_comparison(compare, &args, &config, workspace)?;
+    let compared = match &config.compare {
+        Some(compare) => Some((compare.name.clone(), run_comparison(compare, &args, &config, workspace)?)),
+        None => None,
+    };
+
+    if args.status {
+        // Reports only: nothing is installed, built, converted or written.
+        let weights = match &config.run.weights {
+            _ if config.pretrain.enabled && config.pretrain.use_as_base => pretrained_base(&run_dir),
+            Some(w) => absolute(workspace, w),
+            None => crate::weights::demo_path()?,
+        };
+        if config.compare.is_some() {
+            println!("run `{}`:", config.run.name);
+        }
+        let steps = plan(&config, &run_dir, &data, &weights)?;
+        for step in &steps {
+            let dir = run_dir.join(step.name);
+            let status = status(step, &dir);
+            println!("{:<18} {}", step.name, describe(&status));
+        }
+        return Ok(steps.iter().map(|s| s.name).collect());
     }
 
     let torch = crate::libtorch::ensure()?;
-    if !args.status {
-        build_stages(&torch, workspace)?;
-    }
+    build_stages(&torch, workspace)?;
     let weights = match &config.run.weights {
         _ if config.pretrain.enabled && config.pretrain.use_as_base => pretrained_base(&run_dir),
         Some(w) => absolute(workspace, w),
@@ -350,18 +374,8 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
         toml::to_string_pretty(&config)?.as_bytes(),
     )?;
 
-    let steps = plan(&config, &run_dir, &data, &weights)?;
-    if args.status {
-        for step in &steps {
-            let dir = run_dir.join(step.name);
-            let status = status(step, &dir);
-            println!("{:<18} {}", step.name, describe(&status));
-        }
-        return Ok(());
-    }
-
     let mut timings = Vec::new();
-    let mut steps = steps;
+    let mut steps = plan(&config, &run_dir, &data, &weights)?;
     for i in 0..steps.len() {
         if i > 0 {
             // Later stages depend on the outputs of earlier ones, known only after those ran.
@@ -388,25 +402,27 @@ pub fn run(args: PipelineArgs, workspace: &Path) -> Result<()> {
         eprintln!("{label}: done in {seconds:.1}s");
         timings.push((step.name, seconds, false));
     }
-    let compare_dir = config.compare.as_ref().map(|c| workspace.join("runs").join(&c.name));
+    let compare_dir = compared.as_ref().map(|(name, _)| workspace.join("runs").join(name));
     let context = crate::report::Context {
         settings: config_summary(&config, &weights),
         base: base_label(&config),
         input_size: config.extract.input_size,
-        compare_with: compare_dir.as_deref().map(|dir| {
-            let other = resolved_config(dir).map_or_else(|| "other".into(), |c| base_label(&c));
-            (other, dir)
+        compare_with: compared.as_ref().zip(compare_dir.as_deref()).map(|((_, stages), dir)| crate::report::Compared {
+            base: resolved_config(dir).map_or_else(|| "other".into(), |c| base_label(&c)),
+            dir,
+            stages: stages.iter().map(|s| (*s).to_owned()).collect(),
         }),
     };
     crate::report::write(&run_dir, &context, &timings)?;
     eprintln!("report: {}", run_dir.join("report.html").display());
-    Ok(())
+    Ok(timings.iter().map(|t| t.0).collect())
 }
 
-/// Runs the `[compare]` run on this run's data, with this invocation's device, cache and profile.
-fn run_comparison(compare: &CompareConfig, args: &PipelineArgs, config: &Config, workspace: &Path) -> Result<()> {
+/// Runs the `[compare]` run on this run's data, with this invocation's device, cache and profile;
+/// returns the stages it planned.
+fn run_comparison(compare: &CompareConfig, args: &PipelineArgs, config: &Config, workspace: &Path) -> Result<Vec<&'static str>> {
     if compare.name == config.run.name {
-        bail!("[compare] name = {:?} is this run's own name: give the compared run another", compare.name);
+        bail!("[compare] name = {:?} is this run's own name: give the compared run another ({})", compare.name, args.config.as_deref().map_or_else(|| "pipeline.toml".into(), |p| p.display().to_string()));
     }
     let path = absolute(workspace, &compare.config);
     let nested: Config = toml::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
@@ -414,7 +430,15 @@ fn run_comparison(compare: &CompareConfig, args: &PipelineArgs, config: &Config,
     if nested.compare.is_some() {
         bail!("{}: a compared run cannot have a [compare] section of its own", path.display());
     }
+    let other = workspace.join("runs").join(&compare.name);
+    let recorded: Option<run_folder::DatasetRecord> = run_folder::read_json(&other.join("dataset").join(run_folder::DATASET_FILE)).ok();
+    if let Some(r) = recorded.filter(|r| r.root != absolute(workspace, &config.run.data)) {
+        eprintln!("warning: {} was made on {}; [compare] reruns it on {}", other.display(), r.root.display(), config.run.data.display());
+    }
     eprintln!("running `{}` ({}) on {} first, to set beside this run", compare.name, compare.config.display(), config.run.data.display());
+    if args.status {
+        println!("run `{}`:", compare.name);
+    }
     let nested_args = PipelineArgs {
         config: Some(path),
         name: Some(compare.name.clone()),
@@ -426,7 +450,7 @@ fn run_comparison(compare: &CompareConfig, args: &PipelineArgs, config: &Config,
         status: args.status,
         without_scratch: true,
     };
-    run(nested_args, workspace).with_context(|| format!("compared run `{}`", compare.name))
+    run_pipeline(nested_args, workspace).with_context(|| format!("compared run `{}`", compare.name))
 }
 
 /// The settings a finished run resolved (`pipeline.resolved.toml`), if it has them.
@@ -499,7 +523,19 @@ fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
     if args.without_scratch {
         config.scratch.enabled = false;
     }
+    check_run_name(&config.run.name, &path)?;
+    if let Some(c) = &config.compare {
+        check_run_name(&c.name, &path)?;
+    }
     Ok(config)
+}
+
+/// A run name is one folder under runs/: not empty, no path separator, not `.` or `..`.
+fn check_run_name(name: &str, config: &Path) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
+        bail!("run name {name:?} (from {} or --name) must be a plain folder name under runs/", config.display());
+    }
+    Ok(())
 }
 
 /// The conv base the `pretrain` stage writes.
@@ -550,7 +586,10 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
         Step {
             name: "dataset",
             binary: "dataset",
-            args: vec!["check".into(), data.display().to_string(), "--out".into(), run_dir.join("dataset").display().to_string()],
+            // The splits every stage reads: a missing one is an error here, not a stage later.
+            args: ["check", &data.display().to_string(), "--split", "train", "--split", "validation", "--split", "test", "--out", &run_dir.join("dataset").display().to_string()]
+                .map(String::from)
+                .to_vec(),
             inputs: BTreeMap::from([("dataset".to_owned(), dataset.clone())]),
             resumable: false,
         },
@@ -1152,6 +1191,7 @@ mod tests {
         assert!(fine_tune.resumable && !extract.resumable);
         let dataset = step(&steps, "dataset");
         assert_eq!(dataset.args[..2], ["check".to_owned(), data.display().to_string()]);
+        assert_eq!(dataset.args.iter().filter(|a| *a == "--split").count(), 3, "train, validation and test are required");
         assert_eq!(dataset.inputs["dataset"], extract.inputs["dataset"], "one identity of the data");
 
         // A trained head changes the fine-tune invocation (it becomes stale), not the extraction's.
@@ -1280,6 +1320,14 @@ mod tests {
             status(step(&replanned, "head"), &stage),
             Status::Stale("input extract/features.json changed".into())
         );
+    }
+
+    #[test]
+    fn run_names_are_plain_folder_names() {
+        for bad in ["", ".", "..", "../data", "a/b"] {
+            assert!(check_run_name(bad, Path::new("p.toml")).is_err(), "{bad:?}");
+        }
+        assert!(check_run_name("homework-vgg16", Path::new("p.toml")).is_ok());
     }
 
     #[test]

@@ -34,10 +34,24 @@ pub struct Context<'a> {
     pub base: String,
     /// Side of the square images the networks see, in pixels.
     pub input_size: u32,
-    /// Another run (the base it transferred, its folder) whose accuracies are shown beside this
-    /// one's, only if its dataset record has this run's digest: accuracies on other data are not
-    /// comparable.
-    pub compare_with: Option<(String, &'a Path)>,
+    /// Another run whose accuracies are shown beside this one's, only if its dataset record has
+    /// this run's digest: accuracies on other data are not comparable.
+    pub compare_with: Option<Compared<'a>>,
+}
+
+/// The run a report sets beside its own (`[compare]`).
+pub struct Compared<'a> {
+    /// The base it transferred, for its row labels.
+    pub base: String,
+    pub dir: &'a Path,
+    /// The stages its last pipeline run planned: folders of other stages are left from earlier
+    /// runs with other settings or data and are not reported.
+    pub stages: Vec<String>,
+}
+
+/// `text` safe inside a Markdown table cell and as HTML: markup characters escaped.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('|', "\\|")
 }
 
 /// The `dataset` stage's record of a run, if it has one.
@@ -51,13 +65,13 @@ fn dataset_section(md: &mut String, record: &DatasetRecord, input_size: u32) -> 
     writeln!(md, "## Dataset\n")?;
     writeln!(md, "**{}** (`{}`, digest `{}`)\n", record.name, record.root.display(), &record.digest[..record.digest.len().min(12)])?;
     if let Some(description) = &record.description {
-        writeln!(md, "> {description}\n")?;
+        writeln!(md, "> {}\n", escape(description))?;
     }
-    let classes: Vec<String> = record.classes.iter().enumerate().map(|(i, c)| format!("`{c}` = {i}")).collect();
+    let classes: Vec<String> = record.classes.iter().enumerate().map(|(i, c)| format!("{} = {i}", escape(c))).collect();
     writeln!(md, "Classes (index order): {}.\n", classes.join(", "))?;
     write!(md, "| split |")?;
     for class in &record.classes {
-        write!(md, " {class} |")?;
+        write!(md, " {} |", escape(class))?;
     }
     writeln!(md, " total | image sizes | formats | left out |")?;
     writeln!(md, "|{}", " --- |".repeat(record.classes.len() + 5))?;
@@ -88,10 +102,10 @@ fn seed_comparison(record: &DatasetRecord, input_size: u32) -> String {
     }
     if let Some((size, _)) = record.sizes().first() {
         let side = size.split('x').filter_map(|v| v.parse::<u32>().ok()).max().unwrap_or(0);
-        if side > 0 && side < 150 {
+        if side > 0 && side < input_size {
             differences.push(format!("{size} images upscaled to {input_size}x{input_size} where the book's photos are several hundred pixels a side"));
         } else if input_size != 150 {
-            differences.push(format!("{input_size}x{input_size} network input instead of 150x150"));
+            differences.push(format!("{size} images resized to {input_size}x{input_size} instead of 150x150"));
         }
     }
     if differences.is_empty() {
@@ -105,8 +119,11 @@ fn seed_comparison(record: &DatasetRecord, input_size: u32) -> String {
 }
 
 /// `| label | validation | test | reference |` rows for every approach `run_dir` has metrics for.
-fn accuracy_rows(md: &mut String, run_dir: &Path, base: &str, prefix: &str) -> Result<()> {
+fn accuracy_rows(md: &mut String, run_dir: &Path, stages: &[String], base: &str, prefix: &str) -> Result<()> {
     for &(stage, label) in APPROACHES {
+        if !stages.iter().any(|s| s == stage) {
+            continue;
+        }
         let Ok(m) = run_folder::read_json::<serde_json::Value>(&run_dir.join(stage).join("metrics.json")) else { continue };
         let pct = |split: &str| m[split]["acc"].as_f64().map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
         let reference = SEED_REFERENCE.iter().find(|(s, _)| *s == stage).map_or("", |(_, r)| r);
@@ -125,13 +142,14 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
     writeln!(md, "## Accuracy\n")?;
     writeln!(md, "| approach | validation acc | test acc | seed reference (cats vs dogs) |")?;
     writeln!(md, "| --- | --- | --- | --- |")?;
-    accuracy_rows(&mut md, run_dir, &context.base, "")?;
+    let planned: Vec<String> = timings.iter().map(|t| t.0.to_owned()).collect();
+    accuracy_rows(&mut md, run_dir, &planned, &context.base, "")?;
     let mut not_compared = None;
-    if let Some((base, other)) = &context.compare_with {
+    if let Some(Compared { base, dir: other, stages }) = &context.compare_with {
         let other_name = other.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let other_record = dataset_record(other);
         match (&record, &other_record) {
-            (Some(a), Some(b)) if a.digest == b.digest => accuracy_rows(&mut md, other, base, &format!("run `{other_name}`: "))?,
+            (Some(a), Some(b)) if a.digest == b.digest => accuracy_rows(&mut md, other, stages, base, &format!("run `{other_name}`: "))?,
             (_, Some(b)) => not_compared = Some(format!("Run `{other_name}` is not set beside this one: it trained on {} (digest `{}`), not on this run's data.", b.name, &b.digest[..b.digest.len().min(12)])),
             (_, None) => not_compared = Some(format!("Run `{other_name}` is not set beside this one: it has no dataset record, so it cannot be shown to have used the same data.")),
         }
@@ -170,7 +188,7 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
 
     for &(stage, _) in APPROACHES {
         let dir = run_dir.join(stage);
-        if !dir.join("accuracy.png").exists() {
+        if !planned.iter().any(|s| s == stage) || !dir.join("accuracy.png").exists() {
             continue;
         }
         writeln!(md, "\n## {stage}\n")?;
@@ -246,13 +264,14 @@ mod tests {
     }
 
     fn render(run: &Path, other: Option<&Path>) -> String {
+        let stages = vec!["dataset".to_owned(), "head".to_owned()];
         let context = Context {
             settings: BTreeMap::new(),
             base: "ImageNet VGG16".into(),
             input_size: 64,
-            compare_with: other.map(|o| ("small convnet".to_owned(), o)),
+            compare_with: other.map(|dir| Compared { base: "small convnet".into(), dir, stages: stages.clone() }),
         };
-        write(run, &context, &[]).unwrap();
+        write(run, &context, &[("dataset", 1.0, false), ("head", 1.0, false)]).unwrap();
         std::fs::read_to_string(run.join("report.md")).unwrap()
     }
 
@@ -275,6 +294,26 @@ mod tests {
         let md = render(&run, None);
         assert!(md.contains("another task (2 classes: shirt, t-shirt_top)"), "{md}");
         assert!(!md.contains("training images instead"), "{md}");
+
+        // Markup in a dataset's own words stays text.
+        fixture_run(&run, "aaaa", &["c|a", "<b>"], 500, 0.77);
+        let md = render(&run, None);
+        assert!(md.contains("| train | 500 | 500 |") && md.contains("| split | c\\|a | &lt;b&gt; |"), "{md}");
+    }
+
+    /// A stage folder left from an earlier run with other settings (here `scratch`, not in this
+    /// run's plan) is not reported, in this run or in a compared one.
+    #[test]
+    fn only_the_planned_stages_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, other) = (dir.path().join("run"), dir.path().join("other"));
+        fixture_run(&run, "same", &["cats", "dogs"], 500, 0.77);
+        fixture_run(&other, "same", &["cats", "dogs"], 500, 0.61);
+        for r in [&run, &other] {
+            run_folder::write_json(&r.join("scratch/metrics.json"), &serde_json::json!({ "validation": { "acc": 0.5 }, "test": { "acc": 0.5 } })).unwrap();
+        }
+        let md = render(&run, Some(&other));
+        assert!(md.contains("61.00%") && !md.contains("50.00%"), "{md}");
     }
 
     #[test]

@@ -55,6 +55,11 @@ fn verified(path: &Path, expected: &str) -> Result<bool> {
     Ok(false)
 }
 
+/// Where the demo weights are (or will be, once `ensure_demo` made them).
+pub fn demo_path() -> Result<PathBuf> {
+    Ok(weights_dir()?.join(DEMO_WEIGHTS))
+}
+
 /// Which build of the converter (`vgg16-weights`) to use when the weights must be converted.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Build {

@@ -95,6 +95,12 @@ fn run(cli: Cli) -> Result<bool> {
             } else {
                 print!("{}", report.render());
             }
+            if let Some(out) = out.as_ref().filter(|_| !report.is_ok()) {
+                // A record of an earlier, healthy check must not pass for this one.
+                for stale in [run_folder::STAGE_FILE, run_folder::DATASET_FILE] {
+                    let _ = std::fs::remove_file(out.join(stale));
+                }
+            }
             if let (Some(out), true) = (out, report.is_ok()) {
                 let scan = dataset::ScanOptions { follow_links, allow_empty_classes, ..Default::default() };
                 let digest = dataset::tree_digest(&root, &scan).with_context(|| format!("hashing {}", root.display()))?;
