@@ -13,7 +13,7 @@
 //! and the same bytes.
 //!
 //! Flags (after `--`): `--data DIR` (data/cats-vs-dogs-small), `--input-size N` (64), `--passes K`
-//! (2, extract's), `--trunk-passes T` (5), `--runs N` (3).
+//! (5, extract's), `--trunk-passes T` (5), `--runs N` (3): the default pipeline's settings.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     input_size: u32,
     /// Augmented passes of the `extract` stage (block5_pool).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 5)]
     passes: u32,
     /// Augmented passes of the `extract-trunk` stage (block4_pool).
     #[arg(long, default_value_t = 5)]
