@@ -344,11 +344,7 @@ fn run_pipeline(args: PipelineArgs, workspace: &Path) -> Result<Vec<&'static str
 
     if args.status {
         // Reports only: nothing is installed, built, converted or written.
-        let weights = match &config.run.weights {
-            _ if config.pretrain.enabled && config.pretrain.use_as_base => pretrained_base(&run_dir),
-            Some(w) => absolute(workspace, w),
-            None => crate::weights::demo_path()?,
-        };
+        let weights = base_weights(&config, workspace, &run_dir, crate::weights::demo_path)?;
         if config.compare.is_some() {
             println!("run `{}`:", config.run.name);
         }
@@ -363,11 +359,7 @@ fn run_pipeline(args: PipelineArgs, workspace: &Path) -> Result<Vec<&'static str
 
     let torch = crate::libtorch::ensure()?;
     build_stages(&torch, workspace)?;
-    let weights = match &config.run.weights {
-        _ if config.pretrain.enabled && config.pretrain.use_as_base => pretrained_base(&run_dir),
-        Some(w) => absolute(workspace, w),
-        None => crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?,
-    };
+    let weights = base_weights(&config, workspace, &run_dir, || crate::weights::ensure_demo(&torch, crate::weights::Build::Release))?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     run_folder::write_atomic(
         &run_dir.join("pipeline.resolved.toml"),
@@ -536,6 +528,16 @@ fn check_run_name(name: &str, config: &Path) -> Result<()> {
         bail!("run name {name:?} (from {} or --name) must be a plain folder name under runs/", config.display());
     }
     Ok(())
+}
+
+/// The conv base the run transfers: its own pretrained base, the configured weights, or the demo
+/// weights (`demo` says where, `--status` without making them).
+fn base_weights(config: &Config, workspace: &Path, run_dir: &Path, demo: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
+    match &config.run.weights {
+        _ if config.pretrain.enabled && config.pretrain.use_as_base => Ok(pretrained_base(run_dir)),
+        Some(w) => Ok(absolute(workspace, w)),
+        None => demo(),
+    }
 }
 
 /// The conv base the `pretrain` stage writes.
