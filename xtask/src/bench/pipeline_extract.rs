@@ -98,7 +98,7 @@ pub fn run(args: &[String]) -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let stats = |runs: &[((f64, f64), Vec<(String, Vec<u8>)>)]| {
+    let stats = |runs: &[Run]| {
         (median(runs.iter().map(|r| r.0.0).collect()), median(runs.iter().map(|r| r.0.1).collect()), median(runs.iter().map(|r| r.0.0 + r.0.1).collect()))
     };
     let (s_extract, s_trunk, s_total) = stats(&separate);
@@ -128,6 +128,9 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     Ok(())
 }
+
+/// One run of one way: (extract seconds, extract-trunk seconds) and its block5_pool entries.
+type Run = ((f64, f64), Vec<(String, Vec<u8>)>);
 
 /// Images under a split folder (every file in its class folders).
 fn count_images(split: &Path) -> Result<usize> {
