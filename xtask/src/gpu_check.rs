@@ -29,7 +29,11 @@ const SCRIPT: &str = include_str!("gpu_check.py");
 const SCRIPT_NAME: &str = "gpu_check.py";
 const BUNDLE_FILE: &str = "bundle.json";
 /// The binaries the script runs, with their packages.
-const BINARIES: [(&str, &str); 3] = [("extract-features", "extract-features"), ("fine-tune", "fine-tune"), ("models", "vgg16-weights")];
+const BINARIES: [(&str, &str); 3] = [
+    ("extract-features", "extract-features"),
+    ("fine-tune", "fine-tune"),
+    ("models", "vgg16-weights"),
+];
 /// Demo images packed per class: the script repeats them to the counts it times.
 const TRAIN_PER_CLASS: usize = 32;
 const VALIDATION_PER_CLASS: usize = 8;
@@ -57,7 +61,11 @@ pub fn run(args: GpuCheckArgs, root: &Path) -> Result<()> {
     let target = crate::weights::target_dir(root);
     let bundle = args.prepare.clone().unwrap_or_else(|| target.join("gpu-check"));
     let size = prepare(&torch, root, &bundle)?;
-    eprintln!("gpu-check bundle ready: {} ({:.1} MiB)", bundle.display(), size as f64 / (1u64 << 20) as f64);
+    eprintln!(
+        "gpu-check bundle ready: {} ({:.1} MiB)",
+        bundle.display(),
+        size as f64 / (1u64 << 20) as f64
+    );
     if args.prepare.is_some() {
         eprintln!(
             "on the GPU machine: python3 {}/{SCRIPT_NAME} --out <results> [--torch-lib <torch>/lib]",
@@ -85,7 +93,11 @@ pub fn cpu_half(torch: &Libtorch, root: &Path) -> Result<()> {
     let script_path = target.join("gpu-check-ci").join(SCRIPT_NAME);
     write(&script_path, SCRIPT.as_bytes())?;
     let mut cmd = script(torch, &script_path, &target.join("gpu-check-ci").join("out"));
-    cmd.arg("--cpu-only").arg("--bin-dir").arg(target.join("debug")).arg("--data").arg(root.join(DEMO_DATA));
+    cmd.arg("--cpu-only")
+        .arg("--bin-dir")
+        .arg(target.join("debug"))
+        .arg("--data")
+        .arg(root.join(DEMO_DATA));
     crate::run_checked(&mut cmd, "gpu_check.py --cpu-only")
 }
 
@@ -114,7 +126,11 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
         binaries.insert(bin, sha256_hex(&bytes));
     }
     write(&dir.join(SCRIPT_NAME), SCRIPT.as_bytes())?;
-    let images = copy_subset(&root.join(DEMO_DATA), &dir.join("data"), &[("train", TRAIN_PER_CLASS), ("validation", VALIDATION_PER_CLASS)])?;
+    let images = copy_subset(
+        &root.join(DEMO_DATA),
+        &dir.join("data"),
+        &[("train", TRAIN_PER_CLASS), ("validation", VALIDATION_PER_CLASS)],
+    )?;
 
     // The digest the script should get when it makes the same weights on the GPU machine.
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
@@ -142,7 +158,12 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
     write(&dir.join(BUNDLE_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     let size = folder_size(dir)?;
     if size > MAX_BUNDLE_BYTES {
-        bail!("the bundle {} is {} MiB, over the {} MiB it may take", dir.display(), size >> 20, MAX_BUNDLE_BYTES >> 20);
+        bail!(
+            "the bundle {} is {} MiB, over the {} MiB it may take",
+            dir.display(),
+            size >> 20,
+            MAX_BUNDLE_BYTES >> 20
+        );
     }
     Ok(size)
 }
@@ -152,11 +173,16 @@ fn clear_bundle_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     if entries.next().is_some() && !dir.join(BUNDLE_FILE).is_file() {
-        bail!("{} is not empty and holds no {BUNDLE_FILE}: refusing to replace it with a gpu-check bundle", dir.display());
+        bail!(
+            "{} is not empty and holds no {BUNDLE_FILE}: refusing to replace it with a gpu-check bundle",
+            dir.display()
+        );
     }
-    std::fs::remove_dir_all(dir).with_context(|| format!("removing the earlier bundle {}", dir.display()))
+    std::fs::remove_dir_all(dir)
+        .with_context(|| format!("removing the earlier bundle {}", dir.display()))
 }
 
 /// Copies a binary without its debug info (the release profile keeps line tables: ~95 MB a
@@ -185,7 +211,8 @@ fn copy_subset(src: &Path, dest: &Path, splits: &[(&str, usize)]) -> Result<usiz
     for &(split, n) in splits {
         let split_dir = src.join(split);
         for class in sorted_entries(&split_dir)?.into_iter().filter(|p| p.is_dir()) {
-            let files: Vec<PathBuf> = sorted_entries(&class)?.into_iter().filter(|p| p.is_file()).take(n).collect();
+            let files: Vec<PathBuf> =
+                sorted_entries(&class)?.into_iter().filter(|p| p.is_file()).take(n).collect();
             if files.is_empty() {
                 bail!("{} holds no images", class.display());
             }
@@ -193,7 +220,9 @@ fn copy_subset(src: &Path, dest: &Path, splits: &[(&str, usize)]) -> Result<usiz
             std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
             for file in files {
                 let target = to.join(file.file_name().context("file name")?);
-                std::fs::copy(&file, &target).with_context(|| format!("copying {} to {}", file.display(), target.display()))?;
+                std::fs::copy(&file, &target).with_context(|| {
+                    format!("copying {} to {}", file.display(), target.display())
+                })?;
                 copied += 1;
             }
         }
@@ -221,7 +250,11 @@ fn max_glibc(bytes: &[u8]) -> Option<(u32, u32)> {
     let mut i = 0;
     while let Some(pos) = bytes[i..].windows(TAG.len()).position(|w| w == TAG) {
         let start = i + pos + TAG.len();
-        let version: String = bytes[start..].iter().take_while(|b| b.is_ascii_digit() || **b == b'.').map(|&b| b as char).collect();
+        let version: String = bytes[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit() || **b == b'.')
+            .map(|&b| b as char)
+            .collect();
         let mut parts = version.split('.').map(str::parse::<u32>);
         if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) {
             best = best.max(Some((major, minor)));
@@ -235,14 +268,19 @@ fn folder_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
-        total += if path.is_dir() { folder_size(&path)? } else { path.metadata().with_context(|| format!("{}", path.display()))?.len() };
+        total += if path.is_dir() {
+            folder_size(&path)?
+        } else {
+            path.metadata().with_context(|| format!("{}", path.display()))?.len()
+        };
     }
     Ok(total)
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
@@ -256,7 +294,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn git_commit(root: &Path) -> Option<String> {
     let out = Command::new("git").current_dir(root).args(["rev-parse", "HEAD"]).output().ok()?;
     let commit = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-    let dirty = Command::new("git").current_dir(root).args(["status", "--porcelain", "--untracked-files=no"]).output().ok()?;
+    let dirty = Command::new("git")
+        .current_dir(root)
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .ok()?;
     Some(if dirty.stdout.is_empty() { commit } else { format!("{commit}-dirty") })
 }
 

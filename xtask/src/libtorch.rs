@@ -81,7 +81,8 @@ pub fn venv_dir() -> Result<PathBuf> {
     let cache = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?;
+            let home =
+                std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set")?;
             PathBuf::from(home).join(".cache")
         }
     };
@@ -228,7 +229,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 /// a torch wheel folder carries `version.py`. If neither says, torch-sys decides at build time.
 fn check_user_libtorch(dir: &Path) -> Result<()> {
     if !dir.join("lib").is_dir() {
-        bail!("LIBTORCH={} has no lib/ folder: point it at a libtorch or torch package folder", dir.display());
+        bail!(
+            "LIBTORCH={} has no lib/ folder: point it at a libtorch or torch package folder",
+            dir.display()
+        );
     }
     let version = read_libtorch_version(dir);
     match version {
@@ -275,7 +279,10 @@ mod tests {
 
     #[test]
     fn version_from_wheel_version_py() {
-        check(&[("version.py", "from typing import Optional\n__version__ = '2.11.0+cu130'\n")], Some("2.11.0"));
+        check(
+            &[("version.py", "from typing import Optional\n__version__ = '2.11.0+cu130'\n")],
+            Some("2.11.0"),
+        );
     }
 
     #[test]

@@ -96,7 +96,9 @@ fn run(cli: Cli) -> Result<()> {
             // The demo-weights parity test needs them; offline after the first fetch. Without
             // them (no network) that test skips and says why, so this is a warning.
             if let Err(err) = weights::ensure_demo(&torch, weights::Build::Debug) {
-                eprintln!("warning: demo weights unavailable, their parity test will skip: {err:#}");
+                eprintln!(
+                    "warning: demo weights unavailable, their parity test will skip: {err:#}"
+                );
             }
             let mut cmd = cargo();
             cmd.arg("test");
@@ -150,7 +152,8 @@ fn cargo() -> Command {
 /// dataset tool. They are always built together, in one `cargo build --release`, because cargo
 /// unifies dependency features per invocation: building subsets one after another (the weights
 /// tool, then the stages) would compile shared dependencies again.
-const RELEASE_PACKAGES: &[&str] = &["extract-features", "train-head", "fine-tune", "pretrain", "models", "dataset"];
+const RELEASE_PACKAGES: &[&str] =
+    &["extract-features", "train-head", "fine-tune", "pretrain", "models", "dataset"];
 
 /// Builds [`RELEASE_PACKAGES`] in release mode against `torch` (cargo's progress shows: the first
 /// build takes minutes) and returns the folder their binaries are in (`<target>/release`).

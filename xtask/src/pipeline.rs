@@ -137,13 +137,34 @@ impl Default for PretrainConfig {
 
 impl Default for ScratchConfig {
     fn default() -> Self {
-        Self { enabled: true, arch: "small-convnet".into(), width: 1.0, epochs: 150, batch_size: 20, lr: 1e-4, augment: true, seed: 0 }
+        Self {
+            enabled: true,
+            arch: "small-convnet".into(),
+            width: 1.0,
+            epochs: 150,
+            batch_size: 20,
+            lr: 1e-4,
+            augment: true,
+            seed: 0,
+        }
     }
 }
 
 /// Arguments of a `pretrain` run (shared by `[pretrain]` and `[scratch]`).
 #[allow(clippy::too_many_arguments)]
-fn convnet_args(data: &Path, out: &Path, input_size: u32, arch: &str, width: f64, epochs: u32, batch_size: u32, lr: f64, augment: bool, seed: u64, device: &str) -> Vec<String> {
+fn convnet_args(
+    data: &Path,
+    out: &Path,
+    input_size: u32,
+    arch: &str,
+    width: f64,
+    epochs: u32,
+    batch_size: u32,
+    lr: f64,
+    augment: bool,
+    seed: u64,
+    device: &str,
+) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--data".into(),
         data.display().to_string(),
@@ -279,13 +300,7 @@ impl Default for ExtractConfig {
 
 impl Default for HeadConfig {
     fn default() -> Self {
-        Self {
-            epochs: 30,
-            batch_size: 20,
-            lr: 2e-5,
-            optimizer: "rmsprop".into(),
-            seed: 0,
-        }
+        Self { epochs: 30, batch_size: 20, lr: 2e-5, optimizer: "rmsprop".into(), seed: 0 }
     }
 }
 
@@ -338,7 +353,9 @@ fn run_pipeline(args: PipelineArgs, workspace: &Path) -> Result<Vec<&'static str
         );
     }
     let compared = match &config.compare {
-        Some(compare) => Some((compare.name.clone(), run_comparison(compare, &args, &config, workspace)?)),
+        Some(compare) => {
+            Some((compare.name.clone(), run_comparison(compare, &args, &config, workspace)?))
+        }
         None => None,
     };
 
@@ -359,7 +376,9 @@ fn run_pipeline(args: PipelineArgs, workspace: &Path) -> Result<Vec<&'static str
 
     let torch = crate::libtorch::ensure()?;
     build_stages(&torch, workspace)?;
-    let weights = base_weights(&config, workspace, &run_dir, || crate::weights::ensure_demo(&torch, crate::weights::Build::Release))?;
+    let weights = base_weights(&config, workspace, &run_dir, || {
+        crate::weights::ensure_demo(&torch, crate::weights::Build::Release)
+    })?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     run_folder::write_atomic(
         &run_dir.join("pipeline.resolved.toml"),
@@ -399,10 +418,12 @@ fn run_pipeline(args: PipelineArgs, workspace: &Path) -> Result<Vec<&'static str
         settings: config_summary(&config, &weights),
         base: base_label(&config),
         input_size: config.extract.input_size,
-        compare_with: compared.as_ref().zip(compare_dir.as_deref()).map(|((_, stages), dir)| crate::report::Compared {
-            base: resolved_config(dir).map_or_else(|| "other".into(), |c| base_label(&c)),
-            dir,
-            stages: stages.iter().map(|s| (*s).to_owned()).collect(),
+        compare_with: compared.as_ref().zip(compare_dir.as_deref()).map(|((_, stages), dir)| {
+            crate::report::Compared {
+                base: resolved_config(dir).map_or_else(|| "other".into(), |c| base_label(&c)),
+                dir,
+                stages: stages.iter().map(|s| (*s).to_owned()).collect(),
+            }
         }),
     };
     crate::report::write(&run_dir, &context, &timings)?;
@@ -412,22 +433,46 @@ fn run_pipeline(args: PipelineArgs, workspace: &Path) -> Result<Vec<&'static str
 
 /// Runs the `[compare]` run on this run's data, with this invocation's device, cache and profile;
 /// returns the stages it planned.
-fn run_comparison(compare: &CompareConfig, args: &PipelineArgs, config: &Config, workspace: &Path) -> Result<Vec<&'static str>> {
+fn run_comparison(
+    compare: &CompareConfig,
+    args: &PipelineArgs,
+    config: &Config,
+    workspace: &Path,
+) -> Result<Vec<&'static str>> {
     if compare.name == config.run.name {
-        bail!("[compare] name = {:?} is this run's own name: give the compared run another ({})", compare.name, args.config.as_deref().map_or_else(|| "pipeline.toml".into(), |p| p.display().to_string()));
+        bail!(
+            "[compare] name = {:?} is this run's own name: give the compared run another ({})",
+            compare.name,
+            args.config
+                .as_deref()
+                .map_or_else(|| "pipeline.toml".into(), |p| p.display().to_string())
+        );
     }
     let path = absolute(workspace, &compare.config);
-    let nested: Config = toml::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
-        .with_context(|| format!("{}", path.display()))?;
+    let nested: Config = toml::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{}", path.display()))?;
     if nested.compare.is_some() {
         bail!("{}: a compared run cannot have a [compare] section of its own", path.display());
     }
     let other = workspace.join("runs").join(&compare.name);
-    let recorded: Option<run_folder::DatasetRecord> = run_folder::read_json(&other.join("dataset").join(run_folder::DATASET_FILE)).ok();
+    let recorded: Option<run_folder::DatasetRecord> =
+        run_folder::read_json(&other.join("dataset").join(run_folder::DATASET_FILE)).ok();
     if let Some(r) = recorded.filter(|r| r.root != absolute(workspace, &config.run.data)) {
-        eprintln!("warning: {} was made on {}; [compare] reruns it on {}", other.display(), r.root.display(), config.run.data.display());
+        eprintln!(
+            "warning: {} was made on {}; [compare] reruns it on {}",
+            other.display(),
+            r.root.display(),
+            config.run.data.display()
+        );
     }
-    eprintln!("running `{}` ({}) on {} first, to set beside this run", compare.name, compare.config.display(), config.run.data.display());
+    eprintln!(
+        "running `{}` ({}) on {} first, to set beside this run",
+        compare.name,
+        compare.config.display(),
+        config.run.data.display()
+    );
     if args.status {
         println!("run `{}`:", compare.name);
     }
@@ -453,17 +498,16 @@ fn resolved_config(run_dir: &Path) -> Option<Config> {
 /// What the run transfers, for the report: its own pretrained base or ImageNet VGG16.
 fn base_label(config: &Config) -> String {
     match (&config.pretrain, &config.run.weights) {
-        (p, _) if p.enabled && p.use_as_base => format!("small convnet pretrained on {}", p.data.display()),
+        (p, _) if p.enabled && p.use_as_base => {
+            format!("small convnet pretrained on {}", p.data.display())
+        }
         (_, Some(w)) => format!("the conv base in {}", w.display()),
         (_, None) => "ImageNet VGG16".into(),
     }
 }
 
 fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
-    let path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| workspace.join("pipeline.toml"));
+    let path = args.config.clone().unwrap_or_else(|| workspace.join("pipeline.toml"));
     let mut config: Config = if path.exists() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -525,14 +569,22 @@ fn resolve_config(args: &PipelineArgs, workspace: &Path) -> Result<Config> {
 /// A run name is one folder under runs/: not empty, no path separator, not `.` or `..`.
 fn check_run_name(name: &str, config: &Path) -> Result<()> {
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
-        bail!("run name {name:?} (from {} or --name) must be a plain folder name under runs/", config.display());
+        bail!(
+            "run name {name:?} (from {} or --name) must be a plain folder name under runs/",
+            config.display()
+        );
     }
     Ok(())
 }
 
 /// The conv base the run transfers: its own pretrained base, the configured weights, or the demo
 /// weights (`demo` says where, `--status` without making them).
-fn base_weights(config: &Config, workspace: &Path, run_dir: &Path, demo: impl FnOnce() -> Result<PathBuf>) -> Result<PathBuf> {
+fn base_weights(
+    config: &Config,
+    workspace: &Path,
+    run_dir: &Path,
+    demo: impl FnOnce() -> Result<PathBuf>,
+) -> Result<PathBuf> {
     match &config.run.weights {
         _ if config.pretrain.enabled && config.pretrain.use_as_base => Ok(pretrained_base(run_dir)),
         Some(w) => Ok(absolute(workspace, w)),
@@ -556,11 +608,7 @@ fn cuda_visible() -> bool {
 }
 
 fn absolute(workspace: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        workspace.join(p)
-    }
+    if p.is_absolute() { p.to_owned() } else { workspace.join(p) }
 }
 
 /// The stage invocations for `config`; inputs of later stages are the current outputs of
@@ -573,7 +621,19 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
         steps.push(Step {
             name: "pretrain",
             binary: "pretrain",
-            args: convnet_args(&source, &run_dir.join("pretrain"), config.extract.input_size, &p.arch, p.width, p.epochs, p.batch_size, p.lr, p.augment, p.seed, &config.run.device),
+            args: convnet_args(
+                &source,
+                &run_dir.join("pretrain"),
+                config.extract.input_size,
+                &p.arch,
+                p.width,
+                p.epochs,
+                p.batch_size,
+                p.lr,
+                p.augment,
+                p.seed,
+                &config.run.device,
+            ),
             inputs: BTreeMap::from([("pretrain dataset".to_owned(), tree_fingerprint(&source)?)]),
             resumable: false,
         });
@@ -589,9 +649,20 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
             name: "dataset",
             binary: "dataset",
             // The splits every stage reads: a missing one is an error here, not a stage later.
-            args: ["check", &data.display().to_string(), "--split", "train", "--split", "validation", "--split", "test", "--out", &run_dir.join("dataset").display().to_string()]
-                .map(String::from)
-                .to_vec(),
+            args: [
+                "check",
+                &data.display().to_string(),
+                "--split",
+                "train",
+                "--split",
+                "validation",
+                "--split",
+                "test",
+                "--out",
+                &run_dir.join("dataset").display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
             inputs: BTreeMap::from([("dataset".to_owned(), dataset.clone())]),
             resumable: false,
         },
@@ -602,7 +673,19 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
         steps.push(Step {
             name: "scratch",
             binary: "pretrain",
-            args: convnet_args(data, &run_dir.join("scratch"), config.extract.input_size, &c.arch, c.width, c.epochs, c.batch_size, c.lr, c.augment, c.seed, &config.run.device),
+            args: convnet_args(
+                data,
+                &run_dir.join("scratch"),
+                config.extract.input_size,
+                &c.arch,
+                c.width,
+                c.epochs,
+                c.batch_size,
+                c.lr,
+                c.augment,
+                c.seed,
+                &config.run.device,
+            ),
             inputs: BTreeMap::from([("dataset".to_owned(), dataset)]),
             resumable: false,
         });
@@ -611,7 +694,13 @@ fn plan(config: &Config, run_dir: &Path, data: &Path, weights: &Path) -> Result<
 }
 
 /// Extraction, heads and fine-tuning of the base in `weights`.
-fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, dataset: &str, weights: &Path) -> Result<Vec<Step>> {
+fn transfer_steps(
+    config: &Config,
+    run_dir: &Path,
+    data: &Path,
+    dataset: &str,
+    weights: &Path,
+) -> Result<Vec<Step>> {
     let e = &config.extract;
     let mut extract_args = vec![
         "--data".into(),
@@ -742,27 +831,16 @@ fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, dataset: &str, w
             let i = args.iter().position(|a| a == flag).expect("flag set above") + 1;
             args[i] = value;
         };
-        set(
-            &mut trunk_args,
-            "--out",
-            run_dir.join("extract-trunk").display().to_string(),
-        );
+        set(&mut trunk_args, "--out", run_dir.join("extract-trunk").display().to_string());
         set(&mut trunk_args, "--layer", f.trunk_layer.clone());
         set(&mut trunk_args, "--pooling", "none".into());
         set(&mut trunk_args, "--precision", "f32".into());
-        set(
-            &mut trunk_args,
-            "--augment-passes",
-            f.trunk_passes.to_string(),
-        );
+        set(&mut trunk_args, "--augment-passes", f.trunk_passes.to_string());
         // `--augment-seed` stays the extract stage's: its passes are then the trunk's first
         // passes one layer block higher, derived from these.
         let trunk = run_dir.join("extract-trunk").join("features.json");
         fine_tune_args.extend(["--trunk-cache".into(), trunk.display().to_string()]);
-        fine_tune_inputs.insert(
-            "extract-trunk/features.json".into(),
-            digest_or_absent(&trunk),
-        );
+        fine_tune_inputs.insert("extract-trunk/features.json".into(), digest_or_absent(&trunk));
         // First: the trunk's passes run blocks 1-4 of every image once, and `extract` then finds
         // them in the cache and runs only block 5 for its own layer (extract-features derives a
         // higher layer from a cached lower one), so no image goes through blocks 1-4 twice.
@@ -788,9 +866,7 @@ fn transfer_steps(config: &Config, run_dir: &Path, data: &Path, dataset: &str, w
 }
 
 fn digest_or_absent(path: &Path) -> String {
-    run_folder::file_sha256(path)
-        .map(|d| d.sha256)
-        .unwrap_or_else(|_| "absent".into())
+    run_folder::file_sha256(path).map(|d| d.sha256).unwrap_or_else(|_| "absent".into())
 }
 
 /// The identity of a dataset tree: every file's relative path and content sha256. Content, not
@@ -800,7 +876,9 @@ fn tree_fingerprint(root: &Path) -> Result<String> {
     let mut entries = Vec::new();
     let mut stack = vec![root.to_owned()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
             let path = entry?.path();
             if path.is_dir() {
                 stack.push(path);
@@ -830,9 +908,7 @@ struct Pending {
 }
 
 fn stage_binary(workspace: &Path, step: &Step) -> PathBuf {
-    crate::weights::target_dir(workspace)
-        .join("release")
-        .join(step.binary)
+    crate::weights::target_dir(workspace).join("release").join(step.binary)
 }
 
 /// A checkpoint is only continued by the build that wrote it: after a rebuild (a pull, an edit)
@@ -864,9 +940,7 @@ impl Step {
 
 fn status(step: &Step, dir: &Path) -> Status {
     if step.interrupted_in(dir) {
-        return Status::Interrupted {
-            resumes: step.resumable,
-        };
+        return Status::Interrupted { resumes: step.resumable };
     }
     let Ok(record) = run_folder::StageRecord::read(dir) else {
         return Status::Missing;
@@ -925,10 +999,7 @@ fn missing_cache_entry(dir: &Path) -> Option<String> {
             match run_folder::file_sha256(&root.join(&e.key).join(name)) {
                 Ok(d) if d.sha256 == digest => {}
                 _ => {
-                    return Some(format!(
-                        "cache entry {} ({}) is damaged: {name}",
-                        e.key, e.split
-                    ));
+                    return Some(format!("cache entry {} ({}) is damaged: {name}", e.key, e.split));
                 }
             }
         }
@@ -992,30 +1063,19 @@ fn run_stage(
     writeln!(log, "$ {} {}", binary.display(), args.join(" "))?;
     let mut cmd = Command::new(&binary);
     // Output is piped into the log, so no colour codes.
-    cmd.args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("NO_COLOR", "1");
+    cmd.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).env("NO_COLOR", "1");
     torch.configure(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", binary.display()))?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let tx2 = tx.clone();
     let readers = [
         std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .for_each(|l| drop(tx.send(l)))
+            BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(tx.send(l)))
         }),
         std::thread::spawn(move || {
-            BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-                .for_each(|l| drop(tx2.send(l)))
+            BufReader::new(stderr).lines().map_while(Result::ok).for_each(|l| drop(tx2.send(l)))
         }),
     ];
     for line in rx {
@@ -1027,11 +1087,7 @@ fn run_stage(
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!(
-            "stage {} failed ({status}); its log: {}",
-            step.name,
-            log_path.display()
-        );
+        bail!("stage {} failed ({status}); its log: {}", step.name, log_path.display());
     }
     run_folder::write_json(&dir.join("pipeline.json"), &step.invocation())?;
     std::fs::remove_file(dir.join(PENDING))
@@ -1044,16 +1100,10 @@ fn config_summary(config: &Config, weights: &Path) -> BTreeMap<String, String> {
         ("data".into(), config.run.data.display().to_string()),
         ("weights".into(), weights.display().to_string()),
         ("device".into(), config.run.device.clone()),
-        (
-            "input size".into(),
-            format!("{0}x{0}", config.extract.input_size),
-        ),
+        ("input size".into(), format!("{0}x{0}", config.extract.input_size)),
         ("layer".into(), config.extract.layer.clone()),
         ("precision".into(), config.extract.precision.clone()),
-        (
-            "augmented passes".into(),
-            config.extract.augment_passes.to_string(),
-        ),
+        ("augmented passes".into(), config.extract.augment_passes.to_string()),
         (
             "head".into(),
             format!(
@@ -1063,11 +1113,31 @@ fn config_summary(config: &Config, weights: &Path) -> BTreeMap<String, String> {
         ),
     ]);
     for (key, enabled, arch, width, epochs, lr, augment) in [
-        ("pretrain", config.pretrain.enabled, &config.pretrain.arch, config.pretrain.width, config.pretrain.epochs, config.pretrain.lr, config.pretrain.augment),
-        ("from scratch", config.scratch.enabled, &config.scratch.arch, config.scratch.width, config.scratch.epochs, config.scratch.lr, config.scratch.augment),
+        (
+            "pretrain",
+            config.pretrain.enabled,
+            &config.pretrain.arch,
+            config.pretrain.width,
+            config.pretrain.epochs,
+            config.pretrain.lr,
+            config.pretrain.augment,
+        ),
+        (
+            "from scratch",
+            config.scratch.enabled,
+            &config.scratch.arch,
+            config.scratch.width,
+            config.scratch.epochs,
+            config.scratch.lr,
+            config.scratch.augment,
+        ),
     ] {
         if enabled {
-            let data = if key == "pretrain" { config.pretrain.data.display().to_string() } else { "the run's data".into() };
+            let data = if key == "pretrain" {
+                config.pretrain.data.display().to_string()
+            } else {
+                "the run's data".into()
+            };
             let width = if width == 1.0 { String::new() } else { format!(" width {width}") };
             summary.insert(key.into(), format!("{arch}{width} on {data}, {epochs} epochs, rmsprop lr {lr}, augmentation {augment}"));
         }
@@ -1081,10 +1151,9 @@ fn config_summary(config: &Config, weights: &Path) -> BTreeMap<String, String> {
         };
         let mode = match f.mode {
             FineTuneMode::Plain => "plain (trunk run on every augmented batch)".to_owned(),
-            FineTuneMode::CachedTrunk => format!(
-                "cached trunk ({} augmented passes of {})",
-                f.trunk_passes, f.trunk_layer
-            ),
+            FineTuneMode::CachedTrunk => {
+                format!("cached trunk ({} augmented passes of {})", f.trunk_passes, f.trunk_layer)
+            }
         };
         summary.insert(
             "fine-tune".into(),
@@ -1141,10 +1210,7 @@ mod tests {
     }
 
     fn arg<'a>(step: &'a Step, flag: &str) -> Option<&'a str> {
-        step.args
-            .iter()
-            .position(|a| a == flag)
-            .map(|i| step.args[i + 1].as_str())
+        step.args.iter().position(|a| a == flag).map(|i| step.args[i + 1].as_str())
     }
 
     #[test]
@@ -1171,16 +1237,13 @@ mod tests {
         // so extract derives all of its entries from them.
         let extract = step(&steps, "extract");
         assert_eq!(arg(trunk, "--augment-seed"), arg(extract, "--augment-seed"));
-        assert!(arg(trunk, "--augment-passes").unwrap().parse::<u32>().unwrap() >= arg(extract, "--augment-passes").unwrap().parse().unwrap());
-        assert_eq!(
-            arg(trunk, "--out").map(PathBuf::from),
-            Some(run.join("extract-trunk"))
+        assert!(
+            arg(trunk, "--augment-passes").unwrap().parse::<u32>().unwrap()
+                >= arg(extract, "--augment-passes").unwrap().parse().unwrap()
         );
+        assert_eq!(arg(trunk, "--out").map(PathBuf::from), Some(run.join("extract-trunk")));
         let fine_tune = step(&steps, "fine-tune");
-        assert_eq!(
-            arg(fine_tune, "--input-size"),
-            arg(extract, "--input-size")
-        );
+        assert_eq!(arg(fine_tune, "--input-size"), arg(extract, "--input-size"));
         assert_eq!(
             arg(fine_tune, "--trunk-cache").map(PathBuf::from),
             Some(run.join("extract-trunk/features.json"))
@@ -1193,8 +1256,15 @@ mod tests {
         assert!(fine_tune.resumable && !extract.resumable);
         let dataset = step(&steps, "dataset");
         assert_eq!(dataset.args[..2], ["check".to_owned(), data.display().to_string()]);
-        assert_eq!(dataset.args.iter().filter(|a| *a == "--split").count(), 3, "train, validation and test are required");
-        assert_eq!(dataset.inputs["dataset"], extract.inputs["dataset"], "one identity of the data");
+        assert_eq!(
+            dataset.args.iter().filter(|a| *a == "--split").count(),
+            3,
+            "train, validation and test are required"
+        );
+        assert_eq!(
+            dataset.inputs["dataset"], extract.inputs["dataset"],
+            "one identity of the data"
+        );
 
         // A trained head changes the fine-tune invocation (it becomes stale), not the extraction's.
         std::fs::create_dir_all(run.join("head")).unwrap();
@@ -1228,13 +1298,18 @@ mod tests {
     fn homework_pretrains_first_and_transfers_that_base() {
         let (dir, data, _) = inputs();
         let run = dir.path().join("run");
-        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../homework.toml")).unwrap();
+        let text =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../homework.toml"))
+                .unwrap();
         let mut config: Config = toml::from_str(&text).unwrap();
         assert!(config.pretrain.enabled && config.pretrain.use_as_base);
         assert!(config.pretrain.data.ends_with("mnist-small"));
         // ImageNet VGG16 on the same pair, run first, is what the report sets beside it.
         let compare = config.compare.as_ref().expect("homework.toml has [compare]");
-        assert_eq!((compare.config.as_path(), compare.name.as_str()), (Path::new("pipeline.toml"), "homework-vgg16"));
+        assert_eq!(
+            (compare.config.as_path(), compare.name.as_str()),
+            (Path::new("pipeline.toml"), "homework-vgg16")
+        );
         let digits = dir.path().join("digits");
         std::fs::create_dir_all(digits.join("train/0")).unwrap();
         config.pretrain.data = digits.clone();
@@ -1245,9 +1320,16 @@ mod tests {
         let pretrain = step(&steps, "pretrain");
         let extract = step(&steps, "extract");
         assert_eq!(arg(pretrain, "--data").map(PathBuf::from), Some(digits));
-        assert_eq!(arg(pretrain, "--input-size"), arg(extract, "--input-size"), "one input size for the whole run");
+        assert_eq!(
+            arg(pretrain, "--input-size"),
+            arg(extract, "--input-size"),
+            "one input size for the whole run"
+        );
         assert_eq!(arg(extract, "--weights").map(PathBuf::from), Some(base.clone()));
-        assert_eq!(extract.inputs["weights"], "absent", "digest of the base once pretrain wrote it");
+        assert_eq!(
+            extract.inputs["weights"], "absent",
+            "digest of the base once pretrain wrote it"
+        );
         let scratch = steps.last().unwrap();
         assert_eq!(arg(scratch, "--data").map(PathBuf::from), Some(data.clone()));
 
@@ -1268,12 +1350,10 @@ mod tests {
         let stage = run.join("fine-tune");
         assert_eq!(status(fine_tune, &stage), Status::Missing);
         std::fs::create_dir_all(&stage).unwrap();
-        let pending = |step: &Step| Pending { invocation: step.invocation(), binary_sha256: "b".into() };
+        let pending =
+            |step: &Step| Pending { invocation: step.invocation(), binary_sha256: "b".into() };
         run_folder::write_json(&stage.join(PENDING), &pending(fine_tune)).unwrap();
-        assert_eq!(
-            status(fine_tune, &stage),
-            Status::Interrupted { resumes: true }
-        );
+        assert_eq!(status(fine_tune, &stage), Status::Interrupted { resumes: true });
         // Other settings since the interruption: its checkpoint must not be continued.
         let mut config = Config::default();
         config.fine_tune.lr = 1e-4;
@@ -1281,10 +1361,7 @@ mod tests {
         assert_eq!(status(step(&changed, "fine-tune"), &stage), Status::Missing);
         std::fs::create_dir_all(run.join("extract")).unwrap();
         run_folder::write_json(&run.join("extract").join(PENDING), &pending(extract)).unwrap();
-        assert_eq!(
-            status(extract, &run.join("extract")),
-            Status::Interrupted { resumes: false }
-        );
+        assert_eq!(status(extract, &run.join("extract")), Status::Interrupted { resumes: false });
     }
 
     #[test]
@@ -1306,10 +1383,7 @@ mod tests {
             serde_json::json!({}),
         )
         .unwrap();
-        assert_eq!(
-            status(head, &stage),
-            Status::Stale("no record of how it was run".into())
-        );
+        assert_eq!(status(head, &stage), Status::Stale("no record of how it was run".into()));
         run_folder::write_json(&stage.join("pipeline.json"), &head.invocation()).unwrap();
         assert_eq!(status(head, &stage), Status::Done);
         std::fs::write(stage.join("head.safetensors"), b"H").unwrap();
@@ -1342,7 +1416,11 @@ mod tests {
         std::fs::write(dir.path().join("a/x.png"), b"2").unwrap();
         assert_ne!(before, tree_fingerprint(dir.path()).unwrap(), "same size, other content");
         std::fs::write(dir.path().join("a/x.png"), b"1").unwrap();
-        assert_eq!(before, tree_fingerprint(dir.path()).unwrap(), "rewritten with the same content");
+        assert_eq!(
+            before,
+            tree_fingerprint(dir.path()).unwrap(),
+            "rewritten with the same content"
+        );
         std::fs::rename(dir.path().join("a/x.png"), dir.path().join("a/y.png")).unwrap();
         assert_ne!(before, tree_fingerprint(dir.path()).unwrap(), "renamed");
     }

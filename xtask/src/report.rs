@@ -14,12 +14,18 @@ const SEED_REFERENCE: &[(&str, &str)] = &[
     ("head", "~90% validation (cached features, no augmentation)"),
     ("head-augmented", "~90-96% validation (end to end with augmentation in the book)"),
     ("fine-tune", "~97% test (block5 fine-tuned, 100 epochs on augmented images)"),
-    ("scratch", "~71% validation, ~82% with augmentation and dropout (small convnet, 2,000 images)"),
+    (
+        "scratch",
+        "~71% validation, ~82% with augmentation and dropout (small convnet, 2,000 images)",
+    ),
 ];
 
 /// The approaches in report order: stage folder and what it is (`{base}`: the transferred base).
 const APPROACHES: &[(&str, &str)] = &[
-    ("pretrain", "the pretrained base on its own task (trained from scratch on the pretraining data)"),
+    (
+        "pretrain",
+        "the pretrained base on its own task (trained from scratch on the pretraining data)",
+    ),
     ("head", "dense head on cached features of {base}"),
     ("head-augmented", "dense head on cached augmented passes of {base}"),
     ("fine-tune", "{base} fine-tuned with the head"),
@@ -63,11 +69,18 @@ fn dataset_record(run_dir: &Path) -> Option<DatasetRecord> {
 /// record; and, for the seed's figures, how this data differs from the book's.
 fn dataset_section(md: &mut String, record: &DatasetRecord, input_size: u32) -> Result<()> {
     writeln!(md, "## Dataset\n")?;
-    writeln!(md, "**{}** (`{}`, digest `{}`)\n", record.name, record.root.display(), &record.digest[..record.digest.len().min(12)])?;
+    writeln!(
+        md,
+        "**{}** (`{}`, digest `{}`)\n",
+        record.name,
+        record.root.display(),
+        &record.digest[..record.digest.len().min(12)]
+    )?;
     if let Some(description) = &record.description {
         writeln!(md, "> {}\n", escape(description))?;
     }
-    let classes: Vec<String> = record.classes.iter().enumerate().map(|(i, c)| format!("{} = {i}", escape(c))).collect();
+    let classes: Vec<String> =
+        record.classes.iter().enumerate().map(|(i, c)| format!("{} = {i}", escape(c))).collect();
     writeln!(md, "Classes (index order): {}.\n", classes.join(", "))?;
     write!(md, "| split |")?;
     for class in &record.classes {
@@ -75,13 +88,22 @@ fn dataset_section(md: &mut String, record: &DatasetRecord, input_size: u32) -> 
     }
     writeln!(md, " total | image sizes | formats | left out |")?;
     writeln!(md, "|{}", " --- |".repeat(record.classes.len() + 5))?;
-    let tally = |m: &BTreeMap<String, usize>| m.iter().map(|(k, n)| format!("{k} ({n})")).collect::<Vec<_>>().join(", ");
+    let tally = |m: &BTreeMap<String, usize>| {
+        m.iter().map(|(k, n)| format!("{k} ({n})")).collect::<Vec<_>>().join(", ")
+    };
     for split in &record.splits {
         write!(md, "| {} |", split.name)?;
         for n in &split.counts {
             write!(md, " {n} |")?;
         }
-        writeln!(md, " {} | {} | {} | {} |", split.images(), tally(&split.sizes), tally(&split.formats), split.omitted)?;
+        writeln!(
+            md,
+            " {} | {} | {} | {} |",
+            split.images(),
+            tally(&split.sizes),
+            tally(&split.formats),
+            split.omitted
+        )?;
     }
     writeln!(md)?;
     writeln!(md, "{}\n", seed_comparison(record, input_size))?;
@@ -95,7 +117,11 @@ fn seed_comparison(record: &DatasetRecord, input_size: u32) -> String {
     let mut differences = Vec::new();
     let classes: Vec<&str> = record.classes.iter().map(String::as_str).collect();
     if !matches!(classes.as_slice(), ["cat" | "cats", "dog" | "dogs"]) {
-        differences.push(format!("another task ({} classes: {})", classes.len(), classes.join(", ")));
+        differences.push(format!(
+            "another task ({} classes: {})",
+            classes.len(),
+            classes.join(", ")
+        ));
     }
     if let Some(train) = record.split("train").map(|s| s.images()).filter(|&n| n != 2000) {
         differences.push(format!("{train} training images instead of 2,000"));
@@ -105,7 +131,9 @@ fn seed_comparison(record: &DatasetRecord, input_size: u32) -> String {
         if side > 0 && side < input_size {
             differences.push(format!("{size} images upscaled to {input_size}x{input_size} where the book's photos are several hundred pixels a side"));
         } else if input_size != 150 {
-            differences.push(format!("{size} images resized to {input_size}x{input_size} instead of 150x150"));
+            differences.push(format!(
+                "{size} images resized to {input_size}x{input_size} instead of 150x150"
+            ));
         }
     }
     if differences.is_empty() {
@@ -119,16 +147,33 @@ fn seed_comparison(record: &DatasetRecord, input_size: u32) -> String {
 }
 
 /// `| label | validation | test | reference |` rows for every approach `run_dir` has metrics for.
-fn accuracy_rows(md: &mut String, run_dir: &Path, stages: &[String], base: &str, prefix: &str) -> Result<()> {
+fn accuracy_rows(
+    md: &mut String,
+    run_dir: &Path,
+    stages: &[String],
+    base: &str,
+    prefix: &str,
+) -> Result<()> {
     for &(stage, label) in APPROACHES {
         if !stages.iter().any(|s| s == stage) {
             continue;
         }
-        let Ok(m) = run_folder::read_json::<serde_json::Value>(&run_dir.join(stage).join("metrics.json")) else { continue };
-        let pct = |split: &str| m[split]["acc"].as_f64().map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
+        let Ok(m) =
+            run_folder::read_json::<serde_json::Value>(&run_dir.join(stage).join("metrics.json"))
+        else {
+            continue;
+        };
+        let pct = |split: &str| {
+            m[split]["acc"].as_f64().map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+        };
         let reference = SEED_REFERENCE.iter().find(|(s, _)| *s == stage).map_or("", |(_, r)| r);
         let label = label.replace("{base}", base);
-        writeln!(md, "| {prefix}{label} | {} | {} | {reference} |", pct("validation"), pct("test"))?;
+        writeln!(
+            md,
+            "| {prefix}{label} | {} | {} | {reference} |",
+            pct("validation"),
+            pct("test")
+        )?;
     }
     Ok(())
 }
@@ -146,12 +191,25 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
     accuracy_rows(&mut md, run_dir, &planned, &context.base, "")?;
     let mut not_compared = None;
     if let Some(Compared { base, dir: other, stages }) = &context.compare_with {
-        let other_name = other.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let other_name =
+            other.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let other_record = dataset_record(other);
         match (&record, &other_record) {
-            (Some(a), Some(b)) if a.digest == b.digest => accuracy_rows(&mut md, other, stages, base, &format!("run `{other_name}`: "))?,
-            (_, Some(b)) => not_compared = Some(format!("Run `{other_name}` is not set beside this one: it trained on {} (digest `{}`), not on this run's data.", b.name, &b.digest[..b.digest.len().min(12)])),
-            (_, None) => not_compared = Some(format!("Run `{other_name}` is not set beside this one: it has no dataset record, so it cannot be shown to have used the same data.")),
+            (Some(a), Some(b)) if a.digest == b.digest => {
+                accuracy_rows(&mut md, other, stages, base, &format!("run `{other_name}`: "))?
+            }
+            (_, Some(b)) => {
+                not_compared = Some(format!(
+                    "Run `{other_name}` is not set beside this one: it trained on {} (digest `{}`), not on this run's data.",
+                    b.name,
+                    &b.digest[..b.digest.len().min(12)]
+                ))
+            }
+            (_, None) => {
+                not_compared = Some(format!(
+                    "Run `{other_name}` is not set beside this one: it has no dataset record, so it cannot be shown to have used the same data."
+                ))
+            }
         }
     }
     writeln!(md)?;
@@ -167,12 +225,8 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
     writeln!(md, "| --- | --- | --- | --- |")?;
     for (stage, seconds, skipped) in timings {
         let record = run_folder::StageRecord::read(&run_dir.join(stage)).ok();
-        let recorded = record
-            .as_ref()
-            .map_or("-".into(), |r| format!("{:.1}s", r.seconds));
-        let facts = record
-            .as_ref()
-            .map_or(String::new(), |r| summary_text(&r.summary));
+        let recorded = record.as_ref().map_or("-".into(), |r| format!("{:.1}s", r.seconds));
+        let facts = record.as_ref().map_or(String::new(), |r| summary_text(&r.summary));
         let now = if *skipped {
             "up to date, verified".to_owned()
         } else {
@@ -238,7 +292,13 @@ mod tests {
     use super::*;
 
     /// A run folder with a dataset record and one head stage's metrics.
-    fn fixture_run(dir: &Path, digest: &str, classes: &[&str], train_per_class: usize, test_acc: f64) {
+    fn fixture_run(
+        dir: &Path,
+        digest: &str,
+        classes: &[&str],
+        train_per_class: usize,
+        test_acc: f64,
+    ) {
         let record = DatasetRecord {
             name: "pets".into(),
             root: "/data/pets".into(),
@@ -258,8 +318,10 @@ mod tests {
                 })
                 .collect(),
         };
-        run_folder::write_json(&dir.join("dataset").join(run_folder::DATASET_FILE), &record).unwrap();
-        let metrics = serde_json::json!({ "validation": { "acc": 0.8 }, "test": { "acc": test_acc } });
+        run_folder::write_json(&dir.join("dataset").join(run_folder::DATASET_FILE), &record)
+            .unwrap();
+        let metrics =
+            serde_json::json!({ "validation": { "acc": 0.8 }, "test": { "acc": test_acc } });
         run_folder::write_json(&dir.join("head/metrics.json"), &metrics).unwrap();
     }
 
@@ -269,7 +331,11 @@ mod tests {
             settings: BTreeMap::new(),
             base: "ImageNet VGG16".into(),
             input_size: 64,
-            compare_with: other.map(|dir| Compared { base: "small convnet".into(), dir, stages: stages.clone() }),
+            compare_with: other.map(|dir| Compared {
+                base: "small convnet".into(),
+                dir,
+                stages: stages.clone(),
+            }),
         };
         write(run, &context, &[("dataset", 1.0, false), ("head", 1.0, false)]).unwrap();
         std::fs::read_to_string(run.join("report.md")).unwrap()
@@ -283,11 +349,17 @@ mod tests {
         let md = render(&run, None);
         assert!(md.contains("**pets** (`/data/pets`"), "{md}");
         assert!(md.contains("> Small photos of pets."), "{md}");
-        assert!(md.contains("| train | 500 | 500 | 1000 | 32x32 (1000) | png (1000) | 0 |"), "{md}");
+        assert!(
+            md.contains("| train | 500 | 500 | 1000 | 32x32 (1000) | png (1000) | 0 |"),
+            "{md}"
+        );
         assert!(md.contains("1000 training images instead of 2,000"), "{md}");
         assert!(md.contains("32x32 images upscaled to 64x64"), "{md}");
         assert!(!md.contains("another task"), "{md}");
-        assert!(md.contains("| dense head on cached features of ImageNet VGG16 | 80.00% | 77.00% |"), "{md}");
+        assert!(
+            md.contains("| dense head on cached features of ImageNet VGG16 | 80.00% | 77.00% |"),
+            "{md}"
+        );
         assert!(!md.contains("Fashion"), "no fixed sentence about other data: {md}");
 
         fixture_run(&run, "aaaa", &["shirt", "t-shirt_top"], 1000, 0.77);
@@ -298,7 +370,10 @@ mod tests {
         // Markup in a dataset's own words stays text.
         fixture_run(&run, "aaaa", &["c|a", "<b>"], 500, 0.77);
         let md = render(&run, None);
-        assert!(md.contains("| train | 500 | 500 |") && md.contains("| split | c\\|a | &lt;b&gt; |"), "{md}");
+        assert!(
+            md.contains("| train | 500 | 500 |") && md.contains("| split | c\\|a | &lt;b&gt; |"),
+            "{md}"
+        );
     }
 
     /// A stage folder left from an earlier run with other settings (here `scratch`, not in this
@@ -310,7 +385,11 @@ mod tests {
         fixture_run(&run, "same", &["cats", "dogs"], 500, 0.77);
         fixture_run(&other, "same", &["cats", "dogs"], 500, 0.61);
         for r in [&run, &other] {
-            run_folder::write_json(&r.join("scratch/metrics.json"), &serde_json::json!({ "validation": { "acc": 0.5 }, "test": { "acc": 0.5 } })).unwrap();
+            run_folder::write_json(
+                &r.join("scratch/metrics.json"),
+                &serde_json::json!({ "validation": { "acc": 0.5 }, "test": { "acc": 0.5 } }),
+            )
+            .unwrap();
         }
         let md = render(&run, Some(&other));
         assert!(md.contains("61.00%") && !md.contains("50.00%"), "{md}");
@@ -323,11 +402,21 @@ mod tests {
         fixture_run(&run, "same", &["cats", "dogs"], 500, 0.77);
         fixture_run(&other, "same", &["cats", "dogs"], 500, 0.61);
         let md = render(&run, Some(&other));
-        assert!(md.contains("| run `other`: dense head on cached features of small convnet | 80.00% | 61.00% |"), "{md}");
+        assert!(
+            md.contains(
+                "| run `other`: dense head on cached features of small convnet | 80.00% | 61.00% |"
+            ),
+            "{md}"
+        );
 
         fixture_run(&other, "different", &["cats", "dogs"], 500, 0.61);
         let md = render(&run, Some(&other));
         assert!(!md.contains("61.00%"), "{md}");
-        assert!(md.contains("Run `other` is not set beside this one: it trained on pets (digest `different`)"), "{md}");
+        assert!(
+            md.contains(
+                "Run `other` is not set beside this one: it trained on pets (digest `different`)"
+            ),
+            "{md}"
+        );
     }
 }

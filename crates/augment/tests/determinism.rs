@@ -18,23 +18,15 @@ fn seed_config() -> AugmentConfig {
 /// Augments images 0..n of a synthetic 32x32 set in the given pool, in the given index order.
 fn run(threads: usize, order: &[u64]) -> Vec<(u64, Vec<u8>)> {
     let config = seed_config();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     let (h, w, c) = (32, 32, 3);
     let mut out: Vec<(u64, Vec<u8>)> = pool.install(|| {
         order
             .par_iter()
             .map(|&i| {
-                let src: Vec<u8> = (0..h * w * c)
-                    .map(|k| (k as u64 * 7 + i * 13) as u8)
-                    .collect();
+                let src: Vec<u8> = (0..h * w * c).map(|k| (k as u64 * 7 + i * 13) as u8).collect();
                 let mut dst = vec![0u8; h * w * c];
-                config
-                    .sample(99, 3, i)
-                    .apply_u8(&src, h, w, c, &mut dst)
-                    .unwrap();
+                config.sample(99, 3, i).apply_u8(&src, h, w, c, &mut dst).unwrap();
                 (i, dst)
             })
             .collect()
@@ -80,10 +72,7 @@ fn switching_one_augmentation_on_keeps_the_others_draws() {
         (base.theta, base.tx, base.ty, base.shear),
         (more.theta, more.tx, more.ty, more.shear)
     );
-    assert_eq!(
-        (base.zx, base.zy, base.flip_horizontal),
-        (more.zx, more.zy, more.flip_horizontal)
-    );
+    assert_eq!((base.zx, base.zy, base.flip_horizontal), (more.zx, more.zy, more.flip_horizontal));
 }
 
 /// Draws the seed generator's parameters for many images and checks Keras' ranges and rates.
@@ -104,10 +93,7 @@ fn seed_generator_distributions() {
         assert!(!t.flip_vertical && t.channel_shift.is_none() && t.brightness.is_none());
     }
     assert!(mean(&|t| t.theta).abs() < 1.5, "theta is centred");
-    assert!(
-        (mean(&|t| t.theta.abs()) - 20.0).abs() < 1.0,
-        "theta is uniform on [-40, 40]"
-    );
+    assert!((mean(&|t| t.theta.abs()) - 20.0).abs() < 1.0, "theta is uniform on [-40, 40]");
     assert!((mean(&|t| t.flip_horizontal as u8 as f64) - 0.5).abs() < 0.03);
     assert!((mean(&|t| t.zx) - 1.0).abs() < 0.01 && (mean(&|t| t.zy) - 1.0).abs() < 0.01);
     // zx and zy are independent draws.
@@ -117,14 +103,9 @@ fn seed_generator_distributions() {
 
 #[test]
 fn book_mode_shear_is_radians() {
-    let spec = AugmentSpec {
-        compat: Compat::Book,
-        ..AugmentSpec::seed_generator()
-    };
+    let spec = AugmentSpec { compat: Compat::Book, ..AugmentSpec::seed_generator() };
     let c = config(spec);
-    let max = (0..2000)
-        .map(|i| c.sample(0, 0, i).shear.abs())
-        .fold(0.0, f64::max);
+    let max = (0..2000).map(|i| c.sample(0, 0, i).shear.abs()).fold(0.0, f64::max);
     // 0.2 rad = 11.46 degrees; Transform.shear is in degrees.
     assert!(max > 11.0 && max <= 0.2f64.to_degrees(), "max shear {max}");
     assert_eq!(c.interpolation_order(), 0);
@@ -150,14 +131,8 @@ fn integer_and_list_shift_ranges_draw_like_keras() {
         }
     }
     // choice(range(4)) * choice([-1, 1]): -3..=3 pixels; choice([0.1, 0.25]) * ±1 of the height.
-    assert_eq!(
-        seen_ty.into_iter().collect::<Vec<_>>(),
-        vec![-3, -2, -1, 0, 1, 2, 3]
-    );
-    assert_eq!(
-        seen_tx.into_iter().collect::<Vec<_>>(),
-        vec![-25, -10, 10, 25]
-    );
+    assert_eq!(seen_ty.into_iter().collect::<Vec<_>>(), vec![-3, -2, -1, 0, 1, 2, 3]);
+    assert_eq!(seen_tx.into_iter().collect::<Vec<_>>(), vec![-25, -10, 10, 25]);
 }
 
 #[test]

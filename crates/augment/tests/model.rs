@@ -22,11 +22,7 @@ fn map(v: f64, n: usize, mode: FillMode) -> f64 {
         FillMode::Nearest => v.clamp(0.0, len - 1.0),
         FillMode::Reflect if v < 0.0 => {
             let s2 = 2.0 * len;
-            let v = if v < -s2 {
-                s2 * (-v / s2).trunc() + v
-            } else {
-                v
-            };
+            let v = if v < -s2 { s2 * (-v / s2).trunc() + v } else { v };
             if v < -len { v + s2 } else { -v - 1.0 }
         }
         FillMode::Reflect => {
@@ -59,11 +55,7 @@ fn model(src: &[f32], h: usize, w: usize, c: usize, t: &Transform) -> Vec<f32> {
             }
             let clampi = |i: f64, n: usize| i.max(0.0).min((n - 1) as f64) as usize;
             let taps: Vec<(usize, usize, f64)> = if s.order == 0 {
-                vec![(
-                    clampi((my + 0.5).floor(), h),
-                    clampi((mx + 0.5).floor(), w),
-                    1.0,
-                )]
+                vec![(clampi((my + 0.5).floor(), h), clampi((mx + 0.5).floor(), w), 1.0)]
             } else {
                 let (fy, fx) = (my.floor(), mx.floor());
                 let (ty, tx) = (my - fy, mx - fx);
@@ -75,10 +67,8 @@ fn model(src: &[f32], h: usize, w: usize, c: usize, t: &Transform) -> Vec<f32> {
                 ]
             };
             for (k, o) in o.iter_mut().enumerate() {
-                let v: f64 = taps
-                    .iter()
-                    .map(|&(i, j, wt)| src[(i * w + j) * c + k] as f64 * wt)
-                    .sum();
+                let v: f64 =
+                    taps.iter().map(|&(i, j, wt)| src[(i * w + j) * c + k] as f64 * wt).sum();
                 *o = v as f32;
             }
         }
@@ -88,9 +78,7 @@ fn model(src: &[f32], h: usize, w: usize, c: usize, t: &Transform) -> Vec<f32> {
 
 /// A deterministic, textured test image.
 fn image(h: usize, w: usize, c: usize) -> Vec<u8> {
-    (0..h * w * c)
-        .map(|i| ((i * 2654435761usize) >> 7) as u8)
-        .collect()
+    (0..h * w * c).map(|i| ((i * 2654435761usize) >> 7) as u8).collect()
 }
 
 /// A generator far wilder than anyone would train with, to reach every fold and edge.
@@ -121,17 +109,11 @@ fn check(h: usize, w: usize, c: usize, config: &AugmentConfig, draws: u64) {
         let want = model(&src_f32, h, w, c, &t);
         t.apply_u8_to_f32(&src, h, w, c, &mut got).unwrap();
         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - e).abs() <= 1e-3,
-                "{h}x{w}x{c} {t:?}: value {i}: got {g}, model {e}"
-            );
+            assert!((g - e).abs() <= 1e-3, "{h}x{w}x{c} {t:?}: value {i}: got {g}, model {e}");
         }
         t.apply_u8(&src, h, w, c, &mut got_u8).unwrap();
         for (i, (&g, e)) in got_u8.iter().zip(&want).enumerate() {
-            assert!(
-                (g as f32 - e).abs() <= 0.5 + 1e-3,
-                "{h}x{w}x{c} u8 value {i}: {g} vs {e}"
-            );
+            assert!((g as f32 - e).abs() <= 0.5 + 1e-3, "{h}x{w}x{c} u8 value {i}: {g} vs {e}");
         }
     }
 }
@@ -153,10 +135,7 @@ fn seed_generator_at_150() {
 
 #[test]
 fn book_generator_at_150() {
-    let spec = AugmentSpec {
-        compat: Compat::Book,
-        ..AugmentSpec::seed_generator()
-    };
+    let spec = AugmentSpec { compat: Compat::Book, ..AugmentSpec::seed_generator() };
     check(150, 150, 3, &AugmentConfig::new(spec).unwrap(), 8);
 }
 
@@ -191,11 +170,7 @@ fn channel_counts() {
 
 #[test]
 fn identity_is_an_exact_copy() {
-    let t = Transform::identity(Sampling {
-        order: 1,
-        fill_mode: FillMode::Nearest,
-        cval: 0.0,
-    });
+    let t = Transform::identity(Sampling { order: 1, fill_mode: FillMode::Nearest, cval: 0.0 });
     let src = image(5, 4, 3);
     let mut out = vec![0u8; src.len()];
     t.apply_u8(&src, 5, 4, 3, &mut out).unwrap();
@@ -204,11 +179,7 @@ fn identity_is_an_exact_copy() {
 
 #[test]
 fn flips_mirror_the_output() {
-    let mut t = Transform::identity(Sampling {
-        order: 1,
-        fill_mode: FillMode::Nearest,
-        cval: 0.0,
-    });
+    let mut t = Transform::identity(Sampling { order: 1, fill_mode: FillMode::Nearest, cval: 0.0 });
     t.flip_horizontal = true;
     // 1x3 RGB: pixel order reversed, channels kept.
     let src = [1u8, 2, 3, 4, 5, 6, 7, 8, 9];
@@ -223,11 +194,7 @@ fn flips_mirror_the_output() {
 
 #[test]
 fn colour_ops_follow_keras_order() {
-    let mut t = Transform::identity(Sampling {
-        order: 1,
-        fill_mode: FillMode::Nearest,
-        cval: 0.0,
-    });
+    let mut t = Transform::identity(Sampling { order: 1, fill_mode: FillMode::Nearest, cval: 0.0 });
     let src = [10.0f32, 50.0, 200.0];
     let mut out = [0.0f32; 3];
     // Channel shift clips to the image's own range [10, 200].
@@ -247,25 +214,12 @@ fn colour_ops_follow_keras_order() {
 
 #[test]
 fn buffer_mismatches_are_errors() {
-    let t = Transform::identity(Sampling {
-        order: 1,
-        fill_mode: FillMode::Nearest,
-        cval: 0.0,
-    });
+    let t = Transform::identity(Sampling { order: 1, fill_mode: FillMode::Nearest, cval: 0.0 });
     let mut out = vec![0u8; 12];
     let err = t.apply_u8(&[0u8; 11], 2, 2, 3, &mut out).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "source buffer has 11 values, expected 2x2x3 = 12"
-    );
+    assert_eq!(err.to_string(), "source buffer has 11 values, expected 2x2x3 = 12");
     let err = t.apply_u8(&[0u8; 12], 2, 2, 3, &mut out[..10]).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "destination buffer has 10 values, expected 2x2x3 = 12"
-    );
+    assert_eq!(err.to_string(), "destination buffer has 10 values, expected 2x2x3 = 12");
     let err = t.apply_u8(&[], 0, 2, 3, &mut []).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "image must be at least 1x1 with at least 1 channel, got 0x2x3"
-    );
+    assert_eq!(err.to_string(), "image must be at least 1x1 with at least 1 channel, got 0x2x3");
 }

@@ -60,23 +60,11 @@ fn read_npy(name: &str) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(&bytes[..6], b"\x93NUMPY", "{name}: not an npy file");
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ => (
-            u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-            12,
-        ),
+        _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
     };
     let header = std::str::from_utf8(&bytes[start..start + header_len]).unwrap();
-    assert!(
-        header.contains("'fortran_order': False"),
-        "{name}: {header}"
-    );
-    let shape_text = header
-        .split("'shape': (")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
+    assert!(header.contains("'fortran_order': False"), "{name}: {header}");
+    let shape_text = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
     let shape: Vec<usize> = shape_text
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -86,29 +74,16 @@ fn read_npy(name: &str) -> (Vec<usize>, Vec<f32>) {
     let values: Vec<f32> = if header.contains("'|u1'") {
         data.iter().map(|&b| b as f32).collect()
     } else {
-        assert!(
-            header.contains("'<f4'"),
-            "{name}: unsupported dtype in {header}"
-        );
-        data.chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        assert!(header.contains("'<f4'"), "{name}: unsupported dtype in {header}");
+        data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
     };
-    assert_eq!(
-        values.len(),
-        shape.iter().product::<usize>(),
-        "{name}: size"
-    );
+    assert_eq!(values.len(), shape.iter().product::<usize>(), "{name}: size");
     (shape, values)
 }
 
 fn transform(case: &Case) -> Transform {
     let fill_mode: FillMode = case.fill_mode.parse().unwrap();
-    let sampling = Sampling {
-        order: case.order,
-        fill_mode,
-        cval: case.cval,
-    };
+    let sampling = Sampling { order: case.order, fill_mode, cval: case.cval };
     Transform {
         theta: case.theta,
         tx: Shift::Pixels(case.tx),
@@ -129,32 +104,18 @@ fn transform(case: &Case) -> Transform {
 /// transform from the parameters (u8 and f32 inputs). Returns the max abs error (0-255 scale).
 fn check(name: &str) -> f32 {
     let m = manifest();
-    let case = m
-        .cases
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no case {name}"));
+    let case = m.cases.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"));
     let (shape, input) = read_npy(&m.input);
     let (h, w, c) = (shape[0], shape[1], shape[2]);
     let (_, want) = read_npy(&case.file);
     let t = transform(case);
 
     let ours = t.affine(h, w);
-    let theirs = Affine {
-        a: case.matrix,
-        b: case.offset,
-    };
-    for (x, y) in ours
-        .a
-        .iter()
-        .flatten()
-        .chain(&ours.b)
-        .zip(theirs.a.iter().flatten().chain(&theirs.b))
+    let theirs = Affine { a: case.matrix, b: case.offset };
+    for (x, y) in
+        ours.a.iter().flatten().chain(&ours.b).zip(theirs.a.iter().flatten().chain(&theirs.b))
     {
-        assert!(
-            (x - y).abs() <= 1e-9,
-            "{name}: matrix {ours:?} vs reference {theirs:?}"
-        );
+        assert!((x - y).abs() <= 1e-9, "{name}: matrix {ours:?} vs reference {theirs:?}");
     }
 
     // Which pixels are decided by the last bit of the matrix, and which are pure constant fill.
@@ -169,21 +130,14 @@ fn check(name: &str) -> f32 {
             let near_half = |v: f64| ((v * 2.0).round() - v * 2.0).abs() < 2e-9;
             // Output position after the flips.
             let rr = if case.flip_vertical { h - 1 - r } else { r };
-            let cc = if case.flip_horizontal {
-                w - 1 - col
-            } else {
-                col
-            };
+            let cc = if case.flip_horizontal { w - 1 - col } else { col };
             excluded[rr * w + cc] = near_half(y) || near_half(x);
             outside[rr * w + cc] = t.sampling.fill_mode == FillMode::Constant
                 && (y < 0.0 || y > (h - 1) as f64 || x < 0.0 || x > (w - 1) as f64);
         }
     }
     let n_excluded = excluded.iter().filter(|&&e| e).count();
-    assert!(
-        n_excluded * 100 <= h * w,
-        "{name}: {n_excluded} pixels near a decision boundary"
-    );
+    assert!(n_excluded * 100 <= h * w, "{name}: {n_excluded} pixels near a decision boundary");
 
     let compare = |what: &str, got: &[f32]| -> f32 {
         let mut max_err = 0.0f32;
@@ -194,12 +148,7 @@ fn check(name: &str) -> f32 {
             }
             let err = (g - e).abs() / scale;
             if outside[p] && case.channel_shift.is_none() {
-                assert_eq!(
-                    g,
-                    e,
-                    "{name} ({what}): constant fill at pixel {p} channel {}",
-                    i % c
-                );
+                assert_eq!(g, e, "{name} ({what}): constant fill at pixel {p} channel {}", i % c);
             }
             assert!(
                 err <= TOL,

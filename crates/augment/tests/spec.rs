@@ -84,30 +84,12 @@ fn shift_ranges_keep_keras_int_float_list_distinction() {
 
 #[test]
 fn negative_ranges() {
-    check(
-        r#"{"rotation_range":-1}"#,
-        expect!["rotation_range must be >= 0, got -1"],
-    );
-    check(
-        r#"{"shear_range":-0.2}"#,
-        expect!["shear_range must be >= 0, got -0.2"],
-    );
-    check(
-        r#"{"width_shift_range":-0.1}"#,
-        expect!["width_shift_range must be >= 0, got -0.1"],
-    );
-    check(
-        r#"{"height_shift_range":[0.1,-3]}"#,
-        expect!["height_shift_range must be >= 0, got -3"],
-    );
-    check(
-        r#"{"channel_shift_range":-5}"#,
-        expect!["channel_shift_range must be >= 0, got -5"],
-    );
-    check(
-        r#"{"zoom_range":-0.1}"#,
-        expect!["zoom_range must be >= 0, got -0.1"],
-    );
+    check(r#"{"rotation_range":-1}"#, expect!["rotation_range must be >= 0, got -1"]);
+    check(r#"{"shear_range":-0.2}"#, expect!["shear_range must be >= 0, got -0.2"]);
+    check(r#"{"width_shift_range":-0.1}"#, expect!["width_shift_range must be >= 0, got -0.1"]);
+    check(r#"{"height_shift_range":[0.1,-3]}"#, expect!["height_shift_range must be >= 0, got -3"]);
+    check(r#"{"channel_shift_range":-5}"#, expect!["channel_shift_range must be >= 0, got -5"]);
+    check(r#"{"zoom_range":-0.1}"#, expect!["zoom_range must be >= 0, got -0.1"]);
 }
 
 #[test]
@@ -132,10 +114,7 @@ fn brightness_range() {
         r#"{"brightness_range":[1.5,0.5]}"#,
         expect!["brightness_range is reversed: lower bound 1.5 is above upper bound 0.5"],
     );
-    check(
-        r#"{"brightness_range":[-1,0.5]}"#,
-        expect!["brightness_range must be >= 0, got -1"],
-    );
+    check(r#"{"brightness_range":[-1,0.5]}"#, expect!["brightness_range must be >= 0, got -1"]);
     check(
         r#"{"brightness_range":[0.5]}"#,
         expect![
@@ -179,10 +158,7 @@ fn interpolation_order_and_rescale() {
         r#"{"interpolation_order":3}"#,
         expect!["interpolation_order must be 0 (nearest) or 1 (bilinear), got 3"],
     );
-    check(
-        r#"{"rescale":0}"#,
-        expect!["rescale must be a finite non-zero number, got 0"],
-    );
+    check(r#"{"rescale":0}"#, expect!["rescale must be a finite non-zero number, got 0"]);
     check(
         r#"{"rescale":0.00392156862745098,"compat":"book"}"#,
         expect![[
@@ -205,45 +181,27 @@ fn book_mode_rejects_pixel_shifts() {
 fn nan_and_infinity() {
     let nan = f64::NAN;
     check_spec(
-        AugmentSpec {
-            rotation_range: nan,
-            ..AugmentSpec::default()
-        },
+        AugmentSpec { rotation_range: nan, ..AugmentSpec::default() },
         expect!["rotation_range must be a finite number, got NaN"],
     );
     check_spec(
-        AugmentSpec {
-            zoom_range: ZoomRange::Bounds([nan, 1.0]),
-            ..AugmentSpec::default()
-        },
+        AugmentSpec { zoom_range: ZoomRange::Bounds([nan, 1.0]), ..AugmentSpec::default() },
         expect!["zoom_range must be a finite number, got NaN"],
     );
     check_spec(
-        AugmentSpec {
-            cval: f64::INFINITY,
-            ..AugmentSpec::default()
-        },
+        AugmentSpec { cval: f64::INFINITY, ..AugmentSpec::default() },
         expect!["cval must be a finite number, got inf"],
     );
     check_spec(
-        AugmentSpec {
-            width_shift_range: ShiftRange::Float(nan),
-            ..AugmentSpec::default()
-        },
+        AugmentSpec { width_shift_range: ShiftRange::Float(nan), ..AugmentSpec::default() },
         expect!["width_shift_range must be a finite number, got NaN"],
     );
     check_spec(
-        AugmentSpec {
-            brightness_range: Some([0.5, nan]),
-            ..AugmentSpec::default()
-        },
+        AugmentSpec { brightness_range: Some([0.5, nan]), ..AugmentSpec::default() },
         expect!["brightness_range must be a finite number, got NaN"],
     );
     check_spec(
-        AugmentSpec {
-            rescale: Some(nan),
-            ..AugmentSpec::default()
-        },
+        AugmentSpec { rescale: Some(nan), ..AugmentSpec::default() },
         expect!["rescale must be a finite non-zero number, got NaN"],
     );
 }

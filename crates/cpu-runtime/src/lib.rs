@@ -82,12 +82,15 @@ mod tests {
         std::thread::spawn(|| {
             assert!(super::flush_denormals());
             let tiny = std::hint::black_box(f32::MIN_POSITIVE);
-            assert_eq!(tiny * std::hint::black_box(0.5f32), 0.0, "a denormal result must flush to zero");
+            assert_eq!(
+                tiny * std::hint::black_box(0.5f32),
+                0.0,
+                "a denormal result must flush to zero"
+            );
         })
         .join()
         .unwrap();
         let tiny = std::hint::black_box(f32::MIN_POSITIVE);
         assert!(tiny * std::hint::black_box(0.5f32) > 0.0, "other threads keep IEEE denormals");
     }
-
 }

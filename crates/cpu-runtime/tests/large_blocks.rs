@@ -9,10 +9,16 @@ fn main() {
         std::thread::spawn(|| {
             let block = vec![1u8; 96 << 20];
             let mmapped = counters().hblkhd;
-            assert!(mmapped < block.len(), "a 96 MiB block was mmapped ({mmapped} bytes in mmapped blocks)");
+            assert!(
+                mmapped < block.len(),
+                "a 96 MiB block was mmapped ({mmapped} bytes in mmapped blocks)"
+            );
             drop(block);
             let kept = counters().fordblks;
-            assert!(kept >= 96 << 20, "the freed 96 MiB block went back to the kernel ({kept} free bytes kept)");
+            assert!(
+                kept >= 96 << 20,
+                "the freed 96 MiB block went back to the kernel ({kept} free bytes kept)"
+            );
         })
         .join()
         .expect("the allocating thread");

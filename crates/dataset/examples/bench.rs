@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dataset::{BatchOptions, DecodeOptions, Interpolation, ScanOptions, Size, batches, decode, scan};
+use dataset::{
+    BatchOptions, DecodeOptions, Interpolation, ScanOptions, Size, batches, decode, scan,
+};
 
 /// Benchmarks the dataset crate's data path.
 #[derive(Parser)]
@@ -63,8 +65,11 @@ fn main() -> Result<()> {
     };
     let decode_rate = per_core(&only_decode)?;
     println!("decode only (28x28 gray -> RGB8), 1 thread: {decode_rate:.0} img/s");
-    let reference = args.python.as_deref().map(|py| pil_reference(py, &files, args.runs)).transpose()?;
-    for (i, interpolation) in [Interpolation::Nearest, Interpolation::Bilinear].into_iter().enumerate() {
+    let reference =
+        args.python.as_deref().map(|py| pil_reference(py, &files, args.runs)).transpose()?;
+    for (i, interpolation) in
+        [Interpolation::Nearest, Interpolation::Bilinear].into_iter().enumerate()
+    {
         let opts = DecodeOptions {
             target_size: Some(Size::square(SIDE)),
             interpolation,
@@ -76,7 +81,9 @@ fn main() -> Result<()> {
             Some(r) => format!("; PIL {:.0} img/s, ratio {:.1}x", r[i], rate / r[i]),
             None => "; PIL reference skipped (no --python)".into(),
         };
-        println!("decode + resize {interpolation:?}, 1 thread: {rate:.0} img/s ({written:.0} MB/s of pixels written){pil}");
+        println!(
+            "decode + resize {interpolation:?}, 1 thread: {rate:.0} img/s ({written:.0} MB/s of pixels written){pil}"
+        );
     }
 
     let opts = DecodeOptions { target_size: Some(Size::square(SIDE)), ..Default::default() };
@@ -99,7 +106,9 @@ fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let tree = match args.scan_tree.clone() {
         Some(t) => t,
-        None if Path::new("data/full/fashion-mnist/train").is_dir() => "data/full/fashion-mnist".into(),
+        None if Path::new("data/full/fashion-mnist/train").is_dir() => {
+            "data/full/fashion-mnist".into()
+        }
         None => {
             let t = tmp.path().join("scan70k");
             linked_tree(&files, &t, 70_000, 10, &SPLITS)?;
@@ -159,7 +168,13 @@ fn median(runs: usize, mut f: impl FnMut() -> Result<f64>) -> Result<f64> {
 
 /// `<root>/<split>/c<k>/<split>-<i>.png`, `total` files spread evenly over `splits` and
 /// `classes`, hard links to `files` (copies where linking fails).
-fn linked_tree(files: &[PathBuf], root: &Path, total: usize, classes: usize, splits: &[&str]) -> Result<()> {
+fn linked_tree(
+    files: &[PathBuf],
+    root: &Path,
+    total: usize,
+    classes: usize,
+    splits: &[&str],
+) -> Result<()> {
     for i in 0..total {
         let split = splits[i % splits.len()];
         let dir = root.join(split).join(format!("c{}", (i / splits.len()) % classes));
@@ -221,7 +236,11 @@ print(" ".join(f"{r:.3f}" for r in out))
         .arg(runs.to_string())
         .output()
         .with_context(|| format!("running {}", python.display()))?;
-    anyhow::ensure!(out.status.success(), "PIL reference failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "PIL reference failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)?
         .split_whitespace()
         .map(|s| s.parse::<f64>().context("PIL reference output"))

@@ -194,7 +194,8 @@ pub fn batches(
         what: "batch options",
         reason: reason.into(),
     };
-    let size = decode.target_size.ok_or_else(|| invalid("a target size is needed to batch images"))?;
+    let size =
+        decode.target_size.ok_or_else(|| invalid("a target size is needed to batch images"))?;
     if opts.batch_size == 0 {
         return Err(invalid("batch size must be at least 1"));
     }

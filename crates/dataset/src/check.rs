@@ -88,8 +88,15 @@ impl CheckReport {
     /// ([`readme_description`]). Classes are those of the first split (a mismatch between splits
     /// is an error of the report, so a healthy report has one class list).
     pub fn record(&self, digest: String, description: Option<String>) -> run_folder::DatasetRecord {
-        let name = self.root.file_name().map_or_else(|| self.root.display().to_string(), |n| n.to_string_lossy().into_owned());
-        let classes = self.splits.first().map(|s| s.classes.iter().map(|c| c.name.clone()).collect()).unwrap_or_default();
+        let name = self
+            .root
+            .file_name()
+            .map_or_else(|| self.root.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let classes = self
+            .splits
+            .first()
+            .map(|s| s.classes.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default();
         let splits = self
             .splits
             .iter()
@@ -113,7 +120,14 @@ impl CheckReport {
                 record
             })
             .collect();
-        run_folder::DatasetRecord { name, root: self.root.clone(), description, digest, classes, splits }
+        run_folder::DatasetRecord {
+            name,
+            root: self.root.clone(),
+            description,
+            digest,
+            classes,
+            splits,
+        }
     }
 
     pub fn leaks(&self) -> impl Iterator<Item = &Duplicate> {
@@ -172,7 +186,8 @@ impl CheckReport {
         }
         for s in &self.splits {
             for p in &s.extension_mismatches {
-                let _ = writeln!(w, "warning: {}: content does not match the extension", p.display());
+                let _ =
+                    writeln!(w, "warning: {}: content does not match the extension", p.display());
             }
         }
         let omitted: Vec<_> = self.splits.iter().flat_map(|s| &s.omitted).collect();
@@ -270,7 +285,10 @@ pub fn check(
         }
     };
     if names.is_empty() {
-        errors.push(format!("{}: no split folders (expected <root>/<split>/<class>/<image>)", root.display()));
+        errors.push(format!(
+            "{}: no split folders (expected <root>/<split>/<class>/<image>)",
+            root.display()
+        ));
     }
     let scan_opts = ScanOptions {
         class_mode: ClassMode::Sparse,
@@ -284,9 +302,7 @@ pub fn check(
             Ok(index) => {
                 for (class, n) in index.classes.iter().zip(index.class_counts()) {
                     if n == 0 && !opts.allow_empty_classes {
-                        errors.push(
-                            Error::EmptyClass { path: index.dir.join(class) }.to_string(),
-                        );
+                        errors.push(Error::EmptyClass { path: index.dir.join(class) }.to_string());
                     }
                 }
                 indices.push((name, index));

@@ -128,7 +128,11 @@ pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Decodes image bytes; `path` is used for the extension check and error messages.
-pub fn decode_bytes(path: &Path, bytes: &[u8], opts: &DecodeOptions) -> Result<(RgbImage, ImageInfo)> {
+pub fn decode_bytes(
+    path: &Path,
+    bytes: &[u8],
+    opts: &DecodeOptions,
+) -> Result<(RgbImage, ImageInfo)> {
     let bad = |reason| Error::BadImage { path: path.to_owned(), reason };
     let format = sniff(bytes).map_err(bad)?;
     let name = format_name(format);
@@ -216,7 +220,9 @@ fn check_complete(format: ImageFormat, bytes: &[u8]) -> Result<(), BadImage> {
             let eoi = rfind(bytes, &[0xFF, 0xD9]);
             match (last_scan, eoi) {
                 (Some(s), Some(e)) if e > s => Ok(()),
-                _ => Err(BadImage::Truncated("jpeg (no end-of-image marker after the last scan)".into())),
+                _ => Err(BadImage::Truncated(
+                    "jpeg (no end-of-image marker after the last scan)".into(),
+                )),
             }
         }
         ImageFormat::Png => match rfind(bytes, b"\0\0\0\0IEND") {
@@ -263,7 +269,8 @@ pub fn aspect_crop_box(width: u32, height: u32, target: Size) -> (u32, u32, u32,
 /// Resizes (after an optional centred aspect crop) to `size`, exactly as Pillow does; see
 /// [`crate::resize`].
 pub fn resize(image: &RgbImage, size: Size, interpolation: Interpolation, crop: bool) -> RgbImage {
-    let raw = resize_raw(image.as_raw(), image.width(), image.height(), 3, size, interpolation, crop);
+    let raw =
+        resize_raw(image.as_raw(), image.width(), image.height(), 3, size, interpolation, crop);
     RgbImage::from_raw(size.width, size.height, raw).expect("buffer has the output size")
 }
 

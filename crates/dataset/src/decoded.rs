@@ -18,7 +18,8 @@ pub struct DecodedSplit {
 impl DecodedSplit {
     /// Decodes every image of `index`.
     pub fn decode(index: SplitIndex, size: usize) -> Result<Self> {
-        let decode = DecodeOptions { target_size: Some(Size::square(size as u32)), ..Default::default() };
+        let decode =
+            DecodeOptions { target_size: Some(Size::square(size as u32)), ..Default::default() };
         let options = BatchOptions { batch_size: 64, shuffle: None, ..Default::default() };
         let image_len = size * size * 3;
         let mut pixels = vec![0u8; index.len() * image_len];

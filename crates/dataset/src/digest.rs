@@ -49,7 +49,9 @@ pub fn tree_digest(root: &Path, options: &ScanOptions) -> Result<String> {
         let index = scan(root, split, options)?;
         for (file, digest) in index.files.iter().zip(digests(&index)?) {
             let rel = file.path.strip_prefix(root).unwrap_or(&file.path);
-            hasher.update(format!("{split}\t{}\t{}\t{digest}\n", rel.display(), file.class).as_bytes());
+            hasher.update(
+                format!("{split}\t{}\t{}\t{digest}\n", rel.display(), file.class).as_bytes(),
+            );
         }
     }
     Ok(hex::encode(hasher.finalize()))
@@ -63,7 +65,12 @@ mod tests {
     fn tree_digest_follows_content_paths_and_classes_not_timestamps() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for (path, bytes) in [("train/a/1.png", b"one"), ("train/b/2.png", b"two"), ("test/a/3.png", b"333"), ("test/a/4.png", b"444")] {
+        for (path, bytes) in [
+            ("train/a/1.png", b"one"),
+            ("train/b/2.png", b"two"),
+            ("test/a/3.png", b"333"),
+            ("test/a/4.png", b"444"),
+        ] {
             std::fs::create_dir_all(root.join(path).parent().unwrap()).unwrap();
             std::fs::write(root.join(path), bytes).unwrap();
         }

@@ -49,7 +49,9 @@ pub enum Error {
     BinaryClassCount { path: PathBuf, found: usize },
     #[error("{path}: symlink loop, it leads back to its ancestor {ancestor}")]
     SymlinkLoop { path: PathBuf, ancestor: PathBuf },
-    #[error("{path}: skipped {skipped} of {total} images, more than the allowed fraction {max_fraction}")]
+    #[error(
+        "{path}: skipped {skipped} of {total} images, more than the allowed fraction {max_fraction}"
+    )]
     TooManySkipped { path: PathBuf, skipped: usize, total: usize, max_fraction: f64 },
     #[error("{path}: invalid {what}: {reason}")]
     Invalid { path: PathBuf, what: &'static str, reason: String },

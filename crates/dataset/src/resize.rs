@@ -17,7 +17,14 @@ pub type Region = (u32, u32, u32, u32);
 
 /// Resizes the `region` of a `width`-wide image with `channels` interleaved channels to
 /// `out_w` x `out_h`, nearest neighbour.
-pub fn nearest(src: &[u8], width: u32, channels: usize, region: Region, out_w: u32, out_h: u32) -> Vec<u8> {
+pub fn nearest(
+    src: &[u8],
+    width: u32,
+    channels: usize,
+    region: Region,
+    out_w: u32,
+    out_h: u32,
+) -> Vec<u8> {
     let (x0, y0, cw, ch) = region;
     let xs = nearest_map(cw, out_w, x0);
     let ys = nearest_map(ch, out_h, y0);
@@ -97,7 +104,8 @@ fn bilinear_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for (x, &kx) in k.iter().enumerate().take(xmax) {
             let kx = if ww != 0.0 { kx / ww } else { kx };
             let scaled = kx * f64::from(1u32 << PRECISION_BITS);
-            weights[xx * ksize + x] = if kx < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
+            weights[xx * ksize + x] =
+                if kx < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
         }
         bounds.push((xmin, xmax));
     }
@@ -109,7 +117,14 @@ fn clip8(acc: i32) -> u8 {
 }
 
 /// Pillow's bilinear resize of the `region` of a `width`-wide image to `out_w` x `out_h`.
-pub fn bilinear(src: &[u8], width: u32, channels: usize, region: Region, out_w: u32, out_h: u32) -> Vec<u8> {
+pub fn bilinear(
+    src: &[u8],
+    width: u32,
+    channels: usize,
+    region: Region,
+    out_w: u32,
+    out_h: u32,
+) -> Vec<u8> {
     let (x0, y0, cw, ch) = region;
     let (x0, y0, cw, ch) = (x0 as usize, y0 as usize, cw as usize, ch as usize);
     let (out_w, out_h) = (out_w as usize, out_h as usize);

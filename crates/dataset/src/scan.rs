@@ -147,10 +147,8 @@ pub fn scan_dir(dir: &Path, opts: &ScanOptions) -> Result<SplitIndex> {
     let mut files = Vec::new();
     let mut current: Option<usize> = None;
 
-    let walk = walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .follow_links(opts.follow_links)
-        .sort_by_file_name();
+    let walk =
+        walkdir::WalkDir::new(dir).min_depth(1).follow_links(opts.follow_links).sort_by_file_name();
     let mut it = walk.into_iter();
     while let Some(entry) = it.next() {
         let entry = entry.map_err(|e| walk_error(dir, e))?;

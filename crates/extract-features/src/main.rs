@@ -18,8 +18,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use augment::{AugmentConfig, AugmentSpec};
 use clap::{Parser, ValueEnum};
-use dataset::{BadImagePolicy, BatchOptions, ClassMode, DecodeOptions, Interpolation, ScanOptions, Size, SplitIndex};
-use feature_cache::{AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey, LoadedEntry, Lookup, Origin};
+use dataset::{
+    BadImagePolicy, BatchOptions, ClassMode, DecodeOptions, Interpolation, ScanOptions, Size,
+    SplitIndex,
+};
+use feature_cache::{
+    AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey,
+    FileKey, LoadedEntry, Lookup, Origin,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{DeviceChoice, Layer, LayerName};
 use rayon::prelude::*;
@@ -217,10 +223,20 @@ fn run(args: Args) -> Result<()> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
     }
-    let model = FeatureModel::load(&args.weights, device, &args.layer, args.preprocessing, args.pooling, args.precision)?;
+    let model = FeatureModel::load(
+        &args.weights,
+        device,
+        &args.layer,
+        args.preprocessing,
+        args.pooling,
+        args.precision,
+    )?;
     let size = Size::square(args.input_size);
-    let row_shapes =
-        model.layers().iter().map(|&l| model.row_shape(args.input_size as i64, l, args.pooling)).collect::<Result<Vec<_>>>()?;
+    let row_shapes = model
+        .layers()
+        .iter()
+        .map(|&l| model.row_shape(args.input_size as i64, l, args.pooling))
+        .collect::<Result<Vec<_>>>()?;
     let resize = match (args.resize, args.crop) {
         (Resize::Nearest, false) => "nearest",
         (Resize::Bilinear, false) => "bilinear",
@@ -229,9 +245,12 @@ fn run(args: Args) -> Result<()> {
     };
     let augment_config = match &args.augment_spec {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            AugmentConfig::new(AugmentSpec::from_json(&text).with_context(|| format!("{}", path.display()))?)
-                .with_context(|| format!("augmentation settings in {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            AugmentConfig::new(
+                AugmentSpec::from_json(&text).with_context(|| format!("{}", path.display()))?,
+            )
+            .with_context(|| format!("augmentation settings in {}", path.display()))?
         }
         None => AugmentConfig::new(AugmentSpec::seed_generator())?,
     };
@@ -243,14 +262,16 @@ fn run(args: Args) -> Result<()> {
         Err(err) => {
             let private = args.out.join("cache");
             tracing::warn!(cache = %cache_dir.display(), %err, fallback = %private.display(), "the feature cache cannot be opened: using a private cache in the run folder");
-            Cache::open(&private).with_context(|| format!("opening the private cache {}", private.display()))?
+            Cache::open(&private)
+                .with_context(|| format!("opening the private cache {}", private.display()))?
         }
     };
     let removed = cache.clean_leftovers().unwrap_or_default();
     if !removed.is_empty() {
         tracing::info!(count = removed.len(), "removed leftovers of interrupted extractions");
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let config = StageConfig {
         data: args.data.clone(),
         splits: args.splits.clone(),
@@ -275,18 +296,32 @@ fn run(args: Args) -> Result<()> {
     // Scan and fingerprint every split first: the keys need every file's content digest.
     let mut indexes = Vec::new();
     for split in &args.splits {
-        let index = dataset::scan(&args.data, split, &ScanOptions { class_mode: ClassMode::Sparse, ..Default::default() })
-            .with_context(|| format!("scanning split {split} of {}", args.data.display()))?;
+        let index = dataset::scan(
+            &args.data,
+            split,
+            &ScanOptions { class_mode: ClassMode::Sparse, ..Default::default() },
+        )
+        .with_context(|| format!("scanning split {split} of {}", args.data.display()))?;
         let digests = dataset::digests(&index)?;
         indexes.push((split.as_str(), index, digests));
     }
     let classes = indexes[0].1.classes.clone();
     for (split, index, _) in &indexes {
         if index.classes != classes {
-            bail!("split {split} has classes {:?}, but {} has {:?}", index.classes, indexes[0].0, classes);
+            bail!(
+                "split {split} has classes {:?}, but {} has {:?}",
+                index.classes,
+                indexes[0].0,
+                classes
+            );
         }
     }
-    let base_key = |split: &str, index: &SplitIndex, digests: &[String], pass: Option<u32>, layer: Layer, pooling: Pooling| FeatureKey {
+    let base_key = |split: &str,
+                    index: &SplitIndex,
+                    digests: &[String],
+                    pass: Option<u32>,
+                    layer: Layer,
+                    pooling: Pooling| FeatureKey {
         format_version: FORMAT_VERSION,
         weights_sha256: model.weights_sha256().to_owned(),
         architecture: model.architecture().to_owned(),
@@ -296,7 +331,11 @@ fn run(args: Args) -> Result<()> {
         preprocessing: model.preprocessing_name(),
         pooling: pooling.name().to_owned(),
         precision: args.precision.name().to_owned(),
-        augmentation: pass.map(|p| AugmentationKey { spec: augment_json.clone(), seed: args.augment_seed, pass: p }),
+        augmentation: pass.map(|p| AugmentationKey {
+            spec: augment_json.clone(),
+            seed: args.augment_seed,
+            pass: p,
+        }),
         dataset: DatasetKey {
             split: split.to_owned(),
             classes: index.classes.clone(),
@@ -304,19 +343,39 @@ fn run(args: Args) -> Result<()> {
                 .files
                 .iter()
                 .zip(digests)
-                .map(|(f, d)| FileKey { path: relative(&f.path, &index.dir), label: f.class as u32, sha256: d.clone() })
+                .map(|(f, d)| FileKey {
+                    path: relative(&f.path, &index.dir),
+                    label: f.class as u32,
+                    sha256: d.clone(),
+                })
                 .collect(),
         },
     };
     let keys = |split: &str, index: &SplitIndex, digests: &[String], pass: Option<u32>| {
-        model.layers().iter().map(|&l| base_key(split, index, digests, pass, l, args.pooling)).collect::<Vec<_>>()
+        model
+            .layers()
+            .iter()
+            .map(|&l| base_key(split, index, digests, pass, l, args.pooling))
+            .collect::<Vec<_>>()
     };
     let mut jobs = Vec::new();
     for (split, index, digests) in &indexes {
-        jobs.push(Job { split, index, digests, keys: keys(split, index, digests, None), pass: None });
+        jobs.push(Job {
+            split,
+            index,
+            digests,
+            keys: keys(split, index, digests, None),
+            pass: None,
+        });
         if *split == "train" {
             for p in 0..args.augment_passes {
-                jobs.push(Job { split, index, digests, keys: keys(split, index, digests, Some(p)), pass: Some(p) });
+                jobs.push(Job {
+                    split,
+                    index,
+                    digests,
+                    keys: keys(split, index, digests, Some(p)),
+                    pass: Some(p),
+                });
             }
         }
     }
@@ -338,13 +397,25 @@ fn run(args: Args) -> Result<()> {
                     tracing::info!(split = %label, layer = %key.layer, skipped = entry.manifest.skipped.len(), "cached entry skipped images this run's bad-image policy does not skip: recomputing");
                     continue;
                 }
-                totals.skipped.extend(entry.manifest.skipped.iter().map(|p| job.index.dir.join(p).display().to_string()));
+                totals.skipped.extend(
+                    entry
+                        .manifest
+                        .skipped
+                        .iter()
+                        .map(|p| job.index.dir.join(p).display().to_string()),
+                );
                 totals.hits += 1;
                 tracing::info!(split = %label, layer = %key.layer, key = %key.digest(), "cache hit");
                 if private {
                     fallback.get_or_insert(Cache::open(&fallback_dir)?);
                 }
-                got[i] = Some(entry_ref(job, key, entry.shape()[0], private.then(|| fallback_dir.clone()), Origin::Found));
+                got[i] = Some(entry_ref(
+                    job,
+                    key,
+                    entry.shape()[0],
+                    private.then(|| fallback_dir.clone()),
+                    Origin::Found,
+                ));
             }
         }
         let missing: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_none()).collect();
@@ -355,9 +426,14 @@ fn run(args: Args) -> Result<()> {
             let mut source = None;
             if args.derive {
                 for below in model.layers_below(lowest) {
-                    let key = base_key(job.split, job.index, job.digests, job.pass, below, Pooling::None);
+                    let key =
+                        base_key(job.split, job.index, job.digests, job.pass, below, Pooling::None);
                     if let Some((entry, _)) = find(&cache, &fallback_dir, &key)? {
-                        if !skips_allowed(&args, entry.manifest.skipped.len(), job.index.files.len()) {
+                        if !skips_allowed(
+                            &args,
+                            entry.manifest.skipped.len(),
+                            job.index.files.len(),
+                        ) {
                             tracing::info!(split = %label, from = %key.layer, skipped = entry.manifest.skipped.len(), "not derived from a lower layer whose entry skipped images this run's bad-image policy does not skip");
                             continue;
                         }
@@ -378,7 +454,12 @@ fn run(args: Args) -> Result<()> {
                     Err(err) => {
                         tracing::warn!(cache = %cache_dir.display(), %err, fallback = %fallback_dir.display(), "the feature cache cannot be written: using a private cache in the run folder");
                         let fb = fallback.get_or_insert(Cache::open(&fallback_dir)?);
-                        writers.push(fb.writer(job.keys[i].clone(), tool(), rows_announced, &row_shapes[i])?);
+                        writers.push(fb.writer(
+                            job.keys[i].clone(),
+                            tool(),
+                            rows_announced,
+                            &row_shapes[i],
+                        )?);
                         private.push(true);
                     }
                 }
@@ -390,18 +471,44 @@ fn run(args: Args) -> Result<()> {
                     for w in &mut writers {
                         w.derived_from(from_key.clone());
                     }
-                    let rows = derive(&args, &model, job, &entry, from, &keep, writers, &label, &mut totals)?;
+                    let rows = derive(
+                        &args,
+                        &model,
+                        job,
+                        &entry,
+                        from,
+                        &keep,
+                        writers,
+                        &label,
+                        &mut totals,
+                    )?;
                     totals.derived += missing.len();
                     (rows, Origin::Derived { from_key, from_layer })
                 }
                 None => {
-                    let rows = extract(&args, &model, job, size, &augment_config, &keep, writers, &label, &mut totals)?;
+                    let rows = extract(
+                        &args,
+                        &model,
+                        job,
+                        size,
+                        &augment_config,
+                        &keep,
+                        writers,
+                        &label,
+                        &mut totals,
+                    )?;
                     totals.computed += missing.len();
                     (rows, Origin::Images)
                 }
             };
             for (&i, private) in missing.iter().zip(private) {
-                got[i] = Some(entry_ref(job, &job.keys[i], rows, private.then(|| fallback_dir.clone()), origin.clone()));
+                got[i] = Some(entry_ref(
+                    job,
+                    &job.keys[i],
+                    rows,
+                    private.then(|| fallback_dir.clone()),
+                    origin.clone(),
+                ));
             }
         }
         for (layer_entries, entry) in entries.iter_mut().zip(got) {
@@ -412,7 +519,8 @@ fn run(args: Args) -> Result<()> {
     // One record per layer: `features.json` for the first (what later stages read by default),
     // and with several layers `features-<layer>.json` for each.
     let mut records = Vec::new();
-    for ((&layer, row_shape), layer_entries) in model.layers().iter().zip(&row_shapes).zip(entries) {
+    for ((&layer, row_shape), layer_entries) in model.layers().iter().zip(&row_shapes).zip(entries)
+    {
         records.push(ExtractionRecord {
             cache_dir: cache.root().to_owned(),
             classes: classes.clone(),
@@ -460,17 +568,23 @@ fn run(args: Args) -> Result<()> {
         "entries": totals.timings,
     });
     // Keys of the first layer as before (`entry:<split>:<pass>`); other layers' carry their name.
-    let inputs: BTreeMap<String, String> = BTreeMap::from([("weights".to_owned(), model.weights_sha256().to_owned())])
-        .into_iter()
-        .chain(records.iter().enumerate().flat_map(|(i, r)| {
-            r.entries.iter().map(move |e| {
-                let pass = e.pass.map_or("plain".to_owned(), |p| format!("pass{p}"));
-                let name = if i == 0 { format!("entry:{}:{pass}", e.split) } else { format!("entry:{}:{}:{pass}", r.layer, e.split) };
-                (name, e.key.clone())
-            })
-        }))
-        .collect();
-    let record_files: Vec<&str> = record_files.iter().map(String::as_str).chain([dataset::CLASS_MAP_FILE]).collect();
+    let inputs: BTreeMap<String, String> =
+        BTreeMap::from([("weights".to_owned(), model.weights_sha256().to_owned())])
+            .into_iter()
+            .chain(records.iter().enumerate().flat_map(|(i, r)| {
+                r.entries.iter().map(move |e| {
+                    let pass = e.pass.map_or("plain".to_owned(), |p| format!("pass{p}"));
+                    let name = if i == 0 {
+                        format!("entry:{}:{pass}", e.split)
+                    } else {
+                        format!("entry:{}:{}:{pass}", r.layer, e.split)
+                    };
+                    (name, e.key.clone())
+                })
+            }))
+            .collect();
+    let record_files: Vec<&str> =
+        record_files.iter().map(String::as_str).chain([dataset::CLASS_MAP_FILE]).collect();
     run_folder::StageRecord::write(
         &args.out,
         "extract-features",
@@ -498,7 +612,14 @@ fn run(args: Args) -> Result<()> {
 /// The process's peak resident memory (`VmHWM`), for the streaming-memory benchmark.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -512,7 +633,11 @@ fn relative(path: &Path, root: &Path) -> String {
 
 /// The verified entry of `key` in the shared cache or, failing that, in the run folder's private
 /// cache (`true`); `None` when neither has it (a corrupt one is removed, so it is recomputed).
-fn find(cache: &Cache, fallback_dir: &Path, key: &FeatureKey) -> Result<Option<(LoadedEntry, bool)>> {
+fn find(
+    cache: &Cache,
+    fallback_dir: &Path,
+    key: &FeatureKey,
+) -> Result<Option<(LoadedEntry, bool)>> {
     if let Lookup::Hit(entry) = cache.lookup(key)? {
         return Ok(Some((*entry, false)));
     }
@@ -524,8 +649,21 @@ fn find(cache: &Cache, fallback_dir: &Path, key: &FeatureKey) -> Result<Option<(
     Ok(None)
 }
 
-fn entry_ref(job: &Job<'_>, key: &FeatureKey, rows: u64, cache_dir: Option<PathBuf>, origin: Origin) -> EntryRef {
-    EntryRef { split: job.split.to_owned(), pass: job.pass, key: key.digest(), rows, cache_dir, origin: Some(origin) }
+fn entry_ref(
+    job: &Job<'_>,
+    key: &FeatureKey,
+    rows: u64,
+    cache_dir: Option<PathBuf>,
+    origin: Origin,
+) -> EntryRef {
+    EntryRef {
+        split: job.split.to_owned(),
+        pass: job.pass,
+        key: key.digest(),
+        rows,
+        cache_dir,
+        origin: Some(origin),
+    }
 }
 
 /// Runs one job's images (augmented for an augmented pass) through the model in one pass per
@@ -571,14 +709,22 @@ fn extract(
         if let Some(pass) = job.pass {
             let image_len = h * w * 3;
             let src = batch.images.clone();
-            batch.images.par_chunks_mut(image_len).zip(src.par_chunks(image_len)).zip(batch.indices.par_iter()).try_for_each(
-                |((dst, src), &i)| augment_config.sample(args.augment_seed, pass as u64, i as u64).apply_u8(src, h, w, 3, dst),
-            )?;
+            batch
+                .images
+                .par_chunks_mut(image_len)
+                .zip(src.par_chunks(image_len))
+                .zip(batch.indices.par_iter())
+                .try_for_each(|((dst, src), &i)| {
+                    augment_config
+                        .sample(args.augment_seed, pass as u64, i as u64)
+                        .apply_u8(src, h, w, 3, dst)
+                })?;
         }
         let labels = batch.classes.iter().map(|&c| c as i32).collect();
         Ok((model.stage(&batch.images, batch.len(), h, w)?, labels))
     });
-    let (mut writers, rows) = pump(model, staged, |s| model.submit(s, keep), writers, job, label, totals)?;
+    let (mut writers, rows) =
+        pump(model, staged, |s| model.submit(s, keep), writers, job, label, totals)?;
     for skipped in batches.skipped() {
         tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "skipped a bad image");
         for writer in &mut writers {
@@ -617,11 +763,15 @@ fn derive(
     let sizes = batch_rows(job.index, &source.manifest.skipped, args.batch_size);
     let mut start = 0;
     let staged = sizes.into_iter().map(|n| -> Result<(Staged, Vec<i32>)> {
-        let (rows, labels) = (&source.features[start * row_len..(start + n) * row_len], &source.labels[start..start + n]);
+        let (rows, labels) = (
+            &source.features[start * row_len..(start + n) * row_len],
+            &source.labels[start..start + n],
+        );
         start += n;
         Ok((model.stage_features(rows, n, row_shape)?, labels.to_vec()))
     });
-    let (mut writers, rows) = pump(model, staged, |s| model.submit_from(s, from, keep), writers, job, label, totals)?;
+    let (mut writers, rows) =
+        pump(model, staged, |s| model.submit_from(s, from, keep), writers, job, label, totals)?;
     for skipped in &source.manifest.skipped {
         for writer in &mut writers {
             writer.skip(skipped.clone());
@@ -642,7 +792,12 @@ fn batch_rows(index: &SplitIndex, skipped: &[String], batch_size: usize) -> Vec<
     index
         .files
         .chunks(batch_size)
-        .map(|files| files.iter().filter(|f| !skipped.contains(relative(&f.path, &index.dir).as_str())).count())
+        .map(|files| {
+            files
+                .iter()
+                .filter(|f| !skipped.contains(relative(&f.path, &index.dir).as_str()))
+                .count()
+        })
         .filter(|&n| n > 0)
         .collect()
 }
@@ -676,7 +831,8 @@ fn pump(
             .progress_chars("=> "),
     );
     let step = (total / 10).max(1);
-    let mut timing = EntryTiming { split: job.split.to_owned(), pass: job.pass, ..Default::default() };
+    let mut timing =
+        EntryTiming { split: job.split.to_owned(), pass: job.pass, ..Default::default() };
     let loop_start = Instant::now();
     // Ends the batch in flight: waits for the device, accounts its time, hands back its rows.
     let settle = |in_flight: Option<InFlight>, timing: &mut EntryTiming| {
@@ -701,56 +857,62 @@ fn pump(
     // Finished batches go to a writer thread (copy out of pinned memory, hashing, the file), so
     // that work overlaps the next batch instead of delaying its submit; the channel is bounded,
     // so a slow disk slows the loop rather than filling memory.
-    let (writers, rows) = std::thread::scope(|scope| -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
-        let (to_writer, finished) = std::sync::mpsc::sync_channel::<(Pending, Vec<i32>)>(2);
-        let bar = &bar;
-        let mut writers = writers;
-        let write_thread = scope.spawn(move || -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
-            let mut rows = 0u64;
-            for (pending, labels) in finished {
-                for (i, writer) in writers.iter_mut().enumerate() {
-                    writer.append(&pending.rows(i)?, &labels)?;
+    let (writers, rows) =
+        std::thread::scope(|scope| -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
+            let (to_writer, finished) = std::sync::mpsc::sync_channel::<(Pending, Vec<i32>)>(2);
+            let bar = &bar;
+            let mut writers = writers;
+            let write_thread =
+                scope.spawn(move || -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
+                    let mut rows = 0u64;
+                    for (pending, labels) in finished {
+                        for (i, writer) in writers.iter_mut().enumerate() {
+                            writer.append(&pending.rows(i)?, &labels)?;
+                        }
+                        let n = pending.len() as u64;
+                        rows += n;
+                        bar.inc(n);
+                        // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
+                        if bar.is_hidden() && (rows / step != (rows - n) / step || rows == total) {
+                            tracing::info!(split = %label, done = rows, total, "extracting");
+                        }
+                    }
+                    Ok((writers, rows))
+                });
+            let run_loop = || -> Result<()> {
+                let mut in_flight: Option<InFlight> = None;
+                for next in staged {
+                    let (staged, labels) = next?;
+                    let finished = settle(in_flight.take(), &mut timing);
+                    let submitted = Instant::now();
+                    let pending = submit(staged)?;
+                    in_flight =
+                        Some(InFlight { pending, labels, submitted, returned: Instant::now() });
+                    // A closed channel means the writer failed: its error comes from the join below.
+                    if finished.is_some_and(|f| to_writer.send(f).is_err()) {
+                        return Ok(());
+                    }
                 }
-                let n = pending.len() as u64;
-                rows += n;
-                bar.inc(n);
-                // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
-                if bar.is_hidden() && (rows / step != (rows - n) / step || rows == total) {
-                    tracing::info!(split = %label, done = rows, total, "extracting");
+                if let Some(f) = settle(in_flight.take(), &mut timing) {
+                    let _ = to_writer.send(f);
                 }
-            }
-            Ok((writers, rows))
-        });
-        let run_loop = || -> Result<()> {
-            let mut in_flight: Option<InFlight> = None;
-            for next in staged {
-                let (staged, labels) = next?;
-                let finished = settle(in_flight.take(), &mut timing);
-                let submitted = Instant::now();
-                let pending = submit(staged)?;
-                in_flight = Some(InFlight { pending, labels, submitted, returned: Instant::now() });
-                // A closed channel means the writer failed: its error comes from the join below.
-                if finished.is_some_and(|f| to_writer.send(f).is_err()) {
-                    return Ok(());
-                }
-            }
-            if let Some(f) = settle(in_flight.take(), &mut timing) {
-                let _ = to_writer.send(f);
-            }
-            Ok(())
-        };
-        let looped = run_loop();
-        drop(to_writer);
-        let written = write_thread.join().map_err(|_| anyhow::anyhow!("the feature writer thread panicked"))?;
-        looped?;
-        written
-    })?;
+                Ok(())
+            };
+            let looped = run_loop();
+            drop(to_writer);
+            let written = write_thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the feature writer thread panicked"))?;
+            looped?;
+            written
+        })?;
     timing.images = rows as usize;
     timing.seconds = loop_start.elapsed().as_secs_f64();
     timing.device_starved_seconds = (timing.seconds - timing.device_queued_seconds).max(0.0);
     if timing.batches > 1 {
         let rest = timing.seconds - timing.first_batch_seconds;
-        timing.steady_images_per_second = (rest > 0.0).then(|| (rows as usize - timing.first_batch_rows) as f64 / rest);
+        timing.steady_images_per_second =
+            (rest > 0.0).then(|| (rows as usize - timing.first_batch_rows) as f64 / rest);
     }
     totals.model += Duration::from_secs_f64(timing.device_queued_seconds);
     totals.images += rows as usize;

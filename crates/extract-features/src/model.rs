@@ -85,20 +85,30 @@ impl FeatureModel {
         pooling: Pooling,
         precision: Precision,
     ) -> Result<Self> {
-        let mut weights = load_weights(path, device).with_context(|| format!("loading weights {}", path.display()))?;
-        let layers = layers.iter().map(|l| weights.base.layer(l)).collect::<Result<Vec<_>, _>>().context("--layer")?;
+        let mut weights = load_weights(path, device)
+            .with_context(|| format!("loading weights {}", path.display()))?;
+        let layers = layers
+            .iter()
+            .map(|l| weights.base.layer(l))
+            .collect::<Result<Vec<_>, _>>()
+            .context("--layer")?;
         if layers.is_empty() {
             bail!("--layer names no layer");
         }
         if let Some((_, l)) = layers.iter().enumerate().find(|(i, l)| layers[..*i].contains(l)) {
-            bail!("--layer names {} twice (Keras and torchvision names of one layer count as the same)", weights.base.arch().name_of(*l));
+            bail!(
+                "--layer names {} twice (Keras and torchvision names of one layer count as the same)",
+                weights.base.arch().name_of(*l)
+            );
         }
         weights.vs.freeze();
         let preprocessing = preprocessing.unwrap_or(weights.meta.preprocessing);
         if precision == Precision::Autocast && !device.is_cuda() {
             // libtorch's autocast switch (what tch exposes) covers CUDA only: on the CPU it would
             // silently compute float32 under a key that says otherwise.
-            bail!("--precision autocast needs a CUDA device (libtorch's autocast switch covers CUDA only); on the CPU use --precision bf16");
+            bail!(
+                "--precision autocast needs a CUDA device (libtorch's autocast switch covers CUDA only); on the CPU use --precision bf16"
+            );
         }
         if precision == Precision::Bf16 {
             weights.vs.bfloat16();
@@ -115,11 +125,11 @@ impl FeatureModel {
     /// The layers of the architecture below `layer`, highest first: where features of `layer`
     /// may be derived from.
     pub fn layers_below(&self, layer: Layer) -> Vec<Layer> {
-        let mut below: Vec<Layer> = self.weights.base.arch().layers().take(layer.position()).collect();
+        let mut below: Vec<Layer> =
+            self.weights.base.arch().layers().take(layer.position()).collect();
         below.reverse();
         below
     }
-
 
     pub fn device(&self) -> Device {
         self.device
@@ -158,7 +168,10 @@ impl FeatureModel {
     pub fn stage(&self, images: &[u8], n: usize, h: usize, w: usize) -> Result<Staged> {
         let expected = n.checked_mul(h * w * 3).context("batch size overflows")?;
         if images.len() != expected {
-            bail!("a batch of {n} images of {h}x{w} RGB needs {expected} bytes, got {}", images.len());
+            bail!(
+                "a batch of {n} images of {h}x{w} RGB needs {expected} bytes, got {}",
+                images.len()
+            );
         }
         let batch = Tensor::from_slice(images).f_view([n as i64, h as i64, w as i64, 3])?;
         let batch = if self.device.is_cuda() { batch.f_pin_memory(self.device)? } else { batch };
@@ -207,13 +220,28 @@ impl FeatureModel {
     }
 
     fn upload(&self, batch: Tensor, kind: Kind) -> Result<Tensor> {
-        Ok(if self.device.is_cuda() { batch.f_to_device_(self.device, kind, true, false)? } else { batch })
+        Ok(if self.device.is_cuda() {
+            batch.f_to_device_(self.device, kind, true, false)?
+        } else {
+            batch
+        })
     }
 
     /// The forward pass from `after` (None: the input), pooling, NHWC float32 rows on the host.
-    fn run(&self, xs: &Tensor, after: Option<Layer>, keep: &[Layer], rows: usize) -> Result<Pending> {
-        let forward = || -> Result<Vec<Tensor>> { Ok(self.weights.base.forward_layers(xs, after, keep)?) };
-        let outputs = if self.precision == Precision::Autocast { tch::autocast(true, forward)? } else { forward()? };
+    fn run(
+        &self,
+        xs: &Tensor,
+        after: Option<Layer>,
+        keep: &[Layer],
+        rows: usize,
+    ) -> Result<Pending> {
+        let forward =
+            || -> Result<Vec<Tensor>> { Ok(self.weights.base.forward_layers(xs, after, keep)?) };
+        let outputs = if self.precision == Precision::Autocast {
+            tch::autocast(true, forward)?
+        } else {
+            forward()?
+        };
         let hosts = outputs
             .into_iter()
             .map(|ys| -> Result<Tensor> {
@@ -222,7 +250,11 @@ impl FeatureModel {
                 // Contiguous on the device, so the download is one copy; non-blocking to the CPU
                 // makes libtorch allocate the destination in pinned memory.
                 let ys = ys.f_to_kind(Kind::Float)?.f_contiguous()?;
-                Ok(if self.device.is_cuda() { ys.f_to_device_(Device::Cpu, Kind::Float, true, false)? } else { ys })
+                Ok(if self.device.is_cuda() {
+                    ys.f_to_device_(Device::Cpu, Kind::Float, true, false)?
+                } else {
+                    ys
+                })
             })
             .collect::<Result<_>>()?;
         Ok(Pending { hosts, rows })

@@ -18,7 +18,11 @@ fn make_dataset(root: &Path) {
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..n {
                 let img = image::RgbImage::from_fn(20, 18, |x, y| {
-                    image::Rgb([(x * 11 + c as u32 * 90) as u8, (y * 13 + i * 40) as u8, ((x + y) * 7) as u8])
+                    image::Rgb([
+                        (x * 11 + c as u32 * 90) as u8,
+                        (y * 13 + i * 40) as u8,
+                        ((x + y) * 7) as u8,
+                    ])
                 });
                 img.save(dir.join(format!("{i}.png"))).unwrap();
             }
@@ -68,7 +72,16 @@ fn command(f: &Fixture, out: &str, cache: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_extract-features"));
     cmd.arg("--data").arg(&f.data).arg("--weights").arg(&f.weights);
     cmd.arg("--out").arg(f.root.join(out)).arg("--cache-dir").arg(f.root.join(cache));
-    cmd.args(["--input-size", f.input_size, "--device", "cpu", "--batch-size", "4", "--augment-passes", "2"]);
+    cmd.args([
+        "--input-size",
+        f.input_size,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--augment-passes",
+        "2",
+    ]);
     cmd.args(extra);
     cmd
 }
@@ -88,7 +101,11 @@ fn entry_bytes(record: &ExtractionRecord) -> Vec<(String, Vec<u8>, Vec<u8>)> {
         .iter()
         .map(|e| {
             let dir = record.cache_dir.join(&e.key);
-            (e.key.clone(), std::fs::read(dir.join("features.npy")).unwrap(), std::fs::read(dir.join("labels.npy")).unwrap())
+            (
+                e.key.clone(),
+                std::fs::read(dir.join("features.npy")).unwrap(),
+                std::fs::read(dir.join("labels.npy")).unwrap(),
+            )
         })
         .collect()
 }
@@ -100,12 +117,20 @@ fn check_derived_equals_direct(f: &Fixture, lower: &str, upper: &str, extra: &[&
     let (low, _) = extract(f, "low", "shared", &[&["--layer", lower], extra].concat());
     let (derived, stderr) = extract(f, "derived", "shared", &[&["--layer", upper], extra].concat());
     assert!(stderr.contains("0 computed from images, 5 from a lower layer"), "{stderr}");
-    let (direct, stderr) = extract(f, "direct", "fresh", &[&["--layer", upper, "--derive", "false"], extra].concat());
+    let (direct, stderr) =
+        extract(f, "direct", "fresh", &[&["--layer", upper, "--derive", "false"], extra].concat());
     assert!(stderr.contains("5 computed from images, 0 from a lower layer"), "{stderr}");
-    assert_eq!(entry_bytes(&derived), entry_bytes(&direct), "{lower} -> {upper}: derived and direct features differ");
+    assert_eq!(
+        entry_bytes(&derived),
+        entry_bytes(&direct),
+        "{lower} -> {upper}: derived and direct features differ"
+    );
     let cache = Cache::open(&derived.cache_dir).unwrap();
     for (entry, source) in derived.entries.iter().zip(&low.entries) {
-        assert_eq!(entry.origin, Some(Origin::Derived { from_key: source.key.clone(), from_layer: low.layer.clone() }));
+        assert_eq!(
+            entry.origin,
+            Some(Origin::Derived { from_key: source.key.clone(), from_layer: low.layer.clone() })
+        );
         let manifest = feature_cache::verify(&cache.entry_dir(&entry.key)).unwrap();
         assert_eq!(manifest.derived_from.as_deref(), Some(source.key.as_str()));
     }
@@ -125,9 +150,16 @@ fn pooled_features_derive_from_unpooled_lower_ones() {
     // A pooled lower entry is no source: only an unpooled one is.
     let (_, stderr) = extract(&f, "avg", "shared", &["--layer", "block5_pool", "--pooling", "avg"]);
     assert!(stderr.contains("0 computed from images, 5 from a lower layer"), "{stderr}");
-    let (_, stderr) = extract(&f, "avg-direct", "fresh-avg", &["--layer", "block5_pool", "--pooling", "avg", "--derive", "false"]);
+    let (_, stderr) = extract(
+        &f,
+        "avg-direct",
+        "fresh-avg",
+        &["--layer", "block5_pool", "--pooling", "avg", "--derive", "false"],
+    );
     assert!(stderr.contains("5 computed from images"), "{stderr}");
-    let read = |out: &str| -> ExtractionRecord { run_folder::read_json(&f.root.join(out).join("features.json")).unwrap() };
+    let read = |out: &str| -> ExtractionRecord {
+        run_folder::read_json(&f.root.join(out).join("features.json")).unwrap()
+    };
     assert_eq!(entry_bytes(&read("avg")), entry_bytes(&read("avg-direct")));
 }
 
@@ -143,7 +175,9 @@ fn several_layers_come_from_one_pass_each_bit_identical_to_alone() {
     let (first, stderr) = extract(&f, "both", "both", &["--layer", "block4_pool,block5_pool"]);
     assert!(stderr.contains("10 entries (0 from cache, 10 computed from images"), "{stderr}");
     assert_eq!(first.layer, "block4_pool", "features.json holds the first layer named");
-    let per_layer = |layer: &str| -> ExtractionRecord { run_folder::read_json(&f.root.join("both").join(format!("features-{layer}.json"))).unwrap() };
+    let per_layer = |layer: &str| -> ExtractionRecord {
+        run_folder::read_json(&f.root.join("both").join(format!("features-{layer}.json"))).unwrap()
+    };
     assert_eq!(per_layer("block4_pool"), first);
     let block5 = per_layer("block5_pool");
     assert_eq!(block5.feature_shape, [1, 1, 512]);
@@ -152,13 +186,22 @@ fn several_layers_come_from_one_pass_each_bit_identical_to_alone() {
     assert!(stage.outputs.contains_key("features-block5_pool.json"));
     // Each layer equals its extraction alone, in a fresh cache.
     for (layer, record) in [("block4_pool", &first), ("block5_pool", &block5)] {
-        let (alone, _) = extract(&f, &format!("alone-{layer}"), &format!("alone-{layer}"), &["--layer", layer, "--derive", "false"]);
+        let (alone, _) = extract(
+            &f,
+            &format!("alone-{layer}"),
+            &format!("alone-{layer}"),
+            &["--layer", layer, "--derive", "false"],
+        );
         assert_eq!(entry_bytes(record), entry_bytes(&alone), "{layer}");
     }
     // Rerun: all found, nothing run.
     let (_, stderr) = extract(&f, "again", "both", &["--layer", "block5_pool,block4_pool"]);
-    assert!(stderr.contains("10 entries (10 from cache, 0 computed from images, 0 from a lower layer"), "{stderr}");
-    let result = command(&f, "twice", "both", &["--layer", "block5_pool,features.30"]).output().unwrap();
+    assert!(
+        stderr.contains("10 entries (10 from cache, 0 computed from images, 0 from a lower layer"),
+        "{stderr}"
+    );
+    let result =
+        command(&f, "twice", "both", &["--layer", "block5_pool,features.30"]).output().unwrap();
     assert!(!result.status.success());
     assert!(String::from_utf8_lossy(&result.stderr).contains("--layer names block5_pool twice"));
 }
@@ -182,7 +225,10 @@ fn derived_entries_verify_export_and_import_like_any_other() {
     expected.sort();
     assert_eq!(imported, expected);
     for key in &keys {
-        assert_eq!(std::fs::read(other.entry_dir(key).join("features.npy")).unwrap(), std::fs::read(cache.entry_dir(key).join("features.npy")).unwrap());
+        assert_eq!(
+            std::fs::read(other.entry_dir(key).join("features.npy")).unwrap(),
+            std::fs::read(cache.entry_dir(key).join("features.npy")).unwrap()
+        );
     }
 }
 
@@ -192,26 +238,43 @@ fn derived_entries_verify_export_and_import_like_any_other() {
 fn a_kill_while_deriving_leaves_no_entry_that_passes_for_finished() {
     let f = fixture(ConvArch::vgg16(), "32");
     extract(&f, "low", "shared", &["--layer", "block3_pool"]);
-    let (reference, _) = extract(&f, "reference", "reference", &["--layer", "block5_pool", "--derive", "false"]);
+    let (reference, _) =
+        extract(&f, "reference", "reference", &["--layer", "block5_pool", "--derive", "false"]);
     let mut interrupted = 0;
     for delay_ms in [0u64, 40, 80, 120, 160, 200, 260, 320] {
-        let mut child = command(&f, "killed", "shared", &["--layer", "block5_pool"]).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = command(&f, "killed", "shared", &["--layer", "block5_pool"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
         let cache = Cache::open(f.root.join("shared")).unwrap();
         for status in cache.verify_all().unwrap() {
-            assert!(status.result.is_ok(), "after a kill at {delay_ms} ms: {} does not verify: {:?}", status.key, status.result);
+            assert!(
+                status.result.is_ok(),
+                "after a kill at {delay_ms} ms: {} does not verify: {:?}",
+                status.key,
+                status.result
+            );
         }
-        interrupted += usize::from(reference.entries.iter().any(|e| !cache.entry_dir(&e.key).exists()));
+        interrupted +=
+            usize::from(reference.entries.iter().any(|e| !cache.entry_dir(&e.key).exists()));
         for entry in &reference.entries {
             let features = cache.entry_dir(&entry.key).join("features.npy");
             if features.exists() {
-                assert_eq!(std::fs::read(&features).unwrap(), std::fs::read(reference.cache_dir.join(&entry.key).join("features.npy")).unwrap());
+                assert_eq!(
+                    std::fs::read(&features).unwrap(),
+                    std::fs::read(reference.cache_dir.join(&entry.key).join("features.npy"))
+                        .unwrap()
+                );
             }
         }
     }
-    assert!(interrupted > 0, "no kill landed before the derivation finished: the test proves nothing");
+    assert!(
+        interrupted > 0,
+        "no kill landed before the derivation finished: the test proves nothing"
+    );
     let (finished, _) = extract(&f, "finished", "shared", &["--layer", "block5_pool"]);
     assert_eq!(entry_bytes(&finished), entry_bytes(&reference));
 }
@@ -226,14 +289,28 @@ fn skipped_images_keep_derived_entries_identical_and_the_policy_holds() {
     std::fs::write(f.data.join("validation/a/0b.png"), b"not a png").unwrap();
     let skip = ["--splits", "validation", "--skip-bad-images", "--max-bad-fraction", "0.5"];
     extract(&f, "low", "shared", &[&["--layer", "block4_pool"], &skip[..]].concat());
-    let (derived, stderr) = extract(&f, "up", "shared", &[&["--layer", "block5_pool"], &skip[..]].concat());
+    let (derived, stderr) =
+        extract(&f, "up", "shared", &[&["--layer", "block5_pool"], &skip[..]].concat());
     assert!(stderr.contains("0 computed from images, 1 from a lower layer"), "{stderr}");
-    let (direct, _) = extract(&f, "direct", "fresh", &[&["--layer", "block5_pool", "--derive", "false"], &skip[..]].concat());
+    let (direct, _) = extract(
+        &f,
+        "direct",
+        "fresh",
+        &[&["--layer", "block5_pool", "--derive", "false"], &skip[..]].concat(),
+    );
     assert_eq!(entry_bytes(&derived), entry_bytes(&direct));
     let stage = run_folder::StageRecord::read(&f.root.join("up")).unwrap();
-    assert_eq!(stage.summary["skipped"].as_array().map(Vec::len), Some(1), "the skipped image is reported: {:?}", stage.summary);
+    assert_eq!(
+        stage.summary["skipped"].as_array().map(Vec::len),
+        Some(1),
+        "the skipped image is reported: {:?}",
+        stage.summary
+    );
 
-    let result = command(&f, "strict", "shared", &["--layer", "block5_pool", "--splits", "validation"]).output().unwrap();
+    let result =
+        command(&f, "strict", "shared", &["--layer", "block5_pool", "--splits", "validation"])
+            .output()
+            .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(!result.status.success(), "{stderr}");
     assert!(stderr.contains("0b.png"), "names the bad file: {stderr}");

@@ -15,7 +15,9 @@ fn write_dataset(root: &Path) {
             let dir = root.join(split).join(class);
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..2u8 {
-                image::RgbImage::from_fn(8, 8, |x, _| image::Rgb([x as u8 * 20 + i, 50, 90])).save(dir.join(format!("{i}.png"))).unwrap();
+                image::RgbImage::from_fn(8, 8, |x, _| image::Rgb([x as u8 * 20 + i, 50, 90]))
+                    .save(dir.join(format!("{i}.png")))
+                    .unwrap();
             }
         }
     }
@@ -32,11 +34,23 @@ fn extract(dir: &Path, weights: &Path, layer: &str) -> (Option<ExtractionRecord>
         .arg(dir.join("cache"))
         .arg("--out")
         .arg(&out)
-        .args(["--splits", "train,validation", "--input-size", "64", "--layer", layer, "--device", "cpu"])
+        .args([
+            "--splits",
+            "train,validation",
+            "--input-size",
+            "64",
+            "--layer",
+            layer,
+            "--device",
+            "cpu",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    let record = run.status.success().then(|| run_folder::read_json(&out.join(feature_cache::EXTRACTION_FILE)).unwrap());
+    let record = run
+        .status
+        .success()
+        .then(|| run_folder::read_json(&out.join(feature_cache::EXTRACTION_FILE)).unwrap());
     (record, stderr)
 }
 
@@ -57,7 +71,10 @@ fn cuts_a_small_convnet_at_its_layer_names() {
     let tensors: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     models::weights::save_conv_base(&weights, base.arch(), &tensors, &provenance).unwrap();
 
-    for (layer, name, shape) in [("max_pooling2d_4", "max_pooling2d_4", [2, 2, 128]), ("features.6", "conv2d_3", [12, 12, 128])] {
+    for (layer, name, shape) in [
+        ("max_pooling2d_4", "max_pooling2d_4", [2, 2, 128]),
+        ("features.6", "conv2d_3", [12, 12, 128]),
+    ] {
         let (record, stderr) = extract(dir.path(), &weights, layer);
         let record = record.unwrap_or_else(|| panic!("{layer}: {stderr}"));
         assert_eq!(record.layer, name);
@@ -66,5 +83,9 @@ fn cuts_a_small_convnet_at_its_layer_names() {
     }
     let (record, stderr) = extract(dir.path(), &weights, "block5_pool");
     assert!(record.is_none());
-    assert!(stderr.contains("--layer") && stderr.contains("unknown layer \"block5_pool\" in small_convnet"), "{stderr}");
+    assert!(
+        stderr.contains("--layer")
+            && stderr.contains("unknown layer \"block5_pool\" in small_convnet"),
+        "{stderr}"
+    );
 }

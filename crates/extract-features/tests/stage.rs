@@ -80,7 +80,8 @@ fn extract(f: &Fixture, out: &str, extra: &[&str]) -> (ExtractionRecord, String)
 
 fn load(record: &ExtractionRecord, split: &str) -> feature_cache::LoadedEntry {
     let cache = Cache::open(&record.cache_dir).unwrap();
-    ExtractionRecord::load(&cache, record.plain(split).unwrap(), Path::new("features.json")).unwrap()
+    ExtractionRecord::load(&cache, record.plain(split).unwrap(), Path::new("features.json"))
+        .unwrap()
 }
 
 #[test]
@@ -94,7 +95,10 @@ fn extracts_reuses_and_recomputes_only_what_changed() {
     let train = load(&first, "train");
     assert_eq!(train.shape(), &[8, 1, 1, 512]);
     assert_eq!(train.labels, vec![0, 0, 0, 0, 1, 1, 1, 1]);
-    assert!(train.features.iter().all(|v| v.is_finite() && *v >= 0.0), "block5_pool follows a ReLU");
+    assert!(
+        train.features.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "block5_pool follows a ReLU"
+    );
     for stage_file in ["config.json", "stage.json", "classes.json", "features.json"] {
         assert!(f.root.join("x1").join(stage_file).is_file(), "missing {stage_file}");
     }
@@ -103,13 +107,20 @@ fn extracts_reuses_and_recomputes_only_what_changed() {
         assert!(cache.verify_all().unwrap().iter().any(|s| s.key == e.key && s.result.is_ok()));
     }
     // Augmented passes differ from each other and from the plain features.
-    let pass = |p: usize| ExtractionRecord::load(&cache, first.passes("train")[p], Path::new("f")).unwrap().features;
+    let pass = |p: usize| {
+        ExtractionRecord::load(&cache, first.passes("train")[p], Path::new("f")).unwrap().features
+    };
     assert_ne!(pass(0), pass(1));
     assert_ne!(pass(0), train.features);
 
     let (second, stderr) = extract(&f, "x2", &["--augment-passes", "2"]);
     assert!(stderr.contains("5 entries (5 from cache, 0 computed"), "{stderr}");
-    let keys = |r: &ExtractionRecord| r.entries.iter().map(|e| (e.split.clone(), e.pass, e.key.clone(), e.rows)).collect::<Vec<_>>();
+    let keys = |r: &ExtractionRecord| {
+        r.entries
+            .iter()
+            .map(|e| (e.split.clone(), e.pass, e.key.clone(), e.rows))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(keys(&second), keys(&first));
     assert!(second.entries.iter().all(|e| e.origin == Some(feature_cache::Origin::Found)));
 
@@ -127,7 +138,8 @@ fn extracts_reuses_and_recomputes_only_what_changed() {
 fn bf16_is_close_to_f32_and_keyed_apart() {
     let f = fixture();
     let (f32_run, _) = extract(&f, "f32", &["--splits", "test", "--layer", "block3_pool"]);
-    let (bf16_run, _) = extract(&f, "bf16", &["--splits", "test", "--layer", "block3_pool", "--precision", "bf16"]);
+    let (bf16_run, _) =
+        extract(&f, "bf16", &["--splits", "test", "--layer", "block3_pool", "--precision", "bf16"]);
     assert_ne!(f32_run.entries[0].key, bf16_run.entries[0].key);
     let (a, b) = (load(&f32_run, "test").features, load(&bf16_run, "test").features);
     let num: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
@@ -147,15 +159,32 @@ fn rows_and_labels_do_not_depend_on_the_batch_size() {
     let (whole, _) = extract(&f, "b8", &[&layer[..], &["--batch-size", "8"]].concat());
     let reference = load(&whole, "train");
     for batch in ["1", "3"] {
-        let (run, _) = extract(&f, &format!("b{batch}"), &[&layer[..], &["--batch-size", batch, "--cache-dir", f.root.join(format!("cache{batch}")).to_str().unwrap()]].concat());
+        let (run, _) = extract(
+            &f,
+            &format!("b{batch}"),
+            &[
+                &layer[..],
+                &[
+                    "--batch-size",
+                    batch,
+                    "--cache-dir",
+                    f.root.join(format!("cache{batch}")).to_str().unwrap(),
+                ],
+            ]
+            .concat(),
+        );
         let got = load(&run, "train");
         assert_eq!(got.labels, reference.labels, "batch size {batch}");
         assert_eq!(got.features.len(), reference.features.len(), "batch size {batch}");
         let row = reference.features.len() / 8;
-        for (i, (a, b)) in got.features.chunks(row).zip(reference.features.chunks(row)).enumerate() {
+        for (i, (a, b)) in got.features.chunks(row).zip(reference.features.chunks(row)).enumerate()
+        {
             let err = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
             let scale = b.iter().map(|y| y.abs()).fold(0.0f32, f32::max).max(1e-6);
-            assert!(err <= 1e-4 * scale, "batch size {batch}: row {i} differs by {err} (scale {scale})");
+            assert!(
+                err <= 1e-4 * scale,
+                "batch size {batch}: row {i} differs by {err} (scale {scale})"
+            );
         }
     }
 }
@@ -164,11 +193,18 @@ fn rows_and_labels_do_not_depend_on_the_batch_size() {
 fn stage_summary_accounts_every_entry_and_batch() {
     let f = fixture();
     let (_, _) = extract(&f, "t", &["--splits", "train,test", "--layer", "block1_pool"]);
-    let stage: serde_json::Value = run_folder::read_json(&f.root.join("t").join("stage.json")).unwrap();
+    let stage: serde_json::Value =
+        run_folder::read_json(&f.root.join("t").join("stage.json")).unwrap();
     let entries = stage["summary"]["entries"].as_array().unwrap();
     let got: Vec<(&str, u64, u64)> = entries
         .iter()
-        .map(|e| (e["split"].as_str().unwrap(), e["images"].as_u64().unwrap(), e["batches"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["split"].as_str().unwrap(),
+                e["images"].as_u64().unwrap(),
+                e["batches"].as_u64().unwrap(),
+            )
+        })
         .collect();
     // 8 train images in batches of 3 (3, 3, 2), 4 test images (3, 1).
     assert_eq!(got, [("train", 8, 3), ("test", 4, 2)]);
@@ -180,8 +216,22 @@ fn stage_summary_accounts_every_entry_and_batch() {
 fn autocast_is_refused_on_the_cpu() {
     let f = fixture();
     let result = Command::new(env!("CARGO_BIN_EXE_extract-features"))
-        .args(["--data", f.data.to_str().unwrap(), "--weights", f.weights.to_str().unwrap(), "--splits", "test"])
-        .args(["--out", f.root.join("ac").to_str().unwrap(), "--device", "cpu", "--precision", "autocast"])
+        .args([
+            "--data",
+            f.data.to_str().unwrap(),
+            "--weights",
+            f.weights.to_str().unwrap(),
+            "--splits",
+            "test",
+        ])
+        .args([
+            "--out",
+            f.root.join("ac").to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--precision",
+            "autocast",
+        ])
         .args(["--cache-dir", f.root.join("cache").to_str().unwrap()])
         .output()
         .unwrap();
@@ -193,7 +243,11 @@ fn autocast_is_refused_on_the_cpu() {
 #[test]
 fn pooling_and_layer_cut_shape_the_rows() {
     let f = fixture();
-    let (avg, _) = extract(&f, "avg", &["--splits", "validation", "--layer", "block4_pool", "--pooling", "avg"]);
+    let (avg, _) = extract(
+        &f,
+        "avg",
+        &["--splits", "validation", "--layer", "block4_pool", "--pooling", "avg"],
+    );
     assert_eq!(avg.feature_shape, vec![512]);
     let (cut, _) = extract(&f, "cut", &["--splits", "validation", "--layer", "features.16"]);
     assert_eq!(cut.feature_shape, vec![4, 4, 256]);
@@ -207,8 +261,24 @@ fn unwritable_cache_falls_back_to_a_private_cache() {
     std::fs::write(&blocked, b"not a folder").unwrap();
     let out = f.root.join("fb");
     let result = Command::new(env!("CARGO_BIN_EXE_extract-features"))
-        .args(["--data", f.data.to_str().unwrap(), "--weights", f.weights.to_str().unwrap(), "--splits", "test"])
-        .args(["--out", out.to_str().unwrap(), "--input-size", "32", "--device", "cpu", "--cache-dir", blocked.to_str().unwrap()])
+        .args([
+            "--data",
+            f.data.to_str().unwrap(),
+            "--weights",
+            f.weights.to_str().unwrap(),
+            "--splits",
+            "test",
+        ])
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--input-size",
+            "32",
+            "--device",
+            "cpu",
+            "--cache-dir",
+            blocked.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
@@ -224,7 +294,9 @@ fn unwritable_cache_falls_back_to_a_private_cache() {
 #[test]
 fn features_load_in_numpy() {
     let Some(python) = std::env::var_os("TRANSFER_KIT_PYTHON") else {
-        eprintln!("skipped: TRANSFER_KIT_PYTHON is not set (cargo xtask test sets it to the torch venv's python)");
+        eprintln!(
+            "skipped: TRANSFER_KIT_PYTHON is not set (cargo xtask test sets it to the torch venv's python)"
+        );
         return;
     };
     let f = fixture();
@@ -238,5 +310,8 @@ fn features_load_in_numpy() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "float32 (4, 1, 1, 512) int32 [0, 0, 1, 1]");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "float32 (4, 1, 1, 512) int32 [0, 0, 1, 1]"
+    );
 }

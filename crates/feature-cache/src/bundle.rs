@@ -8,10 +8,10 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
 
+use crate::CacheError;
 use crate::cache::Cache;
 use crate::entry::{self, CHECKSUMS, FEATURES, LABELS, MANIFEST};
 use crate::key::is_key;
-use crate::CacheError;
 
 const ENTRY_FILES: [&str; 4] = [FEATURES, LABELS, MANIFEST, CHECKSUMS];
 
@@ -30,7 +30,10 @@ pub fn export(cache: &Cache, keys: &[String], out: &Path) -> Result<(), CacheErr
         let mut builder = tar::Builder::new(BufWriter::new(file));
         for key in keys {
             for name in ENTRY_FILES {
-                builder.append_path_with_name(cache.entry_dir(key).join(name), format!("{key}/{name}"))?;
+                builder.append_path_with_name(
+                    cache.entry_dir(key).join(name),
+                    format!("{key}/{name}"),
+                )?;
             }
         }
         let file = builder.into_inner()?.into_inner().map_err(|e| e.into_error())?;
@@ -62,10 +65,19 @@ fn import_via(cache: &Cache, bundle: &Path, staging: &Path) -> Result<Vec<String
         let mut member = member.map_err(CacheError::io(bundle))?;
         let path = member.path().map_err(CacheError::io(bundle))?.into_owned();
         let (key, name) = member_name(&path).ok_or_else(|| {
-            CacheError::corrupt(bundle, format!("unexpected member {}: bundles hold <key>/<entry file> only", path.display()))
+            CacheError::corrupt(
+                bundle,
+                format!(
+                    "unexpected member {}: bundles hold <key>/<entry file> only",
+                    path.display()
+                ),
+            )
         })?;
         if !member.header().entry_type().is_file() {
-            return Err(CacheError::corrupt(bundle, format!("member {} is not a regular file", path.display())));
+            return Err(CacheError::corrupt(
+                bundle,
+                format!("member {} is not a regular file", path.display()),
+            ));
         }
         let dir = staging.join(&key);
         if !dir.exists() {
@@ -78,13 +90,16 @@ fn import_via(cache: &Cache, bundle: &Path, staging: &Path) -> Result<Vec<String
         out.flush().map_err(CacheError::io(&target))?;
     }
     for key in &keys {
-        entry::verify(&staging.join(key)).map_err(|err| CacheError::corrupt(bundle, format!("entry {key} refused: {err}")))?;
+        entry::verify(&staging.join(key))
+            .map_err(|err| CacheError::corrupt(bundle, format!("entry {key} refused: {err}")))?;
     }
     for key in &keys {
         let final_dir = cache.entry_dir(key);
         let dir = staging.join(key);
         for name in ENTRY_FILES {
-            File::open(dir.join(name)).and_then(|f| f.sync_all()).map_err(CacheError::io(dir.join(name)))?;
+            File::open(dir.join(name))
+                .and_then(|f| f.sync_all())
+                .map_err(CacheError::io(dir.join(name)))?;
         }
         let moved: PathBuf = cache.tmp_dir();
         fs::rename(&dir, &moved).map_err(CacheError::io(&dir))?;
@@ -103,7 +118,9 @@ fn member_name(path: &Path) -> Option<(String, String)> {
         })
         .collect::<Option<_>>()?;
     match parts[..] {
-        [key, name] if is_key(key) && ENTRY_FILES.contains(&name) => Some((key.to_owned(), name.to_owned())),
+        [key, name] if is_key(key) && ENTRY_FILES.contains(&name) => {
+            Some((key.to_owned(), name.to_owned()))
+        }
         _ => None,
     }
 }

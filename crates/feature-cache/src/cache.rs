@@ -6,9 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::CacheError;
 use crate::entry::{self, EntryWriter, LoadedEntry, Manifest};
 use crate::key::{FeatureKey, is_key};
-use crate::CacheError;
 
 /// Prefix of in-progress entries; never a valid key, so never mistaken for an entry.
 const TMP_PREFIX: &str = ".tmp-";
@@ -75,7 +75,13 @@ impl Cache {
     }
 
     /// Starts writing the entry for `key`: `rows` rows of `row_shape` (e.g. `[4, 4, 512]`).
-    pub fn writer(&self, key: FeatureKey, tool: &str, rows: u64, row_shape: &[u64]) -> Result<EntryWriter, CacheError> {
+    pub fn writer(
+        &self,
+        key: FeatureKey,
+        tool: &str,
+        rows: u64,
+        row_shape: &[u64],
+    ) -> Result<EntryWriter, CacheError> {
         let final_dir = self.entry_dir(&key.digest());
         EntryWriter::create(self.tmp_dir(), final_dir, key, tool, rows, row_shape)
     }
@@ -84,17 +90,23 @@ impl Cache {
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         self.root.join(format!("{TMP_PREFIX}{}-{}-{n}-{nanos}", hostname(), std::process::id()))
     }
 
     /// All entries, each verified (reads every byte).
     pub fn verify_all(&self) -> Result<Vec<EntryStatus>, CacheError> {
-        Ok(self.keys()?.into_iter().map(|key| {
-            let path = self.entry_dir(&key);
-            let result = entry::verify(&path);
-            EntryStatus { key, path, result }
-        }).collect())
+        Ok(self
+            .keys()?
+            .into_iter()
+            .map(|key| {
+                let path = self.entry_dir(&key);
+                let result = entry::verify(&path);
+                EntryStatus { key, path, result }
+            })
+            .collect())
     }
 
     /// Entry names under the root, sorted.
@@ -113,7 +125,9 @@ impl Cache {
     /// any older than a day. Returns the folders removed.
     pub fn clean_leftovers(&self) -> Result<Vec<PathBuf>, CacheError> {
         let mut removed = Vec::new();
-        for entry in fs::read_dir(&self.root).map_err(CacheError::io(&self.root))?.filter_map(|e| e.ok()) {
+        for entry in
+            fs::read_dir(&self.root).map_err(CacheError::io(&self.root))?.filter_map(|e| e.ok())
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(rest) = name.strip_prefix(TMP_PREFIX) else { continue };
             if is_leftover(rest, &entry.path()) {
@@ -144,7 +158,9 @@ impl Cache {
         let aside = aside_name(dir, "trash");
         match fs::rename(dir, &aside) {
             Ok(()) => entry::remove_dir_quietly(&aside),
-            Err(err) => tracing::warn!(path = %dir.display(), %err, "could not remove a corrupt entry"),
+            Err(err) => {
+                tracing::warn!(path = %dir.display(), %err, "could not remove a corrupt entry")
+            }
         }
     }
 }
@@ -171,7 +187,9 @@ fn is_leftover(rest: &str, path: &Path) -> bool {
         .strip_prefix(&format!("{host}-"))
         .and_then(|r| r.split('-').next())
         .and_then(|pid| pid.parse::<u32>().ok())
-        .is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists());
+        .is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        });
     old || ours_and_dead
 }
 

@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::CacheError;
 use crate::key::{FORMAT_VERSION, FeatureKey};
 use crate::npy::{self, Dtype};
-use crate::CacheError;
 
 pub const FEATURES: &str = "features.npy";
 pub const LABELS: &str = "labels.npy";
@@ -111,7 +111,9 @@ impl EntryWriter {
         let path = tmp_dir.join(FEATURES);
         let file = File::create(&path).map_err(CacheError::io(&path))?;
         let mut features = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        features.write_all(&npy::header(Dtype::F32, &feature_shape)).map_err(CacheError::io(&path))?;
+        features
+            .write_all(&npy::header(Dtype::F32, &feature_shape))
+            .map_err(CacheError::io(&path))?;
         Ok(Self {
             tmp_dir,
             final_dir,
@@ -169,16 +171,34 @@ impl EntryWriter {
     /// place. If another writer published the same key first, its entry is kept when it
     /// verifies (ours is discarded) and replaced when it does not.
     pub fn finish(self) -> Result<PathBuf, CacheError> {
-        let Self { tmp_dir, final_dir, key, tool, mut feature_shape, rows_written, features, labels, skipped, derived_from, .. } = self;
+        let Self {
+            tmp_dir,
+            final_dir,
+            key,
+            tool,
+            mut feature_shape,
+            rows_written,
+            features,
+            labels,
+            skipped,
+            derived_from,
+            ..
+        } = self;
         if rows_written + skipped.len() as u64 != feature_shape[0] {
             return Err(CacheError::Usage {
                 path: tmp_dir.join(FEATURES),
-                reason: format!("{rows_written} rows written and {} skipped, {} announced", skipped.len(), feature_shape[0]),
+                reason: format!(
+                    "{rows_written} rows written and {} skipped, {} announced",
+                    skipped.len(),
+                    feature_shape[0]
+                ),
             });
         }
         let features_path = tmp_dir.join(FEATURES);
         let (buffered, mut features_digest) = features.finish();
-        let file = buffered.into_inner().map_err(|e| CacheError::Io { path: features_path.clone(), source: e.into_error() })?;
+        let file = buffered
+            .into_inner()
+            .map_err(|e| CacheError::Io { path: features_path.clone(), source: e.into_error() })?;
         if skipped.is_empty() {
             file.sync_all().map_err(CacheError::io(&features_path))?;
         } else {
@@ -200,7 +220,10 @@ impl EntryWriter {
             key: entry_key,
             components: key,
             feature_shape,
-            files: BTreeMap::from([(FEATURES.to_owned(), features_digest), (LABELS.to_owned(), labels_digest.clone())]),
+            files: BTreeMap::from([
+                (FEATURES.to_owned(), features_digest),
+                (LABELS.to_owned(), labels_digest.clone()),
+            ]),
             tool,
             created_unix_s: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -257,7 +280,11 @@ pub(crate) fn remove_dir_quietly(dir: &Path) {
 
 /// Rewrites `features.npy` with the header of the rows actually written (the header length may
 /// change with the row count, so the data is copied behind a fresh header); returns the digest.
-fn rewrite_header(path: &Path, announced: &[u64], actual: &[u64]) -> Result<FileDigest, CacheError> {
+fn rewrite_header(
+    path: &Path,
+    announced: &[u64],
+    actual: &[u64],
+) -> Result<FileDigest, CacheError> {
     let old_header = npy::header(Dtype::F32, announced).len();
     let bytes = fs::read(path).map_err(CacheError::io(path))?;
     let mut out = npy::header(Dtype::F32, actual);
@@ -319,16 +346,28 @@ fn read_entry(dir: &Path, keep: bool) -> Result<LoadedEntry, CacheError> {
     if manifest.key != key || name != key {
         return Err(CacheError::corrupt(
             &manifest_path,
-            format!("key mismatch: folder {name}, manifest {}, components hash to {key}", manifest.key),
+            format!(
+                "key mismatch: folder {name}, manifest {}, components hash to {key}",
+                manifest.key
+            ),
         ));
     }
     if manifest.format_version != FORMAT_VERSION {
-        return Err(CacheError::corrupt(&manifest_path, format!("format version {} (this tool reads {FORMAT_VERSION})", manifest.format_version)));
+        return Err(CacheError::corrupt(
+            &manifest_path,
+            format!(
+                "format version {} (this tool reads {FORMAT_VERSION})",
+                manifest.format_version
+            ),
+        ));
     }
     for file in [FEATURES, LABELS] {
         let listed = manifest.files.get(file).map(|d| d.sha256.as_str()).unwrap_or("(absent)");
         if listed != recorded[file] {
-            return Err(CacheError::corrupt(&manifest_path, format!("manifest and {CHECKSUMS} disagree on {file}")));
+            return Err(CacheError::corrupt(
+                &manifest_path,
+                format!("manifest and {CHECKSUMS} disagree on {file}"),
+            ));
         }
     }
 
@@ -338,16 +377,25 @@ fn read_entry(dir: &Path, keep: bool) -> Result<LoadedEntry, CacheError> {
     }
     let (header, data) = read_npy(dir, FEATURES, Dtype::F32, rank, keep, &check)?;
     if header.shape != manifest.feature_shape {
-        return Err(CacheError::corrupt(dir.join(FEATURES), format!("shape {:?}, manifest says {:?}", header.shape, manifest.feature_shape)));
+        return Err(CacheError::corrupt(
+            dir.join(FEATURES),
+            format!("shape {:?}, manifest says {:?}", header.shape, manifest.feature_shape),
+        ));
     }
     let (label_header, label_data) = read_npy(dir, LABELS, Dtype::I32, 1, true, &check)?;
     if label_header.shape[0] != header.shape[0] {
-        return Err(CacheError::corrupt(dir.join(LABELS), format!("{} labels for {} feature rows", label_header.shape[0], header.shape[0])));
+        return Err(CacheError::corrupt(
+            dir.join(LABELS),
+            format!("{} labels for {} feature rows", label_header.shape[0], header.shape[0]),
+        ));
     }
     let labels = npy::decode_i32s(&label_data);
     let classes = manifest.components.dataset.classes.len() as i32;
     if let Some(bad) = labels.iter().find(|&&l| l < 0 || l >= classes) {
-        return Err(CacheError::corrupt(dir.join(LABELS), format!("label {bad} outside the {classes} classes")));
+        return Err(CacheError::corrupt(
+            dir.join(LABELS),
+            format!("label {bad} outside the {classes} classes"),
+        ));
     }
     Ok(LoadedEntry { manifest, features: npy::decode_f32s(&data), labels })
 }
@@ -366,10 +414,12 @@ fn read_npy(
     let file = File::open(&path).map_err(CacheError::io(&path))?;
     let len = file.metadata().map_err(CacheError::io(&path))?.len();
     let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
-    let header = npy::read_header(&mut reader, len, dtype, rank).map_err(|e| CacheError::from_read(&path, e))?;
+    let header = npy::read_header(&mut reader, len, dtype, rank)
+        .map_err(|e| CacheError::from_read(&path, e))?;
     let mut data = Vec::new();
     if keep {
-        data.try_reserve_exact(header.data_len as usize).map_err(|_| CacheError::corrupt(&path, "too large to load"))?;
+        data.try_reserve_exact(header.data_len as usize)
+            .map_err(|_| CacheError::corrupt(&path, "too large to load"))?;
         reader.read_to_end(&mut data).map_err(CacheError::io(&path))?;
     } else {
         io::copy(&mut reader, &mut io::sink()).map_err(CacheError::io(&path))?;
@@ -396,7 +446,10 @@ fn parse_checksums(bytes: &[u8]) -> Option<BTreeMap<&'static str, String>> {
     for name in [FEATURES, LABELS, MANIFEST] {
         let line = lines.next()?.strip_suffix('\n')?;
         let (digest, rest) = line.split_once("  ")?;
-        if rest != name || digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if rest != name
+            || digest.len() != 64
+            || !digest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             return None;
         }
         out.insert(name, digest.to_owned());

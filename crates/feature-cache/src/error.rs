@@ -39,7 +39,9 @@ impl CacheError {
     /// True when the entry itself is damaged (as opposed to the cache being unreadable), so
     /// recomputing it is the right response.
     pub fn is_corruption(&self) -> bool {
-        matches!(self, CacheError::Npy { .. } | CacheError::Corrupt { .. } | CacheError::Digest { .. })
-            || matches!(self, CacheError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        matches!(
+            self,
+            CacheError::Npy { .. } | CacheError::Corrupt { .. } | CacheError::Digest { .. }
+        ) || matches!(self, CacheError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
 }

@@ -59,7 +59,8 @@ impl ExtractionRecord {
 
     /// The augmented passes of `split`, in pass order.
     pub fn passes(&self, split: &str) -> Vec<&EntryRef> {
-        let mut v: Vec<&EntryRef> = self.entries.iter().filter(|e| e.split == split && e.pass.is_some()).collect();
+        let mut v: Vec<&EntryRef> =
+            self.entries.iter().filter(|e| e.split == split && e.pass.is_some()).collect();
         v.sort_by_key(|e| e.pass);
         v
     }
@@ -67,7 +68,11 @@ impl ExtractionRecord {
     /// Loads and verifies an entry from `cache` (any error, including a missing or corrupt
     /// entry, names the key and tells how to recompute).
     /// An entry with its own `cache_dir` is read from there instead of `cache`.
-    pub fn load(cache: &Cache, entry: &EntryRef, record_path: &Path) -> Result<LoadedEntry, CacheError> {
+    pub fn load(
+        cache: &Cache,
+        entry: &EntryRef,
+        record_path: &Path,
+    ) -> Result<LoadedEntry, CacheError> {
         let dir = match &entry.cache_dir {
             Some(private) => private.join(&entry.key),
             None => cache.entry_dir(&entry.key),

@@ -74,7 +74,8 @@ pub struct FileKey {
 impl FeatureKey {
     /// The entry name: lowercase hex sha256 of the domain tag and the canonical JSON.
     pub fn digest(&self) -> String {
-        let json = serde_json::to_vec(self).expect("FeatureKey serialises: no maps, no non-string keys");
+        let json =
+            serde_json::to_vec(self).expect("FeatureKey serialises: no maps, no non-string keys");
         let mut hasher = Sha256::new();
         hasher.update(DOMAIN);
         hasher.update(&json);
@@ -109,7 +110,11 @@ pub(crate) mod tests {
                 classes: vec!["shirt".into(), "t-shirt_top".into()],
                 files: vec![
                     FileKey { path: "shirt/00001.png".into(), label: 0, sha256: "01".repeat(32) },
-                    FileKey { path: "t-shirt_top/00002.png".into(), label: 1, sha256: "02".repeat(32) },
+                    FileKey {
+                        path: "t-shirt_top/00002.png".into(),
+                        label: 1,
+                        sha256: "02".repeat(32),
+                    },
                 ],
             },
         }
@@ -142,7 +147,13 @@ pub(crate) mod tests {
         push(&|k| k.preprocessing = "rescale".into());
         push(&|k| k.pooling = "avg".into());
         push(&|k| k.precision = "bf16".into());
-        push(&|k| k.augmentation = Some(AugmentationKey { spec: serde_json::json!({"rotation_range": 40.0}), seed: 1, pass: 0 }));
+        push(&|k| {
+            k.augmentation = Some(AugmentationKey {
+                spec: serde_json::json!({"rotation_range": 40.0}),
+                seed: 1,
+                pass: 0,
+            })
+        });
         push(&|k| k.dataset.split = "validation".into());
         push(&|k| k.dataset.classes.reverse());
         push(&|k| k.dataset.files.reverse());
@@ -157,7 +168,11 @@ pub(crate) mod tests {
         }
         let aug = |seed, pass| {
             let mut k = base.clone();
-            k.augmentation = Some(AugmentationKey { spec: serde_json::json!({"rotation_range": 40.0}), seed, pass });
+            k.augmentation = Some(AugmentationKey {
+                spec: serde_json::json!({"rotation_range": 40.0}),
+                seed,
+                pass,
+            });
             k.digest()
         };
         assert_ne!(aug(1, 0), aug(1, 1));

@@ -18,7 +18,10 @@ pub mod npy;
 
 pub use bundle::{export, import};
 pub use cache::{Cache, EntryStatus, Lookup};
-pub use entry::{CHECKSUMS, EntryWriter, FEATURES, FileDigest, LABELS, LoadedEntry, MANIFEST, Manifest, load, verify};
+pub use entry::{
+    CHECKSUMS, EntryWriter, FEATURES, FileDigest, LABELS, LoadedEntry, MANIFEST, Manifest, load,
+    verify,
+};
 pub use error::CacheError;
 pub use extraction::{EXTRACTION_FILE, EntryRef, ExtractionRecord, Origin};
 pub use key::{AugmentationKey, DatasetKey, FORMAT_VERSION, FeatureKey, FileKey, is_key};

@@ -61,7 +61,8 @@ pub fn header(dtype: Dtype, shape: &[u64]) -> Vec<u8> {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut dict = format!("{{'descr': '{}', 'fortran_order': False, 'shape': {tuple}, }}", dtype.descr());
+    let mut dict =
+        format!("{{'descr': '{}', 'fortran_order': False, 'shape': {tuple}, }}", dtype.descr());
     let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
     dict.extend(std::iter::repeat_n(' ', unpadded.next_multiple_of(ALIGN) - unpadded));
     dict.push('\n');
@@ -125,7 +126,9 @@ pub fn read_header(
         .try_fold(4u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| NpyError::Overflow { shape: shape.clone() })?;
     let header_len = full.len() as u64;
-    let expected = header_len.checked_add(data_len).ok_or_else(|| NpyError::Overflow { shape: shape.clone() })?;
+    let expected = header_len
+        .checked_add(data_len)
+        .ok_or_else(|| NpyError::Overflow { shape: shape.clone() })?;
     if file_len != expected {
         return Err(NpyError::Length { expected, actual: file_len }.into());
     }
@@ -136,8 +139,10 @@ pub fn read_header(
 /// Loose on purpose: the caller then demands the exact re-encoding.
 fn parse_dict(text: &str) -> Result<(String, Vec<u64>), NpyError> {
     let bad = || NpyError::BadHeader(text.to_owned());
-    let descr = text.split("'descr': '").nth(1).and_then(|r| r.split('\'').next()).ok_or_else(bad)?;
-    let tuple = text.split("'shape': (").nth(1).and_then(|r| r.split(')').next()).ok_or_else(bad)?;
+    let descr =
+        text.split("'descr': '").nth(1).and_then(|r| r.split('\'').next()).ok_or_else(bad)?;
+    let tuple =
+        text.split("'shape': (").nth(1).and_then(|r| r.split(')').next()).ok_or_else(bad)?;
     let shape = tuple
         .split(',')
         .map(str::trim)
@@ -205,7 +210,10 @@ mod tests {
         assert_eq!(h.len() % 64, 0);
         assert_eq!(*h.last().unwrap(), b'\n');
         let text = String::from_utf8_lossy(&h[10..]);
-        assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4, 4, 512), }"), "{text}");
+        assert!(
+            text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4, 4, 512), }"),
+            "{text}"
+        );
         let h1 = header(Dtype::I32, &[7]);
         assert!(String::from_utf8_lossy(&h1[10..]).contains("'shape': (7,)"));
     }

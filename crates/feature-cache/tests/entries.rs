@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use feature_cache::{
-    CHECKSUMS, Cache, DatasetKey, FEATURES, FORMAT_VERSION, FeatureKey, FileKey, LABELS, Lookup, MANIFEST,
+    CHECKSUMS, Cache, DatasetKey, FEATURES, FORMAT_VERSION, FeatureKey, FileKey, LABELS, Lookup,
+    MANIFEST,
 };
 
 fn key(split: &str, rows: u32) -> FeatureKey {
@@ -25,7 +26,13 @@ fn key(split: &str, rows: u32) -> FeatureKey {
         dataset: DatasetKey {
             split: split.into(),
             classes: vec!["a".into(), "b".into()],
-            files: (0..rows).map(|i| FileKey { path: format!("x/{i}.png"), label: i % 2, sha256: "cd".repeat(32) }).collect(),
+            files: (0..rows)
+                .map(|i| FileKey {
+                    path: format!("x/{i}.png"),
+                    label: i % 2,
+                    sha256: "cd".repeat(32),
+                })
+                .collect(),
         },
     }
 }
@@ -70,13 +77,21 @@ fn wrong_row_count_or_width_is_refused() {
     let mut w = cache.writer(key("train", 2), "test", 2, &[3]).unwrap();
     assert!(w.append(&[1.0, 2.0], &[0]).unwrap_err().to_string().contains("rows have 3 values"));
     w.append(&[1.0, 2.0, 3.0], &[0]).unwrap();
-    assert!(w.finish().unwrap_err().to_string().contains("1 rows written and 0 skipped, 2 announced"));
+    assert!(
+        w.finish().unwrap_err().to_string().contains("1 rows written and 0 skipped, 2 announced")
+    );
     assert!(cache.keys().unwrap().is_empty());
 }
 
 /// Applies `damage` to a copy of a good entry's file and checks the damage is detected, the
 /// entry removed, and the lookup reported as corrupt.
-fn check_detected(good: &Path, file: &str, damage: &dyn Fn(&mut Vec<u8>), k: &FeatureKey, what: &str) {
+fn check_detected(
+    good: &Path,
+    file: &str,
+    damage: &dyn Fn(&mut Vec<u8>),
+    k: &FeatureKey,
+    what: &str,
+) {
     let scratch = tempfile::tempdir().unwrap();
     let cache = Cache::open(scratch.path()).unwrap();
     let dir = cache.entry_dir(&k.digest());
@@ -139,7 +154,8 @@ fn two_writers_of_the_same_key_both_succeed() {
         }
     });
     assert_eq!(hit(&cache, &k).labels.len(), 200);
-    let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    let leftovers: Vec<_> =
+        fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "temp folders left behind: {leftovers:?}");
 }
 
@@ -152,7 +168,15 @@ fn kill_during_writes_never_leaves_an_entry_that_verifies_wrongly() {
     for trial in 0..50u64 {
         let sub = dir.path().join(format!("t{trial}"));
         let mut child = Command::new(bin)
-            .args(["--cache-dir", sub.to_str().unwrap(), "debug-write", "--rows", "400", "--sleep-us", "20"])
+            .args([
+                "--cache-dir",
+                sub.to_str().unwrap(),
+                "debug-write",
+                "--rows",
+                "400",
+                "--sleep-us",
+                "20",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -163,13 +187,22 @@ fn kill_during_writes_never_leaves_an_entry_that_verifies_wrongly() {
         child.wait().unwrap();
         let Ok(c) = Cache::open(&sub) else { continue };
         for status in c.verify_all().unwrap() {
-            let manifest = status.result.unwrap_or_else(|e| panic!("trial {trial}: a published entry does not verify: {e}"));
+            let manifest = status.result.unwrap_or_else(|e| {
+                panic!("trial {trial}: a published entry does not verify: {e}")
+            });
             assert_eq!(manifest.feature_shape, vec![400, 2, 3]);
             published += 1;
         }
         let removed = c.clean_leftovers().unwrap();
-        let rest: Vec<_> = fs::read_dir(&sub).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        assert!(rest.iter().all(|n| feature_cache::is_key(n)), "trial {trial}: leftovers after cleaning {rest:?} (removed {removed:?})");
+        let rest: Vec<_> = fs::read_dir(&sub)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            rest.iter().all(|n| feature_cache::is_key(n)),
+            "trial {trial}: leftovers after cleaning {rest:?} (removed {removed:?})"
+        );
     }
     drop(cache);
     eprintln!("{published} of 50 killed writers had published before the kill");
@@ -178,7 +211,9 @@ fn kill_during_writes_never_leaves_an_entry_that_verifies_wrongly() {
 #[test]
 fn read_only_root_fails_to_write_with_the_path() {
     if nix_is_root() {
-        eprintln!("skipped: running as root, which ignores folder permissions; the error path is covered by a root that is a file");
+        eprintln!(
+            "skipped: running as root, which ignores folder permissions; the error path is covered by a root that is a file"
+        );
     } else {
         let dir = tempfile::tempdir().unwrap();
         let mut perms = fs::metadata(dir.path()).unwrap().permissions();
@@ -197,7 +232,9 @@ fn read_only_root_fails_to_write_with_the_path() {
 
 fn nix_is_root() -> bool {
     fs::read_to_string("/proc/self/status")
-        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .map(|s| {
+            s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -205,7 +242,8 @@ fn nix_is_root() -> bool {
 fn export_then_import_elsewhere() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
-    let (ca, cb) = (Cache::open(a.path().join("c")).unwrap(), Cache::open(b.path().join("c")).unwrap());
+    let (ca, cb) =
+        (Cache::open(a.path().join("c")).unwrap(), Cache::open(b.path().join("c")).unwrap());
     let keys = [key("train", 3), key("test", 2)];
     for k in &keys {
         write_entry(&ca, k);
@@ -241,7 +279,10 @@ fn tampered_bundle_is_refused_naming_entry_and_digests() {
     let b = tempfile::tempdir().unwrap();
     let cb = Cache::open(b.path().join("c")).unwrap();
     let err = feature_cache::import(&cb, &bundle).unwrap_err().to_string();
-    assert!(err.contains(&k.digest()) && err.contains("recorded") && err.contains("actual"), "{err}");
+    assert!(
+        err.contains(&k.digest()) && err.contains("recorded") && err.contains("actual"),
+        "{err}"
+    );
     let rest: Vec<_> = fs::read_dir(cb.root()).unwrap().collect();
     assert!(rest.is_empty(), "a refused import left files behind");
 }

@@ -70,7 +70,9 @@ impl EpochPlan {
             .map(|p| {
                 let (round, at) = (p / self.n, p % self.n);
                 let index = self.order(round)[at];
-                let pass = (mix(&[self.seed, 0x70617373, self.epoch as u64, round as u64, index as u64]) % self.passes as u64) as u32;
+                let pass =
+                    (mix(&[self.seed, 0x70617373, self.epoch as u64, round as u64, index as u64])
+                        % self.passes as u64) as u32;
                 Sample { index, round, pass }
             })
             .collect()
@@ -125,7 +127,12 @@ pub fn trunk_of_images(net: &Net, images: &Images, batch: usize) -> Result<Trunk
     for start in (0..images.len()).step_by(batch) {
         let end = (start + batch).min(images.len());
         let len = images.size * images.size * 3;
-        let host = Tensor::from_slice(&images.pixels[start * len..end * len]).f_view([(end - start) as i64, s, s, 3])?;
+        let host = Tensor::from_slice(&images.pixels[start * len..end * len]).f_view([
+            (end - start) as i64,
+            s,
+            s,
+            3,
+        ])?;
         parts.push(net.trunk(&upload(host, net.device())?)?);
     }
     if parts.is_empty() {
@@ -164,7 +171,13 @@ impl TrainSource {
     }
 
     /// The trunk's output for `samples` `[B, C, H, W]` and their labels `[B]`, on the device.
-    pub fn batch(&self, net: &Net, samples: &[Sample], seed: u64, epoch: usize) -> Result<(Tensor, Tensor)> {
+    pub fn batch(
+        &self,
+        net: &Net,
+        samples: &[Sample],
+        seed: u64,
+        epoch: usize,
+    ) -> Result<(Tensor, Tensor)> {
         let labels = |all: &[i64]| -> Result<Tensor> {
             let ys: Vec<i64> = samples.iter().map(|s| all[s.index]).collect();
             upload(Tensor::from_slice(&ys), net.device())
@@ -174,21 +187,35 @@ impl TrainSource {
                 let (size, n) = (images.size, images.len());
                 let len = size * size * 3;
                 let mut buf = vec![0u8; samples.len() * len];
-                buf.par_chunks_mut(len).zip(samples.par_iter()).try_for_each(|(dst, s)| match augment {
-                    Some(config) => {
-                        let appearance = (s.round * n + s.index) as u64;
-                        config.sample(seed, epoch as u64, appearance).apply_u8(images.image(s.index), size, size, 3, dst)
-                    }
-                    None => {
-                        dst.copy_from_slice(images.image(s.index));
-                        Ok(())
+                buf.par_chunks_mut(len).zip(samples.par_iter()).try_for_each(|(dst, s)| {
+                    match augment {
+                        Some(config) => {
+                            let appearance = (s.round * n + s.index) as u64;
+                            config.sample(seed, epoch as u64, appearance).apply_u8(
+                                images.image(s.index),
+                                size,
+                                size,
+                                3,
+                                dst,
+                            )
+                        }
+                        None => {
+                            dst.copy_from_slice(images.image(s.index));
+                            Ok(())
+                        }
                     }
                 })?;
-                let host = Tensor::from_slice(&buf).f_view([samples.len() as i64, size as i64, size as i64, 3])?;
+                let host = Tensor::from_slice(&buf).f_view([
+                    samples.len() as i64,
+                    size as i64,
+                    size as i64,
+                    3,
+                ])?;
                 Ok((net.trunk(&upload(host, net.device())?)?, labels(&images.labels)?))
             }
             Self::Cached { passes, n, labels: all, .. } => {
-                let rows: Vec<i64> = samples.iter().map(|s| s.pass as i64 * *n as i64 + s.index as i64).collect();
+                let rows: Vec<i64> =
+                    samples.iter().map(|s| s.pass as i64 * *n as i64 + s.index as i64).collect();
                 let rows = upload(Tensor::from_slice(&rows), passes.device())?;
                 let xs = passes.f_index_select(0, &rows)?.f_permute([0, 3, 1, 2])?;
                 Ok((xs, labels(all)?))
@@ -240,10 +267,16 @@ impl TrunkCache {
             )));
         }
         if record.weights_sha256 != expect.weights_sha256 {
-            return Err(fail(format!("extracted with weights {}, not --weights ({})", record.weights_sha256, expect.weights_sha256)));
+            return Err(fail(format!(
+                "extracted with weights {}, not --weights ({})",
+                record.weights_sha256, expect.weights_sha256
+            )));
         }
         if record.classes != expect.classes {
-            return Err(fail(format!("classes {:?}, the dataset has {:?}", record.classes, expect.classes)));
+            return Err(fail(format!(
+                "classes {:?}, the dataset has {:?}",
+                record.classes, expect.classes
+            )));
         }
         if record.feature_shape != expect.row_shape {
             return Err(fail(format!(
@@ -256,7 +289,8 @@ impl TrunkCache {
             return Err(fail("no augmented passes of the training split: run extract-features with --augment-passes K".into()));
         }
         let dir = cache_dir.map(Path::to_owned).unwrap_or_else(|| record.cache_dir.clone());
-        let cache = Cache::open(&dir).with_context(|| format!("opening the feature cache {}", dir.display()))?;
+        let cache = Cache::open(&dir)
+            .with_context(|| format!("opening the feature cache {}", dir.display()))?;
         let info = TrunkCacheInfo {
             features_json: path.to_owned(),
             train_keys: train.iter().map(|e| e.key.clone()).collect(),
@@ -269,10 +303,22 @@ impl TrunkCache {
 
     /// Loads and verifies an entry, then checks its manifest against `expect` and, when given,
     /// its file list against the scanned split.
-    fn load(&self, entry: &EntryRef, expect: &TrunkExpect<'_>, split: Option<&SplitIndex>) -> Result<LoadedEntry> {
+    fn load(
+        &self,
+        entry: &EntryRef,
+        expect: &TrunkExpect<'_>,
+        split: Option<&SplitIndex>,
+    ) -> Result<LoadedEntry> {
         let loaded = ExtractionRecord::load(&self.cache, entry, &self.path)?;
         let c = &loaded.manifest.components;
-        let fail = |why: String| anyhow::anyhow!("trunk cache {}: entry {} ({}): {why}", self.path.display(), entry.key, entry.split);
+        let fail = |why: String| {
+            anyhow::anyhow!(
+                "trunk cache {}: entry {} ({}): {why}",
+                self.path.display(),
+                entry.key,
+                entry.split
+            )
+        };
         let checks = [
             ("layer", c.layer.as_str(), expect.layer.to_owned()),
             ("pooling", c.pooling.as_str(), "none".to_owned()),
@@ -286,21 +332,37 @@ impl TrunkCache {
             }
         }
         if c.input_size != [expect.input_size; 2] {
-            return Err(fail(format!("input size {:?}, --input-size is {}", c.input_size, expect.input_size)));
+            return Err(fail(format!(
+                "input size {:?}, --input-size is {}",
+                c.input_size, expect.input_size
+            )));
         }
         if c.precision != "f32" {
             tracing::warn!(key = %entry.key, precision = %c.precision, "trunk cache entry not extracted in f32: the top sees rounded features");
         }
         if !loaded.manifest.skipped.is_empty() {
-            return Err(fail(format!("{} images were skipped at extraction: rows no longer match files", loaded.manifest.skipped.len())));
+            return Err(fail(format!(
+                "{} images were skipped at extraction: rows no longer match files",
+                loaded.manifest.skipped.len()
+            )));
         }
         if let Some(index) = split {
             let files: Vec<(String, u32)> = index
                 .files
                 .iter()
-                .map(|f| (f.path.strip_prefix(&index.dir).unwrap_or(&f.path).to_string_lossy().replace('\\', "/"), f.class as u32))
+                .map(|f| {
+                    (
+                        f.path
+                            .strip_prefix(&index.dir)
+                            .unwrap_or(&f.path)
+                            .to_string_lossy()
+                            .replace('\\', "/"),
+                        f.class as u32,
+                    )
+                })
                 .collect();
-            let cached: Vec<(String, u32)> = c.dataset.files.iter().map(|f| (f.path.clone(), f.label)).collect();
+            let cached: Vec<(String, u32)> =
+                c.dataset.files.iter().map(|f| (f.path.clone(), f.label)).collect();
             if files != cached {
                 return Err(fail(format!(
                     "extracted from another file list ({} files) than {} holds now ({} files): extract again",
@@ -314,14 +376,22 @@ impl TrunkCache {
     }
 
     /// The training passes stacked on `device`, checked against the scanned training split.
-    pub fn train(&self, expect: &TrunkExpect<'_>, split: &SplitIndex, device: Device) -> Result<TrainSource> {
+    pub fn train(
+        &self,
+        expect: &TrunkExpect<'_>,
+        split: &SplitIndex,
+        device: Device,
+    ) -> Result<TrainSource> {
         let refs = self.record.passes("train");
         let mut parts = Vec::new();
         let mut labels: Option<Vec<i32>> = None;
         for entry in &refs {
             let loaded = self.load(entry, expect, Some(split))?;
             match &labels {
-                Some(l) if *l != loaded.labels => bail!("trunk cache {}: the training passes disagree on labels", self.path.display()),
+                Some(l) if *l != loaded.labels => bail!(
+                    "trunk cache {}: the training passes disagree on labels",
+                    self.path.display()
+                ),
                 Some(_) => {}
                 None => labels = Some(loaded.labels.clone()),
             }
@@ -330,12 +400,27 @@ impl TrunkCache {
         }
         let n = split.len();
         let labels: Vec<i64> = labels.unwrap_or_default().iter().map(|&l| l as i64).collect();
-        tracing::info!(passes = refs.len(), images = n, "training trunk features loaded from the cache");
-        Ok(TrainSource::Cached { passes: Tensor::f_cat(&parts, 0)?, n, k: refs.len() as u32, labels })
+        tracing::info!(
+            passes = refs.len(),
+            images = n,
+            "training trunk features loaded from the cache"
+        );
+        Ok(TrainSource::Cached {
+            passes: Tensor::f_cat(&parts, 0)?,
+            n,
+            k: refs.len() as u32,
+            labels,
+        })
     }
 
     /// The plain entry of `split` as a [`TrunkSet`], if the record has one.
-    pub fn eval_set(&self, split_name: &str, expect: &TrunkExpect<'_>, split: &SplitIndex, device: Device) -> Result<Option<TrunkSet>> {
+    pub fn eval_set(
+        &self,
+        split_name: &str,
+        expect: &TrunkExpect<'_>,
+        split: &SplitIndex,
+        device: Device,
+    ) -> Result<Option<TrunkSet>> {
         let Some(entry) = self.record.plain(split_name) else {
             return Ok(None);
         };
@@ -367,7 +452,8 @@ mod tests {
         // 5 steps of 3 = 15 positions: two full rounds and one sample of a third.
         let samples: Vec<Sample> = (0..5).flat_map(|s| plan.batch(s)).collect();
         for round in 0..2 {
-            let mut seen: Vec<usize> = samples.iter().filter(|s| s.round == round).map(|s| s.index).collect();
+            let mut seen: Vec<usize> =
+                samples.iter().filter(|s| s.round == round).map(|s| s.index).collect();
             seen.sort();
             assert_eq!(seen, (0..n).collect::<Vec<_>>(), "round {round}");
         }

@@ -217,7 +217,10 @@ const STOPPED: u8 = 3;
 fn main() -> ExitCode {
     cpu_runtime::init();
     cli_support::init_logging();
-    cli_support::exit_code(run(Args::parse()).map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }))
+    cli_support::exit_code(
+        run(Args::parse())
+            .map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }),
+    )
 }
 
 /// A `train-head` output to start from.
@@ -230,8 +233,10 @@ struct HeadFile {
 /// Reads `--head` and checks it against the network.
 fn read_head(path: &Path, input_width: i64, classes: usize, last: &str) -> Result<HeadFile> {
     let loaded = tensors_io::load(path)?;
-    let spec: HeadSpec = serde_json::from_str(loaded.metadata.get("head").with_context(|| format!("{}: no `head` in the metadata: not a train-head output", path.display()))?)
-        .with_context(|| format!("{}: unreadable `head` metadata", path.display()))?;
+    let spec: HeadSpec = serde_json::from_str(loaded.metadata.get("head").with_context(|| {
+        format!("{}: no `head` in the metadata: not a train-head output", path.display())
+    })?)
+    .with_context(|| format!("{}: unreadable `head` metadata", path.display()))?;
     if spec.input_width != input_width {
         bail!(
             "{}: the head takes {} inputs, but {last} at this input size gives {input_width}: train the head on {last} features at the same --input-size",
@@ -240,10 +245,17 @@ fn read_head(path: &Path, input_width: i64, classes: usize, last: &str) -> Resul
         );
     }
     if let Some(layer) = loaded.metadata.get("layer").filter(|l| l.as_str() != last) {
-        bail!("{}: the head was trained on {layer} features, fine-tuning needs a head on {last}", path.display());
+        bail!(
+            "{}: the head was trained on {layer} features, fine-tuning needs a head on {last}",
+            path.display()
+        );
     }
     if spec.classes != classes {
-        bail!("{}: the head predicts {} classes, the dataset has {classes}", path.display(), spec.classes);
+        bail!(
+            "{}: the head predicts {} classes, the dataset has {classes}",
+            path.display(),
+            spec.classes
+        );
     }
     Ok(HeadFile { spec, tensors: loaded.tensors, sha256: loaded.sha256 })
 }
@@ -269,10 +281,12 @@ fn run(args: Args) -> Result<bool> {
         tracing::warn!(device = ?device, "--autocast applies to CUDA only: training in float32");
     }
     let size = args.input_size as i64;
-    let weights = models::load_weights(&args.weights, device).with_context(|| format!("loading weights {}", args.weights.display()))?;
+    let weights = models::load_weights(&args.weights, device)
+        .with_context(|| format!("loading weights {}", args.weights.display()))?;
     let arch = weights.base.arch().clone();
     let unfreeze_from = weights.base.layer(&args.unfreeze_from).context("--unfreeze-from")?;
-    let input_width = head_input_width(&arch, size).with_context(|| format!("--input-size {}", args.input_size))?;
+    let input_width = head_input_width(&arch, size)
+        .with_context(|| format!("--input-size {}", args.input_size))?;
     let trunk_until = trunk_layer(&arch, unfreeze_from);
 
     let train_index = data::scan(&args.data, "train")?;
@@ -280,10 +294,21 @@ fn run(args: Args) -> Result<bool> {
     let weights_sha256 = weights.meta.digest.clone();
     let preprocessing = args.preprocessing.unwrap_or(weights.meta.preprocessing);
 
-    let head_init = args.head.as_deref().map(|p| read_head(p, input_width, classes.len(), arch.name_of(arch.last()))).transpose()?;
+    let head_init = args
+        .head
+        .as_deref()
+        .map(|p| read_head(p, input_width, classes.len(), arch.name_of(arch.last())))
+        .transpose()?;
     let head_spec = match &head_init {
-        Some(head) => HeadSpec { dropout: args.dropout.unwrap_or(head.spec.dropout), ..head.spec.clone() },
-        None => HeadSpec { input_width, hidden: args.hidden.unwrap_or(256), dropout: args.dropout.unwrap_or(0.0), classes: classes.len() },
+        Some(head) => {
+            HeadSpec { dropout: args.dropout.unwrap_or(head.spec.dropout), ..head.spec.clone() }
+        }
+        None => HeadSpec {
+            input_width,
+            hidden: args.hidden.unwrap_or(256),
+            dropout: args.dropout.unwrap_or(0.0),
+            classes: classes.len(),
+        },
     };
     if let (Some(h), Some(head)) = (args.hidden, &head_init)
         && h != head.spec.hidden
@@ -293,8 +318,14 @@ fn run(args: Args) -> Result<bool> {
     let augment = match (&args.augment_spec, args.no_augment || args.trunk_cache.is_some()) {
         (_, true) => None,
         (Some(path), false) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(AugmentConfig::new(AugmentSpec::from_json(&text).with_context(|| path.display().to_string())?).with_context(|| format!("augmentation settings in {}", path.display()))?)
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                AugmentConfig::new(
+                    AugmentSpec::from_json(&text).with_context(|| path.display().to_string())?,
+                )
+                .with_context(|| format!("augmentation settings in {}", path.display()))?,
+            )
         }
         (None, false) => Some(AugmentConfig::new(AugmentSpec::seed_generator())?),
     };
@@ -315,7 +346,10 @@ fn run(args: Args) -> Result<bool> {
     let trunk_cache = match &args.trunk_cache {
         Some(path) => {
             if trunk_until.is_none() {
-                bail!("--trunk-cache needs frozen layers, but --unfreeze-from {} trains the whole base", args.unfreeze_from);
+                bail!(
+                    "--trunk-cache needs frozen layers, but --unfreeze-from {} trains the whole base",
+                    args.unfreeze_from
+                );
             }
             Some(TrunkCache::open(path, args.cache_dir.as_deref(), &expect)?)
         }
@@ -336,7 +370,11 @@ fn run(args: Args) -> Result<bool> {
         input_size: args.input_size,
         unfreeze_from: arch.name_of(unfreeze_from).to_owned(),
         trunk_until: trunk_until.map(|l| arch.name_of(l).to_owned()),
-        head_init: args.head.as_ref().zip(head_init.as_ref()).map(|(p, h)| HeadInit { path: p.clone(), sha256: h.sha256.clone() }),
+        head_init: args
+            .head
+            .as_ref()
+            .zip(head_init.as_ref())
+            .map(|(p, h)| HeadInit { path: p.clone(), sha256: h.sha256.clone() }),
         head_spec: head_spec.clone(),
         head_epochs,
         epochs: args.epochs,
@@ -344,7 +382,10 @@ fn run(args: Args) -> Result<bool> {
         steps_per_epoch: args.steps_per_epoch,
         batch_size: args.batch_size,
         mode: if trunk_cache.is_some() { "cached-trunk" } else { "plain" },
-        augmentation: augment.as_ref().map(|a| serde_json::from_str(&a.canonical_json())).transpose()?,
+        augmentation: augment
+            .as_ref()
+            .map(|a| serde_json::from_str(&a.canonical_json()))
+            .transpose()?,
         trunk_cache: trunk_cache.as_ref().map(|t| t.info.clone()),
         seed: args.seed,
         device: format!("{device:?}"),
@@ -356,7 +397,10 @@ fn run(args: Args) -> Result<bool> {
     // Resume, or start afresh.
     let checkpoints = CheckpointDir::new(args.out.join(CHECKPOINTS));
     let resumed = if args.resume {
-        match checkpoints.load::<TrainState>(train::LATEST).context("reading the checkpoint to resume")? {
+        match checkpoints
+            .load::<TrainState>(train::LATEST)
+            .context("reading the checkpoint to resume")?
+        {
             Some(ckpt) => Some(ckpt),
             None => {
                 tracing::warn!(dir = %checkpoints.dir().display(), "--resume: no checkpoint, starting afresh");
@@ -378,7 +422,8 @@ fn run(args: Args) -> Result<bool> {
         tracing::info!(epoch = ckpt.state.epoch + 1, step = ckpt.state.step, "resuming");
     }
     // Only now, so a refused resume leaves the run's config.json as it was.
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
     if resumed.is_none() {
         checkpoints.clear()?;
@@ -387,14 +432,21 @@ fn run(args: Args) -> Result<bool> {
     tch::manual_seed(args.seed as i64);
     let net = Net::new(weights, preprocessing, unfreeze_from, head_spec.clone())?;
     if let (Some(head), None) = (&head_init, &resumed) {
-        net.load_trainable(&head.tensors, Some("head."), args.head.as_deref().expect("head_init comes from --head"))?;
+        net.load_trainable(
+            &head.tensors,
+            Some("head."),
+            args.head.as_deref().expect("head_init comes from --head"),
+        )?;
     }
 
     // Data: the training source, and the trunk's output for validation and test, computed once.
     let batch = args.batch_size;
     let source = match &trunk_cache {
         Some(cache) => cache.train(&expect, &train_index, device)?,
-        None => TrainSource::Images { images: Box::new(data::decode(train_index, args.input_size as usize)?), augment },
+        None => TrainSource::Images {
+            images: Box::new(data::decode(train_index, args.input_size as usize)?),
+            augment,
+        },
     };
     let eval_set = |split: &str| -> Result<Option<TrunkSet>> {
         if !args.data.join(split).is_dir() {
@@ -404,12 +456,22 @@ fn run(args: Args) -> Result<bool> {
         if index.classes != classes {
             bail!("split {split} has classes {:?}, train has {classes:?}", index.classes);
         }
-        if let Some(set) = trunk_cache.as_ref().map(|t| t.eval_set(split, &expect, &index, device)).transpose()?.flatten() {
+        if let Some(set) = trunk_cache
+            .as_ref()
+            .map(|t| t.eval_set(split, &expect, &index, device))
+            .transpose()?
+            .flatten()
+        {
             return Ok(Some(set));
         }
-        Ok(Some(data::trunk_of_images(&net, &data::decode(index, args.input_size as usize)?, batch)?))
+        Ok(Some(data::trunk_of_images(
+            &net,
+            &data::decode(index, args.input_size as usize)?,
+            batch,
+        )?))
     };
-    let validation = eval_set("validation")?.with_context(|| format!("{} has no validation split", args.data.display()))?;
+    let validation = eval_set("validation")?
+        .with_context(|| format!("{} has no validation split", args.data.display()))?;
     let test = eval_set("test")?;
     tracing::info!(
         mode = config.mode,
@@ -426,7 +488,9 @@ fn run(args: Args) -> Result<bool> {
         ("config_sha256".to_owned(), config_sha256.clone()),
     ]);
     let history_path = args.out.join("history.csv");
-    let on_epoch = |history: &[training::EpochRecord]| -> Result<()> { Ok(training::write_history(&history_path, history)?) };
+    let on_epoch = |history: &[training::EpochRecord]| -> Result<()> {
+        Ok(training::write_history(&history_path, history)?)
+    };
     let training_loop = Loop {
         source: &source,
         validation: &validation,
@@ -446,7 +510,12 @@ fn run(args: Args) -> Result<bool> {
         Some(ckpt) => (ckpt.state, Some(ckpt.tensors)),
         None => (TrainState::new(config_sha256.clone(), args.seed), None),
     };
-    let (state, breakdowns) = match training_loop.run(&net, state, resume_tensors.as_deref(), &checkpoint_path)? {
+    let (state, breakdowns) = match training_loop.run(
+        &net,
+        state,
+        resume_tensors.as_deref(),
+        &checkpoint_path,
+    )? {
         Outcome::Finished(state, breakdowns) => (state, breakdowns),
         Outcome::Stopped(state) => {
             eprintln!(
@@ -476,13 +545,23 @@ fn run(args: Args) -> Result<bool> {
             ("config_sha256".to_owned(), config_sha256.clone()),
         ]))
     };
-    tensors_io::save(&args.out.join(MODEL_FILE), &net.export(), &model_meta("final", history.len())?)?;
+    tensors_io::save(
+        &args.out.join(MODEL_FILE),
+        &net.export(),
+        &model_meta("final", history.len())?,
+    )?;
     let mut outputs: Vec<String> = vec![MODEL_FILE.into(), "history.csv".into()];
     let mut best_summary = None;
     if let Some(best) = checkpoints.load::<TrainState>(train::BEST)? {
         let trained: HashMap<String, tch::Tensor> = best.tensors.into_iter().collect();
-        let tensors: Vec<(String, tch::Tensor)> =
-            net.export().into_iter().map(|(n, t)| match trained.get(&n) { Some(b) => (n, b.shallow_clone()), None => (n, t) }).collect();
+        let tensors: Vec<(String, tch::Tensor)> = net
+            .export()
+            .into_iter()
+            .map(|(n, t)| match trained.get(&n) {
+                Some(b) => (n, b.shallow_clone()),
+                None => (n, t),
+            })
+            .collect();
         let b = best.state.best.context("the best checkpoint records no best epoch")?;
         tensors_io::save(&args.out.join(BEST_FILE), &tensors, &model_meta("best", b.epoch)?)?;
         outputs.push(BEST_FILE.into());
@@ -493,8 +572,18 @@ fn run(args: Args) -> Result<bool> {
         plot_history(&args.out.join("loss.png"), &history, Metric::Loss, None)?;
         outputs.extend(["accuracy.png".into(), "loss.png".into()]);
         if args.smoothing > 0.0 {
-            plot_history(&args.out.join("accuracy_smoothed.png"), &history, Metric::Accuracy, Some(args.smoothing))?;
-            plot_history(&args.out.join("loss_smoothed.png"), &history, Metric::Loss, Some(args.smoothing))?;
+            plot_history(
+                &args.out.join("accuracy_smoothed.png"),
+                &history,
+                Metric::Accuracy,
+                Some(args.smoothing),
+            )?;
+            plot_history(
+                &args.out.join("loss_smoothed.png"),
+                &history,
+                Metric::Loss,
+                Some(args.smoothing),
+            )?;
             outputs.extend(["accuracy_smoothed.png".into(), "loss_smoothed.png".into()]);
         }
     }
@@ -503,21 +592,43 @@ fn run(args: Args) -> Result<bool> {
         let Some(set) = set else { continue };
         let eval = train::evaluate(&net, set, batch)?;
         let matrix = ConfusionMatrix::new(&classes, &set.truth, &eval.predictions);
-        run_folder::write_atomic(&args.out.join(format!("confusion_{split}.csv")), matrix.to_csv().as_bytes())?;
-        plot_confusion(&args.out.join(format!("confusion_{split}.png")), &matrix, &format!("Confusion matrix ({split})"))?;
+        run_folder::write_atomic(
+            &args.out.join(format!("confusion_{split}.csv")),
+            matrix.to_csv().as_bytes(),
+        )?;
+        plot_confusion(
+            &args.out.join(format!("confusion_{split}.png")),
+            &matrix,
+            &format!("Confusion matrix ({split})"),
+        )?;
         outputs.extend([format!("confusion_{split}.csv"), format!("confusion_{split}.png")]);
         tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
-        metrics.insert(split.to_owned(), serde_json::to_value(SplitMetrics { loss: eval.loss, acc: eval.acc, source: set.source.clone(), per_class: matrix.per_class() })?);
+        metrics.insert(
+            split.to_owned(),
+            serde_json::to_value(SplitMetrics {
+                loss: eval.loss,
+                acc: eval.acc,
+                source: set.source.clone(),
+                per_class: matrix.per_class(),
+            })?,
+        );
     }
     let seconds: Vec<f64> = history.iter().map(|r| r.seconds).collect();
     let median_epoch_seconds = median(&seconds);
-    let best_metrics = best_summary.as_ref().map(|b| BestMetrics { epoch: b.epoch, val_loss: b.val_loss, val_acc: b.val_acc });
+    let best_metrics = best_summary.as_ref().map(|b| BestMetrics {
+        epoch: b.epoch,
+        val_loss: b.val_loss,
+        val_acc: b.val_acc,
+    });
     metrics.insert("best".to_owned(), serde_json::to_value(best_metrics)?);
     metrics.insert("median_epoch_seconds".to_owned(), serde_json::to_value(median_epoch_seconds)?);
     run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
     outputs.push("metrics.json".into());
 
-    let mut inputs = BTreeMap::from([("weights".to_owned(), weights_sha256.clone()), ("data".to_owned(), data_digest(&args.data)?)]);
+    let mut inputs = BTreeMap::from([
+        ("weights".to_owned(), weights_sha256.clone()),
+        ("data".to_owned(), data_digest(&args.data)?),
+    ]);
     if let Some(HeadInit { sha256, .. }) = &config.head_init {
         inputs.insert("head".to_owned(), sha256.clone());
     }
@@ -539,7 +650,15 @@ fn run(args: Args) -> Result<bool> {
         "epoch_breakdown": breakdowns,
     });
     let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
-    run_folder::StageRecord::write(&args.out, "fine-tune", config_sha256, inputs, &names, started.elapsed().as_secs_f64(), summary)?;
+    run_folder::StageRecord::write(
+        &args.out,
+        "fine-tune",
+        config_sha256,
+        inputs,
+        &names,
+        started.elapsed().as_secs_f64(),
+        summary,
+    )?;
     eprintln!(
         "fine-tune ({}): validation acc {:.4}{} after {} epochs in {:.1}s -> {}",
         config.mode,
@@ -560,6 +679,8 @@ fn median(values: &[f64]) -> Option<f64> {
 
 /// The dataset as an input of this stage (see `dataset::tree_digest`).
 fn data_digest(root: &Path) -> Result<String> {
-    let options = dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
-    dataset::tree_digest(root, &options).with_context(|| format!("digesting the dataset {}", root.display()))
+    let options =
+        dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
+    dataset::tree_digest(root, &options)
+        .with_context(|| format!("digesting the dataset {}", root.display()))
 }

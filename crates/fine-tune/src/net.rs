@@ -75,7 +75,12 @@ fn to_channels_last(vars: impl IntoIterator<Item = Tensor>) -> Result<()> {
 impl Net {
     /// `base`: the loaded weights (frozen here). The head starts Glorot-initialised from the
     /// current libtorch seed; [`Net::load_head`] replaces it.
-    pub fn new(mut base: LoadedWeights, preprocessing: Preprocessing, unfreeze_from: impl ToLayer, head: HeadSpec) -> Result<Self> {
+    pub fn new(
+        mut base: LoadedWeights,
+        preprocessing: Preprocessing,
+        unfreeze_from: impl ToLayer,
+        head: HeadSpec,
+    ) -> Result<Self> {
         let arch = base.base.arch().clone();
         let unfreeze_from = unfreeze_from.to_layer(&arch)?;
         base.vs.freeze();
@@ -90,7 +95,9 @@ impl Net {
                 LayerKind::Conv { kernel, padding, .. } => {
                     let var = |what: &str| -> Result<Tensor> {
                         let name = format!("features.{}.{what}", spec.torch_index);
-                        let src = base_vars.get(&name).with_context(|| format!("the base has no variable {name}"))?;
+                        let src = base_vars
+                            .get(&name)
+                            .with_context(|| format!("the base has no variable {name}"))?;
                         Ok(features.sub(spec.torch_index).var_copy(what, src))
                     };
                     TopLayer::Conv { weight: var("weight")?, bias: var("bias")?, kernel, padding }
@@ -105,7 +112,15 @@ impl Net {
         if device == Device::Cpu {
             to_channels_last(base.vs.variables().into_values())?;
         }
-        Ok(Self { base, preprocessing, trunk_until: trunk_layer(&arch, unfreeze_from), top, vs, head, device })
+        Ok(Self {
+            base,
+            preprocessing,
+            trunk_until: trunk_layer(&arch, unfreeze_from),
+            top,
+            vs,
+            head,
+            device,
+        })
     }
 
     pub fn device(&self) -> Device {
@@ -132,7 +147,9 @@ impl Net {
             let mut ys = xs.f_contiguous()?;
             for layer in &self.top {
                 ys = match layer {
-                    TopLayer::Conv { weight, bias, kernel, padding } => models::run_conv(&ys, weight, Some(bias), *kernel, *padding)?,
+                    TopLayer::Conv { weight, bias, kernel, padding } => {
+                        models::run_conv(&ys, weight, Some(bias), *kernel, *padding)?
+                    }
                     TopLayer::Pool => models::run_pool(&ys)?,
                 };
             }
@@ -154,12 +171,18 @@ impl Net {
 
     /// The top's conv variables, by name.
     pub fn top_params(&self) -> Vec<(String, Tensor)> {
-        tensors_io::named_variables(&self.vs).into_iter().filter(|(n, _)| n.starts_with("features.")).collect()
+        tensors_io::named_variables(&self.vs)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("features."))
+            .collect()
     }
 
     /// The head's variables, by name.
     pub fn head_params(&self) -> Vec<(String, Tensor)> {
-        tensors_io::named_variables(&self.vs).into_iter().filter(|(n, _)| n.starts_with("head.")).collect()
+        tensors_io::named_variables(&self.vs)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("head."))
+            .collect()
     }
 
     /// Everything that trains (top and head): what a checkpoint holds besides optimizer state.
@@ -170,8 +193,14 @@ impl Net {
     /// Copies named tensors into the trainable variables; with `only` set, just those whose
     /// names start with it, else all of them. Every selected variable must be in `tensors` with
     /// its shape; `path` names the file they came from.
-    pub fn load_trainable(&self, tensors: &[(String, Tensor)], only: Option<&str>, path: &Path) -> Result<()> {
-        let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    pub fn load_trainable(
+        &self,
+        tensors: &[(String, Tensor)],
+        only: Option<&str>,
+        path: &Path,
+    ) -> Result<()> {
+        let by_name: HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         for (name, var) in self.trainable() {
             if only.is_some_and(|prefix| !name.starts_with(prefix)) {
                 continue;
@@ -180,7 +209,12 @@ impl Net {
                 bail!("{}: missing tensor {name}", path.display());
             };
             if src.size() != var.size() {
-                bail!("{}: tensor {name} has shape {:?}, the model needs {:?}", path.display(), src.size(), var.size());
+                bail!(
+                    "{}: tensor {name} has shape {:?}, the model needs {:?}",
+                    path.display(),
+                    src.size(),
+                    var.size()
+                );
             }
             tch::no_grad(|| var.shallow_clone().f_copy_(src))?;
         }
@@ -221,7 +255,13 @@ mod tests {
     #[test]
     fn trunk_ends_below_the_unfreeze_layer() {
         let vgg = ConvArch::vgg16();
-        let check = |from: &str, expect: Option<&str>| assert_eq!(trunk_layer(&vgg, vgg.layer(from).unwrap()).map(|l| vgg.name_of(l)), expect, "{from}");
+        let check = |from: &str, expect: Option<&str>| {
+            assert_eq!(
+                trunk_layer(&vgg, vgg.layer(from).unwrap()).map(|l| vgg.name_of(l)),
+                expect,
+                "{from}"
+            )
+        };
         check("block5_conv1", Some("block4_pool"));
         check("features.24", Some("block4_pool"));
         check("block5_conv3", Some("block5_conv2"));
@@ -243,7 +283,8 @@ mod tests {
             source_sha256: "0".repeat(64),
             source_format: "tch".into(),
         };
-        models::weights::save_weights(&path, &tensors_io::named_variables(&vs), &provenance).unwrap();
+        models::weights::save_weights(&path, &tensors_io::named_variables(&vs), &provenance)
+            .unwrap();
         models::load_weights(&path, Device::Cpu).unwrap()
     }
 
@@ -261,20 +302,26 @@ mod tests {
         };
         let mut opt = Optimizer::new(OptimizerSpec::rmsprop(1e-3), params);
         let (frozen0, trainable0) = (snapshot(&net.frozen()), snapshot(&net.trainable()));
-        let batch = (Tensor::rand([4, 32, 32, 3], (tch::Kind::Float, Device::Cpu)) * 255.0).to_kind(tch::Kind::Uint8);
+        let batch = (Tensor::rand([4, 32, 32, 3], (tch::Kind::Float, Device::Cpu)) * 255.0)
+            .to_kind(tch::Kind::Uint8);
         let labels = Tensor::from_slice(&[0i64, 1, 0, 1]);
         for _ in 0..2 {
             let xs = net.trunk(&batch).unwrap();
             assert!(!xs.requires_grad(), "the trunk must not build a graph");
             opt.zero_grad();
-            let loss = training::head::loss(&net.forward(&xs, phase, true).unwrap(), &labels).unwrap();
+            let loss =
+                training::head::loss(&net.forward(&xs, phase, true).unwrap(), &labels).unwrap();
             loss.backward();
             opt.step();
         }
         [frozen0, snapshot(&net.frozen()), trainable0, snapshot(&net.trainable())]
     }
 
-    fn check_same(before: &[(String, Tensor)], after: &[(String, Tensor)], same: impl Fn(&str) -> bool) {
+    fn check_same(
+        before: &[(String, Tensor)],
+        after: &[(String, Tensor)],
+        same: impl Fn(&str) -> bool,
+    ) {
         assert_eq!(before.len(), after.len());
         for ((name, b), (_, a)) in before.iter().zip(after) {
             if same(name) {
@@ -290,18 +337,27 @@ mod tests {
         let _guard = TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner());
         tch::manual_seed(3);
         let dir = tempfile::tempdir().unwrap();
-        let net = Net::new(random_base(dir.path()), Preprocessing::Rescale, layer("block5_conv2"), HeadSpec::seed(512, 2)).unwrap();
+        let net = Net::new(
+            random_base(dir.path()),
+            Preprocessing::Rescale,
+            layer("block5_conv2"),
+            HeadSpec::seed(512, 2),
+        )
+        .unwrap();
         let names: Vec<String> = net.trainable().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, [
-            "features.26.bias",
-            "features.26.weight",
-            "features.28.bias",
-            "features.28.weight",
-            "head.fc1.bias",
-            "head.fc1.weight",
-            "head.fc2.bias",
-            "head.fc2.weight"
-        ]);
+        assert_eq!(
+            names,
+            [
+                "features.26.bias",
+                "features.26.weight",
+                "features.28.bias",
+                "features.28.weight",
+                "head.fc1.bias",
+                "head.fc1.weight",
+                "head.fc2.bias",
+                "head.fc2.weight"
+            ]
+        );
         assert_eq!(net.export().len(), 26 + 4);
 
         // Head phase: the whole base, top included, stays put.
@@ -315,7 +371,13 @@ mod tests {
         check_same(&t0, &t1, |_| false);
         // The export takes block5_conv2 and up from the trained copies, the rest from the base.
         let export: HashMap<String, Tensor> = net.export().into_iter().collect();
-        assert!(export["features.24.weight"].equal(&f1.iter().find(|(n, _)| n == "features.24.weight").unwrap().1));
-        assert!(export["features.26.weight"].equal(&t1.iter().find(|(n, _)| n == "features.26.weight").unwrap().1));
+        assert!(
+            export["features.24.weight"]
+                .equal(&f1.iter().find(|(n, _)| n == "features.24.weight").unwrap().1)
+        );
+        assert!(
+            export["features.26.weight"]
+                .equal(&t1.iter().find(|(n, _)| n == "features.26.weight").unwrap().1)
+        );
     }
 }

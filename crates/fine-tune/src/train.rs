@@ -135,7 +135,10 @@ impl Groups {
         net.set_phase(phase);
         Self(match phase {
             Phase::Head => vec![Optimizer::new(specs.head_phase, net.head_params())],
-            Phase::FineTune => vec![Optimizer::new(specs.base, net.top_params()), Optimizer::new(specs.head, net.head_params())],
+            Phase::FineTune => vec![
+                Optimizer::new(specs.base, net.top_params()),
+                Optimizer::new(specs.head, net.head_params()),
+            ],
         })
     }
 
@@ -206,17 +209,31 @@ impl Loop<'_> {
         let mut tensors = net.trainable();
         tensors.extend(groups.state_tensors());
         let pointer = self.checkpoints.save(slot, &tensors, self.metadata, state)?;
-        tracing::debug!(slot, seq = pointer.seq, epoch = state.epoch, step = state.step, "checkpoint saved");
+        tracing::debug!(
+            slot,
+            seq = pointer.seq,
+            epoch = state.epoch,
+            step = state.step,
+            "checkpoint saved"
+        );
         Ok(())
     }
 
     /// Runs from `state` to the end. `resume`: the checkpoint's tensors (trainable weights and
     /// optimizer slots) to put back first.
-    pub fn run(&self, net: &Net, mut state: TrainState, resume: Option<&[(String, Tensor)]>, checkpoint_path: &Path) -> Result<Outcome> {
+    pub fn run(
+        &self,
+        net: &Net,
+        mut state: TrainState,
+        resume: Option<&[(String, Tensor)]>,
+        checkpoint_path: &Path,
+    ) -> Result<Outcome> {
         let mut groups = Groups::new(net, state.phase, &self.optimizers);
         if let Some(tensors) = resume {
             net.load_trainable(tensors, None, checkpoint_path)?;
-            groups.load_state(tensors, state.optimizer_steps).with_context(|| format!("restoring the optimizer from {}", checkpoint_path.display()))?;
+            groups.load_state(tensors, state.optimizer_steps).with_context(|| {
+                format!("restoring the optimizer from {}", checkpoint_path.display())
+            })?;
         }
         let n = self.source.len();
         let mut steps_here = 0usize;
@@ -231,7 +248,8 @@ impl Loop<'_> {
                 state.optimizer_steps = 0;
             }
             let _span = tracing::info_span!("epoch", epoch = epoch + 1, ?phase).entered();
-            let mut plan = EpochPlan::new(n, self.batch_size, state.seed, epoch, self.source.passes());
+            let mut plan =
+                EpochPlan::new(n, self.batch_size, state.seed, epoch, self.source.passes());
             let bar = progress(self.steps_per_epoch, epoch + 1, self.total_epochs());
             bar.set_position(state.step as u64);
             let mut started = Instant::now();
@@ -239,36 +257,51 @@ impl Loop<'_> {
             let mut laps = Laps(Instant::now());
             for step in state.step..self.steps_per_epoch {
                 let samples = plan.batch(step);
-                let (xs, ys) = tch::autocast(self.autocast, || self.source.batch(net, &samples, state.seed, epoch))?;
+                let (xs, ys) = tch::autocast(self.autocast, || {
+                    self.source.batch(net, &samples, state.seed, epoch)
+                })?;
                 laps.lap(&mut times.batch);
                 tch::manual_seed(step_seed(state.seed, epoch, step));
                 groups.zero_grad();
                 // The loss inside too: autocast computes it in float32 from half-precision logits.
-                let (logits, batch_loss) = tch::autocast(self.autocast, || -> Result<(Tensor, Tensor)> {
-                    let logits = net.forward(&xs, phase, true)?;
-                    let batch_loss = loss(&logits, &ys)?;
-                    Ok((logits, batch_loss))
-                })?;
+                let (logits, batch_loss) =
+                    tch::autocast(self.autocast, || -> Result<(Tensor, Tensor)> {
+                        let logits = net.forward(&xs, phase, true)?;
+                        let batch_loss = loss(&logits, &ys)?;
+                        Ok((logits, batch_loss))
+                    })?;
                 let value = batch_loss.f_double_value(&[])?;
                 laps.lap(&mut times.forward);
                 if !value.is_finite() {
                     bar.abandon();
-                    return Err(TrainError::NonFinite { epoch: epoch + 1, step: step + 1, loss: value })
-                        .with_context(|| format!("the last good checkpoint is kept in {}", self.checkpoints.dir().display()));
+                    return Err(TrainError::NonFinite {
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        loss: value,
+                    })
+                    .with_context(|| {
+                        format!(
+                            "the last good checkpoint is kept in {}",
+                            self.checkpoints.dir().display()
+                        )
+                    });
                 }
                 batch_loss.f_backward()?;
                 laps.lap(&mut times.backward);
                 groups.step();
                 laps.lap(&mut times.optimizer);
                 state.running.loss_sum += value * samples.len() as f64;
-                state.running.correct += predict(&logits)?.f_eq_tensor(&ys)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
+                state.running.correct +=
+                    predict(&logits)?.f_eq_tensor(&ys)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
                 state.running.seen += samples.len() as i64;
                 state.step = step + 1;
                 state.optimizer_steps = groups.steps();
                 bar.inc(1);
                 steps_here += 1;
                 let stop = self.stop_after_steps == Some(steps_here);
-                let periodic = self.checkpoint_every > 0 && state.step.is_multiple_of(self.checkpoint_every) && state.step < self.steps_per_epoch;
+                let periodic = self.checkpoint_every > 0
+                    && state.step.is_multiple_of(self.checkpoint_every)
+                    && state.step < self.steps_per_epoch;
                 if stop || periodic {
                     state.running.seconds += started.elapsed().as_secs_f64();
                     started = Instant::now();
@@ -281,11 +314,16 @@ impl Loop<'_> {
                 laps.lap(&mut times.other);
             }
             bar.finish_and_clear();
-            let val = tch::autocast(self.autocast, || evaluate(net, self.validation, self.batch_size))?;
+            let val =
+                tch::autocast(self.autocast, || evaluate(net, self.validation, self.batch_size))?;
             laps.lap(&mut times.validation);
             if !val.loss.is_finite() {
-                return Err(TrainError::NonFinite { epoch: epoch + 1, step: self.steps_per_epoch, loss: val.loss })
-                    .context("validation loss; the last good checkpoint is kept");
+                return Err(TrainError::NonFinite {
+                    epoch: epoch + 1,
+                    step: self.steps_per_epoch,
+                    loss: val.loss,
+                })
+                .context("validation loss; the last good checkpoint is kept");
             }
             let seen = state.running.seen.max(1) as f64;
             let record = EpochRecord {
@@ -327,7 +365,9 @@ impl Loop<'_> {
 fn progress(steps: usize, epoch: usize, total: usize) -> ProgressBar {
     let bar = ProgressBar::new(steps as u64).with_message(format!("epoch {epoch}/{total}"));
     bar.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}").expect("static template").progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} steps {per_sec} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
     );
     bar
 }
@@ -342,11 +382,17 @@ pub fn evaluate(net: &Net, set: &TrunkSet, batch_size: usize) -> Result<Evaluati
         for start in (0..n).step_by(batch_size) {
             let len = (batch_size as i64).min(n - start);
             let logits = net.forward(&set.xs.f_narrow(0, start, len)?, Phase::Head, false)?;
-            total += loss(&logits, &set.labels.f_narrow(0, start, len)?)?.f_double_value(&[])? * len as f64;
-            predictions.extend(Vec::<i64>::try_from(predict(&logits)?.f_to_device(tch::Device::Cpu)?)?);
+            total += loss(&logits, &set.labels.f_narrow(0, start, len)?)?.f_double_value(&[])?
+                * len as f64;
+            predictions
+                .extend(Vec::<i64>::try_from(predict(&logits)?.f_to_device(tch::Device::Cpu)?)?);
         }
         Ok(())
     })?;
     let correct = set.truth.iter().zip(&predictions).filter(|(a, b)| a == b).count();
-    Ok(Evaluation { loss: total / n.max(1) as f64, acc: correct as f64 / n.max(1) as f64, predictions })
+    Ok(Evaluation {
+        loss: total / n.max(1) as f64,
+        acc: correct as f64 / n.max(1) as f64,
+        predictions,
+    })
 }

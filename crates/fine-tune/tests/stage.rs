@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use feature_cache::{AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey};
+use feature_cache::{
+    AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey,
+    FileKey,
+};
 use tch::{Device, Kind, Tensor, nn};
 use training::checkpoint::CheckpointDir;
 use training::tensors_io;
@@ -189,7 +192,16 @@ fn outputs_follow_the_stage_contract() {
     let record = run_folder::StageRecord::read(dir).unwrap();
     assert_eq!(record.stage, "fine-tune");
     assert_eq!(record.damaged_output(dir), None);
-    for name in ["model.safetensors", "best.safetensors", "history.csv", "accuracy.png", "loss.png", "metrics.json", "confusion_test.csv", "confusion_validation.png"] {
+    for name in [
+        "model.safetensors",
+        "best.safetensors",
+        "history.csv",
+        "accuracy.png",
+        "loss.png",
+        "metrics.json",
+        "confusion_test.csv",
+        "confusion_validation.png",
+    ] {
         assert!(record.outputs.contains_key(name), "{name} missing from stage.json");
     }
     assert!(record.inputs.contains_key("weights") && record.inputs.contains_key("data"));
@@ -200,17 +212,29 @@ fn outputs_follow_the_stage_contract() {
 
     let history = history_without_seconds(dir);
     assert_eq!(history.len(), 3, "{history:?}");
-    assert!(history[1].ends_with(",1e-3") && history[2].ends_with(",1e-4"), "learning rate per phase: {history:?}");
+    assert!(
+        history[1].ends_with(",1e-3") && history[2].ends_with(",1e-4"),
+        "learning rate per phase: {history:?}"
+    );
     let metrics: serde_json::Value = run_folder::read_json(&dir.join("metrics.json")).unwrap();
     for split in ["validation", "test"] {
         let acc = metrics[split]["acc"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc), "{split} acc {acc}");
         assert_eq!(metrics[split]["source"], "images");
     }
-    assert!(metrics["best"]["epoch"].as_u64().is_some_and(|e| (1..=2).contains(&e)), "{}", metrics["best"]);
+    assert!(
+        metrics["best"]["epoch"].as_u64().is_some_and(|e| (1..=2).contains(&e)),
+        "{}",
+        metrics["best"]
+    );
     let csv = std::fs::read_to_string(dir.join("confusion_test.csv")).unwrap();
     assert!(csv.starts_with("true\\predicted,cat,dog\ncat,"), "{csv}");
-    let counts: u64 = csv.lines().skip(1).flat_map(|l| l.split(',').skip(1)).map(|c| c.parse::<u64>().unwrap()).sum();
+    let counts: u64 = csv
+        .lines()
+        .skip(1)
+        .flat_map(|l| l.split(',').skip(1))
+        .map(|c| c.parse::<u64>().unwrap())
+        .sum();
     assert_eq!(counts, 6);
     assert_eq!(image::open(dir.join("accuracy.png")).unwrap().width(), 800);
 
@@ -269,9 +293,17 @@ fn resume_after_a_crash_mid_epoch_is_bit_identical() {
         let out = fine_tune(&dir, &["--stop-after-steps", stop_after]);
         assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
         assert!(!dir.join("stage.json").exists(), "a stopped run must not look finished");
-        let ckpt = CheckpointDir::new(dir.join("checkpoints")).load::<serde_json::Value>("latest").unwrap().expect("a checkpoint");
+        let ckpt = CheckpointDir::new(dir.join("checkpoints"))
+            .load::<serde_json::Value>("latest")
+            .unwrap()
+            .expect("a checkpoint");
         let (epoch, step) = if stop_after == "6" { (1, 2) } else { (0, 2) };
-        assert_eq!((ckpt.state["epoch"].as_u64(), ckpt.state["step"].as_u64()), (Some(epoch), Some(step)), "{}", ckpt.state);
+        assert_eq!(
+            (ckpt.state["epoch"].as_u64(), ckpt.state["step"].as_u64()),
+            (Some(epoch), Some(step)),
+            "{}",
+            ckpt.state
+        );
 
         if stop_after == "6" {
             // Other settings: refused, and the run's config.json is left alone.
@@ -286,7 +318,10 @@ fn resume_after_a_crash_mid_epoch_is_bit_identical() {
     // initial head) gives other weights.
     let other = fx.root.join("other-seed");
     check_ok(&fine_tune(&other, &["--seed", "12"]));
-    let (a, b) = (tensors(&reference().join("model.safetensors")), tensors(&other.join("model.safetensors")));
+    let (a, b) = (
+        tensors(&reference().join("model.safetensors")),
+        tensors(&other.join("model.safetensors")),
+    );
     assert!(!a["features.28.weight"].equal(&b["features.28.weight"]));
 }
 
@@ -303,13 +338,22 @@ fn write_trunk_cache(dir: &Path, passes: u32, with_validation: bool) -> PathBuf 
     }
     let mut entries = Vec::new();
     for (split, pass) in jobs {
-        let index = dataset::scan(&fx.data, split, &dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() }).unwrap();
+        let index = dataset::scan(
+            &fx.data,
+            split,
+            &dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() },
+        )
+        .unwrap();
         let digests = dataset::digests(&index).unwrap();
         let files = index
             .files
             .iter()
             .zip(digests)
-            .map(|(f, sha256)| FileKey { path: f.path.strip_prefix(&index.dir).unwrap().to_string_lossy().into_owned(), label: f.class as u32, sha256 })
+            .map(|(f, sha256)| FileKey {
+                path: f.path.strip_prefix(&index.dir).unwrap().to_string_lossy().into_owned(),
+                label: f.class as u32,
+                sha256,
+            })
             .collect();
         let key = FeatureKey {
             format_version: FORMAT_VERSION,
@@ -321,22 +365,43 @@ fn write_trunk_cache(dir: &Path, passes: u32, with_validation: bool) -> PathBuf 
             preprocessing: "rescale".into(),
             pooling: "none".into(),
             precision: "f32".into(),
-            augmentation: pass.map(|pass| AugmentationKey { spec: serde_json::json!({}), seed: 0, pass }),
+            augmentation: pass.map(|pass| AugmentationKey {
+                spec: serde_json::json!({}),
+                seed: 0,
+                pass,
+            }),
             dataset: DatasetKey { split: split.into(), classes: index.classes.clone(), files },
         };
-        let mut writer = cache.writer(key.clone(), "fine-tune tests", index.len() as u64, &[2, 2, 512]).unwrap();
-        let decode = dataset::DecodeOptions { target_size: Some(dataset::Size::square(SIZE)), ..Default::default() };
+        let mut writer =
+            cache.writer(key.clone(), "fine-tune tests", index.len() as u64, &[2, 2, 512]).unwrap();
+        let decode = dataset::DecodeOptions {
+            target_size: Some(dataset::Size::square(SIZE)),
+            ..Default::default()
+        };
         let options = dataset::BatchOptions { batch_size: 5, ..Default::default() };
         for batch in dataset::batches(&index, &decode, &options, 0).unwrap() {
             let batch = batch.unwrap();
-            let xs = Tensor::from_slice(&batch.images).view([batch.len() as i64, SIZE as i64, SIZE as i64, 3]);
+            let xs = Tensor::from_slice(&batch.images).view([
+                batch.len() as i64,
+                SIZE as i64,
+                SIZE as i64,
+                3,
+            ]);
             let ys = tch::no_grad(|| weights.features(&xs, layer, models::Pooling::None)).unwrap();
-            let rows = Vec::<f32>::try_from(ys.permute([0, 2, 3, 1]).contiguous().flatten(0, -1)).unwrap();
+            let rows =
+                Vec::<f32>::try_from(ys.permute([0, 2, 3, 1]).contiguous().flatten(0, -1)).unwrap();
             let labels: Vec<i32> = batch.classes.iter().map(|&c| c as i32).collect();
             writer.append(&rows, &labels).unwrap();
         }
         writer.finish().unwrap();
-        entries.push(EntryRef { split: split.into(), pass, key: key.digest(), rows: index.len() as u64, cache_dir: None, origin: None });
+        entries.push(EntryRef {
+            split: split.into(),
+            pass,
+            key: key.digest(),
+            rows: index.len() as u64,
+            cache_dir: None,
+            origin: None,
+        });
     }
     let record = ExtractionRecord {
         cache_dir: cache.root().to_owned(),
@@ -365,24 +430,44 @@ fn cached_trunk_trains_like_the_plain_mode() {
     assert_eq!(record.summary["mode"], "cached-trunk");
     assert!(record.inputs.contains_key("trunk_cache"));
     let metrics: serde_json::Value = run_folder::read_json(&cached.join("metrics.json")).unwrap();
-    assert!(metrics["validation"]["source"].as_str().unwrap().starts_with("cache "), "{}", metrics["validation"]);
+    assert!(
+        metrics["validation"]["source"].as_str().unwrap().starts_with("cache "),
+        "{}",
+        metrics["validation"]
+    );
     assert_eq!(metrics["test"]["source"], "images", "the record has no test entry");
 
     // Same batches, same dropout masks, trunk features computed elsewhere: the same training up
     // to float rounding (bit-identical on this machine). Compared against how far training moved
     // the weights.
     let init = tensors(&fx.weights);
-    let (a, b) = (tensors(&plain.join("model.safetensors")), tensors(&cached.join("model.safetensors")));
-    for name in ["features.24.weight", "features.28.weight", "features.28.bias", "head.fc1.weight", "head.fc2.weight"] {
+    let (a, b) =
+        (tensors(&plain.join("model.safetensors")), tensors(&cached.join("model.safetensors")));
+    for name in [
+        "features.24.weight",
+        "features.28.weight",
+        "features.28.bias",
+        "head.fc1.weight",
+        "head.fc2.weight",
+    ] {
         let diff = f64::try_from((&a[name] - &b[name]).abs().max()).unwrap();
         let moved = match init.get(name) {
             Some(t) => f64::try_from((&a[name] - t).abs().max()).unwrap(),
             None => f64::try_from(a[name].abs().max()).unwrap(),
         };
-        assert!(diff <= 0.02 * moved, "{name}: plain and cached-trunk differ by {diff:e}, training moved it by {moved:e}");
+        assert!(
+            diff <= 0.02 * moved,
+            "{name}: plain and cached-trunk differ by {diff:e}, training moved it by {moved:e}"
+        );
     }
     let history = |d: &Path| -> Vec<f64> {
-        history_without_seconds(d).iter().skip(1).flat_map(|l| l.split(',').skip(1).take(4).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>()).collect()
+        history_without_seconds(d)
+            .iter()
+            .skip(1)
+            .flat_map(|l| {
+                l.split(',').skip(1).take(4).map(|v| v.parse::<f64>().unwrap()).collect::<Vec<_>>()
+            })
+            .collect()
     };
     for (x, y) in history(&plain).iter().zip(history(&cached)) {
         assert!((x - y).abs() <= 1e-3 * x.abs().max(1.0), "history differs: {x} vs {y}");
@@ -396,15 +481,31 @@ fn trunk_caches_that_do_not_fit_are_refused() {
     let features = write_trunk_cache(&dir, 1, false);
     let features_arg = features.to_str().unwrap();
     let out = fx.root.join("refused");
-    check_fails(&out, &["--trunk-cache", features_arg, "--unfreeze-from", "block5_conv2"], &["features.json", "holds block4_pool features", "--layer block5_conv1"]);
-    check_fails(&out, &["--trunk-cache", features_arg, "--input-size", "48"], &["features.json", "input size"]);
-    check_fails(&out, &["--trunk-cache", features_arg, "--preprocessing", "caffe"], &["preprocessing is rescale, fine-tune needs caffe"]);
+    check_fails(
+        &out,
+        &["--trunk-cache", features_arg, "--unfreeze-from", "block5_conv2"],
+        &["features.json", "holds block4_pool features", "--layer block5_conv1"],
+    );
+    check_fails(
+        &out,
+        &["--trunk-cache", features_arg, "--input-size", "48"],
+        &["features.json", "input size"],
+    );
+    check_fails(
+        &out,
+        &["--trunk-cache", features_arg, "--preprocessing", "caffe"],
+        &["preprocessing is rescale, fine-tune needs caffe"],
+    );
     // A record without augmented passes of the training split.
     let mut record: ExtractionRecord = run_folder::read_json(&features).unwrap();
     record.entries.retain(|e| e.pass.is_none());
     let plain_only = dir.join("plain-only.json");
     run_folder::write_json(&plain_only, &record).unwrap();
-    check_fails(&out, &["--trunk-cache", plain_only.to_str().unwrap()], &["plain-only.json", "--augment-passes"]);
+    check_fails(
+        &out,
+        &["--trunk-cache", plain_only.to_str().unwrap()],
+        &["plain-only.json", "--augment-passes"],
+    );
 }
 
 #[test]
@@ -414,32 +515,61 @@ fn a_train_head_output_starts_the_fine_tuning() {
     std::fs::create_dir_all(&dir).unwrap();
     let spec = training::HeadSpec { input_width: 512, hidden: 16, dropout: 0.25, classes: 2 };
     let head: Vec<(String, Tensor)> = vec![
-        ("head.fc1.weight".into(), Tensor::arange(16 * 512, (Kind::Float, Device::Cpu)).reshape([16, 512]) / 1e5),
+        (
+            "head.fc1.weight".into(),
+            Tensor::arange(16 * 512, (Kind::Float, Device::Cpu)).reshape([16, 512]) / 1e5,
+        ),
         ("head.fc1.bias".into(), Tensor::full([16], 0.5, (Kind::Float, Device::Cpu))),
         ("head.fc2.weight".into(), Tensor::full([1, 16], -0.25, (Kind::Float, Device::Cpu))),
         ("head.fc2.bias".into(), Tensor::full([1], 0.125, (Kind::Float, Device::Cpu))),
     ];
-    let meta = |spec: &training::HeadSpec| HashMap::from([("head".to_owned(), serde_json::to_string(spec).unwrap()), ("layer".to_owned(), "block5_pool".to_owned())]);
+    let meta = |spec: &training::HeadSpec| {
+        HashMap::from([
+            ("head".to_owned(), serde_json::to_string(spec).unwrap()),
+            ("layer".to_owned(), "block5_pool".to_owned()),
+        ])
+    };
     let path = dir.join("head.safetensors");
     tensors_io::save(&path, &head, &meta(&spec)).unwrap();
     // With --head no head epochs run by default; no fine-tuning epochs either: the model is the
     // base plus exactly the given head.
     let out = dir.join("zero-epochs");
-    check_ok(&fine_tune(&out, &["--head", path.to_str().unwrap(), "--head-epochs", "default", "--epochs", "0"]));
+    check_ok(&fine_tune(
+        &out,
+        &["--head", path.to_str().unwrap(), "--head-epochs", "default", "--epochs", "0"],
+    ));
     let model = tensors(&out.join("model.safetensors"));
     for (name, t) in &head {
         assert!(t.equal(&model[name]), "{name} not taken from --head");
     }
     let config: serde_json::Value = run_folder::read_json(&out.join("config.json")).unwrap();
-    assert_eq!((config["head_epochs"].as_u64(), config["head_spec"]["hidden"].as_u64()), (Some(0), Some(16)));
+    assert_eq!(
+        (config["head_epochs"].as_u64(), config["head_spec"]["hidden"].as_u64()),
+        (Some(0), Some(16))
+    );
     assert_eq!(config["head_spec"]["dropout"], 0.5, "--dropout overrides the head's");
     // A head for another input width is refused, naming the file.
     let wide = training::HeadSpec { input_width: 2048, ..spec };
     let bad = dir.join("wide.safetensors");
-    let wide_head: Vec<(String, Tensor)> =
-        head.iter().map(|(n, t)| (n.clone(), if n == "head.fc1.weight" { Tensor::zeros([16, 2048], (Kind::Float, Device::Cpu)) } else { t.shallow_clone() })).collect();
+    let wide_head: Vec<(String, Tensor)> = head
+        .iter()
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                if n == "head.fc1.weight" {
+                    Tensor::zeros([16, 2048], (Kind::Float, Device::Cpu))
+                } else {
+                    t.shallow_clone()
+                },
+            )
+        })
+        .collect();
     tensors_io::save(&bad, &wide_head, &meta(&wide)).unwrap();
-    check_fails(&dir.join("refused"), &["--head", bad.to_str().unwrap()], &["wide.safetensors", "2048", "512"]);
+    check_fails(
+        &dir.join("refused"),
+        &["--head", bad.to_str().unwrap()],
+        &["wide.safetensors", "2048", "512"],
+    );
 }
 
 #[test]
@@ -451,10 +581,18 @@ fn a_non_finite_loss_names_epoch_and_step_and_keeps_the_last_checkpoint() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     let at = err.find("non-finite loss").unwrap_or_else(|| panic!("{err}"));
     let tail = &err[at..];
-    let step: u64 = tail.split("at epoch 1, step ").nth(1).and_then(|s| s.split(':').next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{err}"));
+    let step: u64 = tail
+        .split("at epoch 1, step ")
+        .nth(1)
+        .and_then(|s| s.split(':').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{err}"));
     assert!(step >= 2, "the first step cannot diverge yet: {err}");
     // The checkpoint of the step before loads, digests and all.
-    let ckpt = CheckpointDir::new(dir.join("checkpoints")).load::<serde_json::Value>("latest").unwrap().expect("a checkpoint");
+    let ckpt = CheckpointDir::new(dir.join("checkpoints"))
+        .load::<serde_json::Value>("latest")
+        .unwrap()
+        .expect("a checkpoint");
     assert_eq!(ckpt.state["step"].as_u64(), Some(step - 1));
     assert!(!dir.join("stage.json").exists());
 }

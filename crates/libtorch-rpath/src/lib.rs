@@ -20,7 +20,9 @@ pub fn emit() {
             // directly, so the linker would drop it: then `--device auto` silently runs on the
             // CPU of a GPU machine. Binaries keep it (about 0.25 s more per start); tests do not
             // need CUDA and skip without it.
-            if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() && package_has_binaries() {
+            if std::path::Path::new(&dir).join("libtorch_cuda.so").exists()
+                && package_has_binaries()
+            {
                 println!("cargo:rustc-link-arg-bins=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
             }
         }

@@ -53,7 +53,9 @@ impl ConvLayer {
     /// Weights and biases of this layer (0 for a pool).
     pub fn parameter_count(&self) -> i64 {
         match self.kind {
-            LayerKind::Conv { in_channels, out_channels, kernel, .. } => out_channels * in_channels * kernel * kernel + out_channels,
+            LayerKind::Conv { in_channels, out_channels, kernel, .. } => {
+                out_channels * in_channels * kernel * kernel + out_channels
+            }
             LayerKind::Pool => 0,
         }
     }
@@ -170,8 +172,13 @@ impl ConvArch {
         let (mut channels, mut index) = (3, 0);
         for def in &defs {
             let layer_name = def.name();
-            if layer_name.is_empty() || layer_name.starts_with("features.") || layer_name.chars().any(|c| c.is_whitespace()) {
-                return Err(bad(format!("layer name {layer_name:?} must be a non-empty Keras-style name without spaces, not features.N")));
+            if layer_name.is_empty()
+                || layer_name.starts_with("features.")
+                || layer_name.chars().any(|c| c.is_whitespace())
+            {
+                return Err(bad(format!(
+                    "layer name {layer_name:?} must be a non-empty Keras-style name without spaces, not features.N"
+                )));
             }
             if layers.iter().any(|l| l.name.eq_ignore_ascii_case(layer_name)) {
                 return Err(bad(format!("layer name {layer_name:?} appears twice")));
@@ -179,12 +186,21 @@ impl ConvArch {
             let (kind, width) = match *def {
                 LayerDef::Conv { filters, kernel, padding, .. } => {
                     if filters < 1 || kernel < 1 {
-                        return Err(bad(format!("{layer_name}: filters {filters} and kernel {kernel} must be at least 1")));
+                        return Err(bad(format!(
+                            "{layer_name}: filters {filters} and kernel {kernel} must be at least 1"
+                        )));
                     }
                     if padding == Padding::Same && kernel % 2 == 0 {
-                        return Err(bad(format!("{layer_name}: \"same\" padding needs an odd kernel, got {kernel}")));
+                        return Err(bad(format!(
+                            "{layer_name}: \"same\" padding needs an odd kernel, got {kernel}"
+                        )));
                     }
-                    let kind = LayerKind::Conv { in_channels: channels, out_channels: filters, kernel, padding };
+                    let kind = LayerKind::Conv {
+                        in_channels: channels,
+                        out_channels: filters,
+                        kernel,
+                        padding,
+                    };
                     channels = filters;
                     (kind, 2)
                 }
@@ -206,7 +222,10 @@ impl ConvArch {
     /// `vgg16_w<width>` (e.g. `vgg16_w0.25`: 16, 32, 64, 128, 128 filters).
     pub fn vgg16_width(width: f64) -> Result<Self, ModelError> {
         if !(width > 0.0 && width <= 1.0) {
-            return Err(ModelError::BadArchitecture { name: format!("vgg16_w{width}"), reason: "width must be in (0, 1]".to_owned() });
+            return Err(ModelError::BadArchitecture {
+                name: format!("vgg16_w{width}"),
+                reason: "width must be in (0, 1]".to_owned(),
+            });
         }
         let defs = VGG16_LAYERS
             .iter()
@@ -220,7 +239,8 @@ impl ConvArch {
                 LayerKind::Pool => LayerDef::MaxPool { name: spec.keras_name.to_owned() },
             })
             .collect();
-        let name = if width == 1.0 { VGG16_ARCHITECTURE.to_owned() } else { format!("vgg16_w{width}") };
+        let name =
+            if width == 1.0 { VGG16_ARCHITECTURE.to_owned() } else { format!("vgg16_w{width}") };
         Self::new(&name, defs)
     }
 
@@ -231,7 +251,12 @@ impl ConvArch {
     pub fn small_convnet() -> Self {
         let mut defs = Vec::new();
         for (i, filters) in [32, 64, 128, 128].into_iter().enumerate() {
-            defs.push(LayerDef::Conv { name: format!("conv2d_{}", i + 1), filters, kernel: 3, padding: Padding::Valid });
+            defs.push(LayerDef::Conv {
+                name: format!("conv2d_{}", i + 1),
+                filters,
+                kernel: 3,
+                padding: Padding::Valid,
+            });
             defs.push(LayerDef::MaxPool { name: format!("max_pooling2d_{}", i + 1) });
         }
         Self::new(SMALL_CONVNET, defs).expect("the small convnet is a valid architecture")
@@ -239,8 +264,11 @@ impl ConvArch {
 
     /// Reads the `layers` metadata (JSON list of [`LayerDef`]) of a weights file.
     pub fn from_json(name: &str, json: &str) -> Result<Self, ModelError> {
-        let defs: Vec<LayerDef> = serde_json::from_str(json)
-            .map_err(|e| ModelError::BadArchitecture { name: name.to_owned(), reason: format!("layers metadata: {e}") })?;
+        let defs: Vec<LayerDef> =
+            serde_json::from_str(json).map_err(|e| ModelError::BadArchitecture {
+                name: name.to_owned(),
+                reason: format!("layers metadata: {e}"),
+            })?;
         Self::new(name, defs)
     }
 
@@ -306,13 +334,24 @@ impl ConvArch {
         ModelError::UnknownLayerIn {
             name: name.to_owned(),
             architecture: self.name.clone(),
-            expected: format!("{} .. {} or {} .. {}", first.name, last.name, first.torch_name(), last.torch_name()),
+            expected: format!(
+                "{} .. {} or {} .. {}",
+                first.name,
+                last.name,
+                first.torch_name(),
+                last.torch_name()
+            ),
         }
     }
 
     /// Output shape `[C, H, W]` of `layer` for an input of `height` x `width`, or the error a
     /// forward pass would meet (the first layer whose output would be empty).
-    pub fn output_shape(&self, height: i64, width: i64, layer: Layer) -> Result<[i64; 3], ModelError> {
+    pub fn output_shape(
+        &self,
+        height: i64,
+        width: i64,
+        layer: Layer,
+    ) -> Result<[i64; 3], ModelError> {
         let (mut c, mut h, mut w) = (3, height, width);
         for spec in &self.layers[..=layer.0] {
             match spec.kind {
@@ -352,7 +391,13 @@ impl ConvArch {
     }
 
     /// Shape of one image's features at `layer` with `pooling`: `[C, H, W]` or `[C]`.
-    pub fn feature_shape(&self, height: i64, width: i64, layer: Layer, pooling: Pooling) -> Result<Vec<i64>, ModelError> {
+    pub fn feature_shape(
+        &self,
+        height: i64,
+        width: i64,
+        layer: Layer,
+        pooling: Pooling,
+    ) -> Result<Vec<i64>, ModelError> {
         let [c, h, w] = self.output_shape(height, width, layer)?;
         Ok(match pooling {
             Pooling::None => vec![c, h, w],
@@ -366,7 +411,10 @@ impl ConvArch {
             .iter()
             .filter_map(|l| match l.kind {
                 LayerKind::Conv { in_channels, out_channels, kernel, .. } => Some([
-                    (format!("features.{}.weight", l.torch_index), vec![out_channels, in_channels, kernel, kernel]),
+                    (
+                        format!("features.{}.weight", l.torch_index),
+                        vec![out_channels, in_channels, kernel, kernel],
+                    ),
                     (format!("features.{}.bias", l.torch_index), vec![out_channels]),
                 ]),
                 LayerKind::Pool => None,
@@ -421,7 +469,10 @@ mod tests {
             let l = layer.to_layer(&arch).unwrap();
             assert_eq!(l.position(), layer.position());
             assert_eq!(arch.spec(l).torch_index, layer.spec().torch_index);
-            assert_eq!(arch.output_shape(150, 150, l).unwrap(), crate::output_shape(150, 150, layer).unwrap());
+            assert_eq!(
+                arch.output_shape(150, 150, l).unwrap(),
+                crate::output_shape(150, 150, layer).unwrap()
+            );
             assert_eq!(arch.min_input(l), crate::vgg16::min_input(layer));
         }
     }
@@ -454,7 +505,11 @@ mod tests {
         check_name(&arch, "features.2", Ok("max_pooling2d_1"));
         check_name(&arch, "features.3", Ok("conv2d_2"));
         check_name(&arch, "features.11", Ok("max_pooling2d_4"));
-        check_name(&arch, "features.12", Err("conv2d_1 .. max_pooling2d_4 or features.0 .. features.11"));
+        check_name(
+            &arch,
+            "features.12",
+            Err("conv2d_1 .. max_pooling2d_4 or features.0 .. features.11"),
+        );
         check_name(&arch, "block5_conv1", Err("unknown layer \"block5_conv1\" in small_convnet"));
         check_name(&ConvArch::vgg16(), "conv2d_1", Err("unknown VGG16 layer"));
     }
@@ -467,9 +522,18 @@ mod tests {
         assert_eq!(ConvArch::from_json(SMALL_CONVNET, &json).unwrap(), arch);
         let err = |json: &str| ConvArch::from_json("x", json).unwrap_err().to_string();
         assert!(err("[]").contains("no layers"));
-        assert!(err(r#"[{"type":"conv","name":"a","filters":0,"kernel":3,"padding":"same"}]"#).contains("at least 1"));
-        assert!(err(r#"[{"type":"conv","name":"a","filters":2,"kernel":2,"padding":"same"}]"#).contains("odd kernel"));
-        assert!(err(r#"[{"type":"max_pool","name":"a"},{"type":"max_pool","name":"A"}]"#).contains("twice"));
+        assert!(
+            err(r#"[{"type":"conv","name":"a","filters":0,"kernel":3,"padding":"same"}]"#)
+                .contains("at least 1")
+        );
+        assert!(
+            err(r#"[{"type":"conv","name":"a","filters":2,"kernel":2,"padding":"same"}]"#)
+                .contains("odd kernel")
+        );
+        assert!(
+            err(r#"[{"type":"max_pool","name":"a"},{"type":"max_pool","name":"A"}]"#)
+                .contains("twice")
+        );
         assert!(err(r#"[{"type":"max_pool","name":"features.0"}]"#).contains("not features.N"));
         assert!(err(r#"[{"type":"dense","name":"a"}]"#).contains("layers metadata"));
     }

@@ -36,8 +36,17 @@ impl ConvBase {
                 let spec = arch.spec(layer);
                 match spec.kind {
                     LayerKind::Conv { in_channels, out_channels, kernel, padding } => {
-                        let config = nn::ConvConfig { padding: padding_of(kernel, padding), ..Default::default() };
-                        Some(nn::conv2d(&features / spec.torch_index, in_channels, out_channels, kernel, config))
+                        let config = nn::ConvConfig {
+                            padding: padding_of(kernel, padding),
+                            ..Default::default()
+                        };
+                        Some(nn::conv2d(
+                            &features / spec.torch_index,
+                            in_channels,
+                            out_channels,
+                            kernel,
+                            config,
+                        ))
                     }
                     LayerKind::Pool => None,
                 }
@@ -71,17 +80,32 @@ impl ConvBase {
     /// batch layout. Errors, before running anything: a wrong rank or channel count, an empty
     /// batch, an empty `keep`, a kept layer not above `after`, an input too small for the
     /// highest kept layer.
-    pub fn forward_layers(&self, xs: &Tensor, after: Option<Layer>, keep: &[Layer]) -> Result<Vec<Tensor>, ModelError> {
+    pub fn forward_layers(
+        &self,
+        xs: &Tensor,
+        after: Option<Layer>,
+        keep: &[Layer],
+    ) -> Result<Vec<Tensor>, ModelError> {
         let shape = xs.size();
         let channels = match after {
             None => 3,
-            Some(layer) => self.arch.output_shape(self.arch.min_input(layer), self.arch.min_input(layer), layer)?[0],
+            Some(layer) => self.arch.output_shape(
+                self.arch.min_input(layer),
+                self.arch.min_input(layer),
+                layer,
+            )?[0],
         };
         let [n, c, h, w] = shape[..] else {
-            return Err(ModelError::BadInputShape { shape, expected: format!("[N, {channels}, H, W]") });
+            return Err(ModelError::BadInputShape {
+                shape,
+                expected: format!("[N, {channels}, H, W]"),
+            });
         };
         if c != channels {
-            return Err(ModelError::BadInputShape { shape, expected: format!("[N, {channels}, H, W]") });
+            return Err(ModelError::BadInputShape {
+                shape,
+                expected: format!("[N, {channels}, H, W]"),
+            });
         }
         if n == 0 {
             return Err(ModelError::EmptyBatch);
@@ -93,7 +117,8 @@ impl ConvBase {
         if let Some(&low) = keep.iter().find(|l| l.position() < start) {
             return Err(ModelError::LayerNotAbove {
                 layer: self.arch.name_of(low).to_owned(),
-                after: after.map_or_else(|| "the input".to_owned(), |l| self.arch.name_of(l).to_owned()),
+                after: after
+                    .map_or_else(|| "the input".to_owned(), |l| self.arch.name_of(l).to_owned()),
             });
         }
         if after.is_none() {
@@ -103,12 +128,15 @@ impl ConvBase {
         let mut kept: Vec<Option<Tensor>> = keep.iter().map(|_| None).collect();
         let mut ys = xs.shallow_clone();
         for layer in self.arch.layers().take(until.position() + 1) {
-            let conv = matches!(self.arch.spec(layer).kind, LayerKind::Conv { .. }).then(|| convs.next().expect("one Conv2D per conv layer of the architecture"));
+            let conv = matches!(self.arch.spec(layer).kind, LayerKind::Conv { .. })
+                .then(|| convs.next().expect("one Conv2D per conv layer of the architecture"));
             if layer.position() < start {
                 continue;
             }
             ys = match (self.arch.spec(layer).kind, conv) {
-                (LayerKind::Conv { kernel, padding, .. }, Some(conv)) => run_conv(&ys, &conv.ws, conv.bs.as_ref(), kernel, padding)?,
+                (LayerKind::Conv { kernel, padding, .. }, Some(conv)) => {
+                    run_conv(&ys, &conv.ws, conv.bs.as_ref(), kernel, padding)?
+                }
                 _ => run_pool(&ys)?,
             };
             // The next layer makes a new tensor (the in-place ReLU only touches its own conv's
@@ -128,16 +156,27 @@ impl ConvBase {
 
     /// Keras `VGG16(include_top=False, pooling=...)` cut at `layer`: xs `[N, 3, H, W]`
     /// (preprocessed) -> `[N, C, H', W']` (pooling none) or `[N, C]` (avg, max).
-    pub fn features(&self, xs: &Tensor, layer: impl ToLayer, pooling: Pooling) -> Result<Tensor, ModelError> {
+    pub fn features(
+        &self,
+        xs: &Tensor,
+        layer: impl ToLayer,
+        pooling: Pooling,
+    ) -> Result<Tensor, ModelError> {
         pooling.apply(&self.forward_to(xs, layer)?)
     }
 
     /// Makes the conv layers from `unfreeze_from` up trainable (`requires_grad`) and those below
     /// frozen; `None` freezes all. Returns the number of trainable parameters. The same rule as
     /// [`ConvArch::is_trainable`], so `vgg16-layers --unfreeze-from` shows what this does.
-    pub fn set_unfreeze_from(&self, unfreeze_from: Option<impl ToLayer>) -> Result<i64, ModelError> {
+    pub fn set_unfreeze_from(
+        &self,
+        unfreeze_from: Option<impl ToLayer>,
+    ) -> Result<i64, ModelError> {
         let from = unfreeze_from.map(|l| l.to_layer(&self.arch)).transpose()?;
-        let conv_layers = self.arch.layers().filter(|&l| matches!(self.arch.spec(l).kind, LayerKind::Conv { .. }));
+        let conv_layers = self
+            .arch
+            .layers()
+            .filter(|&l| matches!(self.arch.spec(l).kind, LayerKind::Conv { .. }));
         let mut trainable = 0;
         for (conv, layer) in self.convs.iter().zip(conv_layers) {
             let on = self.arch.is_trainable(layer, from);
@@ -169,7 +208,13 @@ pub fn padding_of(kernel: i64, padding: Padding) -> i64 {
 /// One conv layer: convolution (stride 1) then ReLU, in place on the convolution's output (as
 /// torchvision's `ReLU(inplace=True)`: autograd keeps what it needs, and no second activation-sized
 /// block is allocated). xs `[N, C, H, W]`, weight OIHW.
-pub fn run_conv(xs: &Tensor, weight: &Tensor, bias: Option<&Tensor>, kernel: i64, padding: Padding) -> Result<Tensor, ModelError> {
+pub fn run_conv(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    kernel: i64,
+    padding: Padding,
+) -> Result<Tensor, ModelError> {
     let p = padding_of(kernel, padding);
     Ok(xs.f_conv2d(weight, bias, [1, 1], [p, p], [1, 1], 1)?.f_relu_()?)
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 /// Errors from building, loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    #[error("unknown VGG16 layer {name:?}: expected a Keras name (block1_conv1 .. block5_pool) or a torchvision index (features.0 .. features.30)")]
+    #[error(
+        "unknown VGG16 layer {name:?}: expected a Keras name (block1_conv1 .. block5_pool) or a torchvision index (features.0 .. features.30)"
+    )]
     UnknownLayer { name: String },
     #[error("unknown layer {name:?} in {architecture}: expected a Keras name ({expected})")]
     UnknownLayerIn { name: String, architecture: String, expected: String },
@@ -19,8 +21,17 @@ pub enum ModelError {
     LayerNotAbove { layer: String, after: String },
     #[error("input batch is empty (N = 0): nothing to run")]
     EmptyBatch,
-    #[error("input of {height}x{width} is too small for {architecture} up to {layer}: the feature map vanishes at {vanishes_at} (needs at least {min}x{min})")]
-    InputTooSmall { height: i64, width: i64, architecture: String, layer: String, vanishes_at: String, min: i64 },
+    #[error(
+        "input of {height}x{width} is too small for {architecture} up to {layer}: the feature map vanishes at {vanishes_at} (needs at least {min}x{min})"
+    )]
+    InputTooSmall {
+        height: i64,
+        width: i64,
+        architecture: String,
+        layer: String,
+        vanishes_at: String,
+        min: i64,
+    },
     #[error("unknown device {given:?}: expected auto, cpu, cuda or cuda:N")]
     UnknownDevice { given: String },
     #[error("device {given} requested, but libtorch sees {available} CUDA device(s)")]
@@ -43,7 +54,9 @@ pub enum ModelError {
     UnknownFormat { given: String },
     #[error("unknown pooling {given:?}: expected none, avg or max")]
     UnknownPooling { given: String },
-    #[error("cannot preprocess a {kind} batch of shape {shape:?}: expected uint8 [N, H, W, 3] or float [N, 3, H, W]")]
+    #[error(
+        "cannot preprocess a {kind} batch of shape {shape:?}: expected uint8 [N, H, W, 3] or float [N, 3, H, W]"
+    )]
     BadBatch { kind: String, shape: Vec<i64> },
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),

@@ -55,7 +55,8 @@ impl SourceFormat {
 
     /// The format a file extension stands for.
     pub fn from_path(path: &Path) -> Result<Self, ModelError> {
-        let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+        let ext =
+            path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
         match ext.as_str() {
             "onnx" => Ok(Self::Onnx),
             "pth" | "pt" | "bin" => Ok(Self::Torch),
@@ -89,18 +90,24 @@ impl FromStr for SourceFormat {
     type Err = ModelError;
 
     fn from_str(s: &str) -> Result<Self, ModelError> {
-        <Self as clap::ValueEnum>::from_str(s.trim(), true).map_err(|_| ModelError::UnknownFormat { given: s.to_owned() })
+        <Self as clap::ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| ModelError::UnknownFormat { given: s.to_owned() })
     }
 }
 
 /// The 26 conv-base tensors of the file at `path`, under our names, checked (names, shapes,
 /// finite values), float32 on the CPU, in layer order.
-pub fn read_conv_base(path: &Path, format: SourceFormat) -> Result<Vec<(String, Tensor)>, ModelError> {
+pub fn read_conv_base(
+    path: &Path,
+    format: SourceFormat,
+) -> Result<Vec<(String, Tensor)>, ModelError> {
     let tensors = match format {
         SourceFormat::Onnx => return vgg16_from_onnx(path),
         SourceFormat::Torch => crate::pickle::read_torch_state_dict(path)?,
         SourceFormat::Tch => Tensor::load_multi(path).map_err(|e| torch_error(path, e))?,
-        SourceFormat::Safetensors => Tensor::read_safetensors(path).map_err(|e| torch_error(path, e))?,
+        SourceFormat::Safetensors => {
+            Tensor::read_safetensors(path).map_err(|e| torch_error(path, e))?
+        }
     };
     check_conv_base(path, tensors)
 }
@@ -122,7 +129,9 @@ pub fn import_weights(
     let tensors = read_conv_base(src, format)?;
     let provenance = Provenance {
         preprocessing,
-        source: source.map(str::to_owned).unwrap_or_else(|| src.file_name().unwrap_or_default().to_string_lossy().into_owned()),
+        source: source
+            .map(str::to_owned)
+            .unwrap_or_else(|| src.file_name().unwrap_or_default().to_string_lossy().into_owned()),
         source_sha256: file_sha256(src)?,
         source_format: format.name().to_owned(),
     };
@@ -135,7 +144,10 @@ pub fn import_weights(
 pub(crate) fn torch_error(path: &Path, e: tch::TchError) -> ModelError {
     let text = e.to_string();
     let first = text.lines().next().unwrap_or_default().trim().to_owned();
-    ModelError::Weights { path: path.to_owned(), reason: format!("libtorch could not read it: {first}") }
+    ModelError::Weights {
+        path: path.to_owned(),
+        reason: format!("libtorch could not read it: {first}"),
+    }
 }
 
 /// The 26 conv-base tensors under our names, read from the ONNX file at `path` and checked.
@@ -145,26 +157,32 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
     let mut out = Vec::new();
     for spec in &VGG16_LAYERS {
         let LayerKind::Conv { in_channels, out_channels, .. } = spec.kind else { continue };
-        let mine: Vec<&Initializer> = initializers.iter().filter(|i| names_layer(&i.name, spec.keras_name)).collect();
+        let mine: Vec<&Initializer> =
+            initializers.iter().filter(|i| names_layer(&i.name, spec.keras_name)).collect();
         let weight_name = format!("features.{}.weight", spec.torch_index);
         let bias_name = format!("features.{}.bias", spec.torch_index);
         let oihw = vec![out_channels, in_channels, 3, 3];
-        let pick = |rank: usize, ours: &str, expected: &[i64]| -> Result<&Initializer, ModelError> {
-            let found: Vec<&&Initializer> = mine.iter().filter(|i| i.shape.len() == rank).collect();
-            match found[..] {
-                [one] => Ok(one),
-                [] => Err(ModelError::MissingTensor {
-                    path: path.to_owned(),
-                    name: format!("{ours} (a {rank}-D initializer named after Keras layer {})", spec.keras_name),
-                    expected: expected.to_vec(),
-                }),
-                _ => Err(ModelError::AmbiguousTensor {
-                    path: path.to_owned(),
-                    name: format!("{ours} ({})", spec.keras_name),
-                    candidates: found.iter().map(|i| i.name.clone()).collect(),
-                }),
-            }
-        };
+        let pick =
+            |rank: usize, ours: &str, expected: &[i64]| -> Result<&Initializer, ModelError> {
+                let found: Vec<&&Initializer> =
+                    mine.iter().filter(|i| i.shape.len() == rank).collect();
+                match found[..] {
+                    [one] => Ok(one),
+                    [] => Err(ModelError::MissingTensor {
+                        path: path.to_owned(),
+                        name: format!(
+                            "{ours} (a {rank}-D initializer named after Keras layer {})",
+                            spec.keras_name
+                        ),
+                        expected: expected.to_vec(),
+                    }),
+                    _ => Err(ModelError::AmbiguousTensor {
+                        path: path.to_owned(),
+                        name: format!("{ours} ({})", spec.keras_name),
+                        candidates: found.iter().map(|i| i.name.clone()).collect(),
+                    }),
+                }
+            };
         let kernel = pick(4, &weight_name, &oihw)?;
         let bias = pick(1, &bias_name, &[out_channels])?;
         let hwio = [3, 3, in_channels, out_channels];
@@ -176,7 +194,10 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
         } else {
             return Err(ModelError::TensorShape {
                 path: path.to_owned(),
-                name: format!("{} ({} kernel, OIHW or HWIO {hwio:?})", kernel.name, spec.keras_name),
+                name: format!(
+                    "{} ({} kernel, OIHW or HWIO {hwio:?})",
+                    kernel.name, spec.keras_name
+                ),
                 expected: oihw,
                 actual: kernel.shape.clone(),
             });
@@ -191,7 +212,11 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
         }
         for init in [kernel, bias] {
             if let Some(&value) = init.values.iter().find(|v| !v.is_finite()) {
-                return Err(ModelError::NonFinite { path: path.to_owned(), name: init.name.clone(), value });
+                return Err(ModelError::NonFinite {
+                    path: path.to_owned(),
+                    name: init.name.clone(),
+                    value,
+                });
             }
         }
         tracing::debug!(layer = spec.keras_name, kernel = %kernel.name, bias = %bias.name, "ONNX initializers picked");
@@ -216,7 +241,9 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
 fn names_layer(name: &str, layer: &str) -> bool {
     name.split(['/', ':']).any(|segment| match segment.strip_prefix(layer) {
         Some("") => true,
-        Some(rest) => rest.strip_prefix('_').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        Some(rest) => rest
+            .strip_prefix('_')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
         None => false,
     })
 }
@@ -227,7 +254,10 @@ mod tests {
 
     #[test]
     fn layer_segments() {
-        assert!(names_layer("functional_1/block1_conv1_1/convolution/ReadVariableOp:0", "block1_conv1"));
+        assert!(names_layer(
+            "functional_1/block1_conv1_1/convolution/ReadVariableOp:0",
+            "block1_conv1"
+        ));
         assert!(names_layer("functional_1/block1_conv1_1/Squeeze:0", "block1_conv1"));
         assert!(names_layer("vgg16/block5_conv3/kernel:0", "block5_conv3"));
         assert!(!names_layer("functional_1/block1_conv10/Squeeze:0", "block1_conv1"));
@@ -237,7 +267,9 @@ mod tests {
 
     #[test]
     fn formats_from_extensions() {
-        let check = |p: &str, expect: Option<SourceFormat>| assert_eq!(SourceFormat::from_path(Path::new(p)).ok(), expect, "{p}");
+        let check = |p: &str, expect: Option<SourceFormat>| {
+            assert_eq!(SourceFormat::from_path(Path::new(p)).ok(), expect, "{p}")
+        };
         check("a/vgg16-397923af.pth", Some(SourceFormat::Torch));
         check("model.PT", Some(SourceFormat::Torch));
         check("vgg16.ot", Some(SourceFormat::Tch));

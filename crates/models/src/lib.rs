@@ -26,14 +26,18 @@ mod preprocess;
 mod vgg16;
 pub mod weights;
 
-pub use arch::{ConvArch, ConvLayer, Layer, LayerDef, LayerName, SMALL_CONVNET, ToLayer, VGG16_ARCHITECTURE};
+pub use arch::{
+    ConvArch, ConvLayer, Layer, LayerDef, LayerName, SMALL_CONVNET, ToLayer, VGG16_ARCHITECTURE,
+};
 pub use base::{ConvBase, Vgg16Base, run_conv, run_pool};
 pub use device::DeviceChoice;
 pub use error::ModelError;
 pub use import::{SourceFormat, import_weights};
 pub use pooling::{Pooling, feature_shape};
 pub use preprocess::{CAFFE_MEAN_BGR, Preprocessing, TORCH_MEAN_RGB, TORCH_STD_RGB, preprocess};
-pub use vgg16::{LayerKind, LayerSpec, Padding, VGG16_LAYERS, Vgg16Layer, is_trainable, output_shape};
+pub use vgg16::{
+    LayerKind, LayerSpec, Padding, VGG16_LAYERS, Vgg16Layer, is_trainable, output_shape,
+};
 pub use weights::{LoadedWeights, WeightsMeta, load_weights};
 
 /// Number of trainable scalars held by a `VarStore`.

@@ -54,7 +54,8 @@ pub struct Initializer {
 pub fn read_initializers(path: &Path) -> Result<Vec<Initializer>, ModelError> {
     let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    let model = ModelProto::decode(bytes.as_slice()).map_err(|e| err(format!("not an ONNX model: {e}")))?;
+    let model =
+        ModelProto::decode(bytes.as_slice()).map_err(|e| err(format!("not an ONNX model: {e}")))?;
     let graph = model.graph.ok_or_else(|| err("the ONNX model has no graph".into()))?;
     let mut out = Vec::new();
     for t in graph.initializer {
@@ -62,18 +63,36 @@ pub fn read_initializers(path: &Path) -> Result<Vec<Initializer>, ModelError> {
             continue;
         }
         if t.data_location == 1 {
-            return Err(err(format!("initializer {} keeps its data in an external file, which is not supported", t.name)));
+            return Err(err(format!(
+                "initializer {} keeps its data in an external file, which is not supported",
+                t.name
+            )));
         }
-        let count = t.dims.iter().try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
-        let count = count.ok_or_else(|| err(format!("initializer {} has invalid dims {:?}", t.name, t.dims)))? as usize;
+        let count =
+            t.dims.iter().try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
+        let count = count
+            .ok_or_else(|| err(format!("initializer {} has invalid dims {:?}", t.name, t.dims)))?
+            as usize;
         let values: Vec<f32> = if !t.raw_data.is_empty() {
             if t.raw_data.len() != count * 4 {
-                return Err(err(format!("initializer {}: {} bytes of raw data for {count} floats", t.name, t.raw_data.len())));
+                return Err(err(format!(
+                    "initializer {}: {} bytes of raw data for {count} floats",
+                    t.name,
+                    t.raw_data.len()
+                )));
             }
-            t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+            t.raw_data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
         } else {
             if t.float_data.len() != count {
-                return Err(err(format!("initializer {}: {} floats for dims {:?}", t.name, t.float_data.len(), t.dims)));
+                return Err(err(format!(
+                    "initializer {}: {} floats for dims {:?}",
+                    t.name,
+                    t.float_data.len(),
+                    t.dims
+                )));
             }
             t.float_data
         };
@@ -123,12 +142,18 @@ mod tests {
         let mut b = tensor("b", vec![2], &[]);
         b.float_data = vec![0.5, -1.0];
         b.raw_data.clear();
-        check(&model_bytes(vec![tensor("w", vec![1, 2], &[1.0, 2.0]), b]), Ok(vec![("w", vec![1, 2], vec![1.0, 2.0]), ("b", vec![2], vec![0.5, -1.0])]));
+        check(
+            &model_bytes(vec![tensor("w", vec![1, 2], &[1.0, 2.0]), b]),
+            Ok(vec![("w", vec![1, 2], vec![1.0, 2.0]), ("b", vec![2], vec![0.5, -1.0])]),
+        );
     }
 
     #[test]
     fn refusals_name_the_tensor() {
-        check(&model_bytes(vec![tensor("short", vec![3], &[1.0])]), Err("short: 4 bytes of raw data for 3 floats"));
+        check(
+            &model_bytes(vec![tensor("short", vec![3], &[1.0])]),
+            Err("short: 4 bytes of raw data for 3 floats"),
+        );
         let mut ext = tensor("ext", vec![1], &[1.0]);
         ext.data_location = 1;
         check(&model_bytes(vec![ext]), Err("ext keeps its data in an external file"));

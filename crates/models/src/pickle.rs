@@ -28,7 +28,9 @@ pub fn read_torch_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, Model
             tracing::debug!(path = %path.display(), "read by libtorch's loader");
             return Ok(tensors);
         }
-        Ok(_) => tracing::debug!(path = %path.display(), "libtorch's loader found no tensors; trying the restricted unpickler"),
+        Ok(_) => {
+            tracing::debug!(path = %path.display(), "libtorch's loader found no tensors; trying the restricted unpickler")
+        }
         Err(e) => {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
@@ -36,13 +38,16 @@ pub fn read_torch_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, Model
         }
     }
     let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let bytes =
+        std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     let root = if bytes.starts_with(b"PK\x03\x04") {
         read_zip(&bytes).map_err(err)?
     } else if bytes.starts_with(&[0x80, 0x02]) {
         read_legacy(&bytes).map_err(err)?
     } else {
-        return Err(err("not a torch.save file (neither a zip archive nor a legacy pickle)".into()));
+        return Err(
+            err("not a torch.save file (neither a zip archive nor a legacy pickle)".into()),
+        );
     };
     let mut out = Vec::new();
     flatten("", &root, &mut out).map_err(err)?;
@@ -66,7 +71,9 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, Tensor)>) -> Resu
                 flatten(&name, v, out)?;
             }
         }
-        Value::Tensor(t) => out.push((prefix.to_owned(), t.build().map_err(|e| format!("tensor {prefix}: {e}"))?)),
+        Value::Tensor(t) => {
+            out.push((prefix.to_owned(), t.build().map_err(|e| format!("tensor {prefix}: {e}"))?))
+        }
         _ => {}
     }
     Ok(())
@@ -75,7 +82,8 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, Tensor)>) -> Resu
 /// Zip format (torch >= 1.6): `<root>/data.pkl` plus one raw little-endian file per storage,
 /// `<root>/data/<key>`.
 fn read_zip(bytes: &[u8]) -> Result<Value, String> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a readable zip archive: {e}"))?;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| format!("not a readable zip archive: {e}"))?;
     let pkl_name = zip
         .file_names()
         .map(str::to_owned)
@@ -127,18 +135,32 @@ fn read_legacy(bytes: &[u8]) -> Result<Value, String> {
         Value::List(keys) => keys
             .borrow()
             .iter()
-            .map(|k| if let Value::Str(s) = k { Ok(s.clone()) } else { Err(format!("storage key {k:?} is not a string")) })
+            .map(|k| {
+                if let Value::Str(s) = k {
+                    Ok(s.clone())
+                } else {
+                    Err(format!("storage key {k:?} is not a string"))
+                }
+            })
             .collect::<Result<Vec<_>, _>>()?,
         other => return Err(format!("storage keys: expected a list, found {other:?}")),
     };
-    let by_key: HashMap<&str, &StorageRef> = storages.iter().map(|s| (s.key.as_str(), &**s)).collect();
+    let by_key: HashMap<&str, &StorageRef> =
+        storages.iter().map(|s| (s.key.as_str(), &**s)).collect();
     for key in &keys {
-        let storage = by_key.get(key.as_str()).ok_or_else(|| format!("storage {key} listed but never used"))?;
+        let storage = by_key
+            .get(key.as_str())
+            .ok_or_else(|| format!("storage {key} listed but never used"))?;
         let count = bytes.get(pos..pos + 8).ok_or("file ends inside a storage header")?;
         let count = i64::from_le_bytes(count.try_into().expect("8 bytes"));
-        let len = usize::try_from(count).ok().and_then(|c| c.checked_mul(storage.kind.elt_size_in_bytes())).ok_or("bad storage size")?;
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(storage.kind.elt_size_in_bytes()))
+            .ok_or("bad storage size")?;
         pos += 8;
-        let data = bytes.get(pos..pos.checked_add(len).ok_or("bad storage size")?).ok_or_else(|| format!("file ends inside storage {key}"))?;
+        let data = bytes
+            .get(pos..pos.checked_add(len).ok_or("bad storage size")?)
+            .ok_or_else(|| format!("file ends inside storage {key}"))?;
         pos += len;
         storage.fill(data.to_vec())?;
     }
@@ -158,7 +180,11 @@ impl StorageRef {
     fn fill(&self, data: Vec<u8>) -> Result<(), String> {
         let want = self.numel * self.kind.elt_size_in_bytes();
         if data.len() < want {
-            return Err(format!("storage {} holds {} bytes, expected {want}", self.key, data.len()));
+            return Err(format!(
+                "storage {} holds {} bytes, expected {want}",
+                self.key,
+                data.len()
+            ));
         }
         *self.data.borrow_mut() = Some(data);
         Ok(())
@@ -177,7 +203,8 @@ struct TensorRef {
 impl TensorRef {
     fn build(&self) -> Result<Tensor, String> {
         let data = self.storage.data.borrow();
-        let data = data.as_ref().ok_or_else(|| format!("storage {} has no data", self.storage.key))?;
+        let data =
+            data.as_ref().ok_or_else(|| format!("storage {} has no data", self.storage.key))?;
         // The furthest element the view touches must lie inside the storage.
         let mut last = self.offset;
         for (&n, &s) in self.size.iter().zip(&self.stride) {
@@ -188,14 +215,22 @@ impl TensorRef {
                 last = -1;
                 break;
             }
-            last = last.checked_add((n - 1).checked_mul(s).ok_or("stride overflow")?).ok_or("stride overflow")?;
+            last = last
+                .checked_add((n - 1).checked_mul(s).ok_or("stride overflow")?)
+                .ok_or("stride overflow")?;
         }
         if self.offset < 0 || last >= self.storage.numel as i64 {
-            return Err(format!("view {:?}/{:?}+{} exceeds its storage of {} elements", self.size, self.stride, self.offset, self.storage.numel));
+            return Err(format!(
+                "view {:?}/{:?}+{} exceeds its storage of {} elements",
+                self.size, self.stride, self.offset, self.storage.numel
+            ));
         }
         let bytes = &data[..self.storage.numel * self.storage.kind.elt_size_in_bytes()];
-        let flat = Tensor::f_from_data_size(bytes, &[self.storage.numel as i64], self.storage.kind).map_err(|e| e.to_string())?;
-        flat.f_as_strided(&self.size, &self.stride, self.offset).and_then(|t| t.f_contiguous()).map_err(|e| e.to_string())
+        let flat = Tensor::f_from_data_size(bytes, &[self.storage.numel as i64], self.storage.kind)
+            .map_err(|e| e.to_string())?;
+        flat.f_as_strided(&self.size, &self.stride, self.offset)
+            .and_then(|t| t.f_contiguous())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -218,8 +253,12 @@ enum Value {
 }
 
 /// The globals a state dict may name; everything else is refused.
-const ALLOWED_GLOBALS: [&str; 4] =
-    ["collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter", "torch._utils._rebuild_parameter_with_state"];
+const ALLOWED_GLOBALS: [&str; 4] = [
+    "collections.OrderedDict",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+];
 
 fn storage_kind(name: &str) -> Option<Kind> {
     Some(match name {
@@ -272,11 +311,22 @@ struct Unpickler<'a> {
 
 impl<'a> Unpickler<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new(), storages: Vec::new() }
+        Self {
+            bytes,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            storages: Vec::new(),
+        }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or("pickle ends early")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or("pickle ends early")?;
         let out = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -323,7 +373,9 @@ impl<'a> Unpickler<'a> {
         if !items.len().is_multiple_of(2) {
             return Err("odd number of dict items".into());
         }
-        let Value::Dict(dict) = self.top()? else { return Err("SETITEM(S) on something that is not a dict".into()) };
+        let Value::Dict(dict) = self.top()? else {
+            return Err("SETITEM(S) on something that is not a dict".into());
+        };
         let dict = dict.clone();
         let mut it = items.into_iter();
         while let (Some(k), Some(v)) = (it.next(), it.next()) {
@@ -382,7 +434,8 @@ impl<'a> Unpickler<'a> {
                     let b = self.take(n)?;
                     // Little-endian two's complement; values beyond 64 bits keep their low 64
                     // bits (only the legacy magic number is that long).
-                    let mut buf = [if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 }; 8];
+                    let mut buf =
+                        [if b.last().is_some_and(|&x| x & 0x80 != 0) { 0xff } else { 0 }; 8];
                     for (i, &x) in b.iter().take(8).enumerate() {
                         buf[i] = x;
                     }
@@ -410,12 +463,20 @@ impl<'a> Unpickler<'a> {
                 b'T' | b'B' => {
                     let n = self.u32()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(if op == b'T' { Value::Str(String::from_utf8_lossy(&b).into_owned()) } else { Value::Bytes(b) });
+                    self.stack.push(if op == b'T' {
+                        Value::Str(String::from_utf8_lossy(&b).into_owned())
+                    } else {
+                        Value::Bytes(b)
+                    });
                 }
                 b'U' | b'C' => {
                     let n = self.u8()? as usize;
                     let b = self.take(n)?.to_vec();
-                    self.stack.push(if op == b'U' { Value::Str(String::from_utf8_lossy(&b).into_owned()) } else { Value::Bytes(b) });
+                    self.stack.push(if op == b'U' {
+                        Value::Str(String::from_utf8_lossy(&b).into_owned())
+                    } else {
+                        Value::Bytes(b)
+                    });
                 }
                 b')' => self.stack.push(Value::Tuple(Vec::new())),
                 b't' => {
@@ -437,12 +498,16 @@ impl<'a> Unpickler<'a> {
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    let Value::List(list) = self.top()? else { return Err("APPEND on something that is not a list".into()) };
+                    let Value::List(list) = self.top()? else {
+                        return Err("APPEND on something that is not a list".into());
+                    };
                     list.borrow_mut().push(v);
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    let Value::List(list) = self.top()? else { return Err("APPENDS on something that is not a list".into()) };
+                    let Value::List(list) = self.top()? else {
+                        return Err("APPENDS on something that is not a list".into());
+                    };
                     list.borrow_mut().extend(items);
                 }
                 b'}' => self.stack.push(Value::Dict(Rc::default())),
@@ -477,7 +542,11 @@ impl<'a> Unpickler<'a> {
                 }
                 b'h' | b'j' => {
                     let i = if op == b'h' { self.u8()?.into() } else { self.u32()? };
-                    let v = self.memo.get(&i).cloned().ok_or_else(|| format!("pickle memo {i} missing"))?;
+                    let v = self
+                        .memo
+                        .get(&i)
+                        .cloned()
+                        .ok_or_else(|| format!("pickle memo {i} missing"))?;
                     self.stack.push(v);
                 }
                 b'c' => {
@@ -489,7 +558,9 @@ impl<'a> Unpickler<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Value::Str(module), Value::Str(name)) = (module, name) else { return Err("STACK_GLOBAL without strings".into()) };
+                    let (Value::Str(module), Value::Str(name)) = (module, name) else {
+                        return Err("STACK_GLOBAL without strings".into());
+                    };
                     let g = global(&module, &name)?;
                     self.stack.push(g);
                 }
@@ -508,35 +579,60 @@ impl<'a> Unpickler<'a> {
                     // BUILD sets attributes (an OrderedDict's `_metadata`): irrelevant to tensors.
                     self.pop()?;
                 }
-                _ => return Err(format!("refusing pickle opcode 0x{op:02x} at byte {at} (only data-building opcodes are read)")),
+                _ => {
+                    return Err(format!(
+                        "refusing pickle opcode 0x{op:02x} at byte {at} (only data-building opcodes are read)"
+                    ));
+                }
             }
         }
     }
 
     /// `('storage', storage_type, key, location, numel[, view_metadata])`.
     fn persistent_load(&mut self, pid: Value) -> Result<Value, String> {
-        let Value::Tuple(items) = pid else { return Err(format!("persistent id {pid:?} is not a tuple")) };
+        let Value::Tuple(items) = pid else {
+            return Err(format!("persistent id {pid:?} is not a tuple"));
+        };
         match &items[..] {
-            [Value::Str(tag), Value::Global(class), Value::Str(key), Value::Str(_location), Value::Int(numel), rest @ ..]
-                if tag == "storage" && rest.iter().all(|v| matches!(v, Value::None)) =>
-            {
-                let kind = storage_kind(class).ok_or_else(|| format!("storage type {class} is not supported"))?;
+            [
+                Value::Str(tag),
+                Value::Global(class),
+                Value::Str(key),
+                Value::Str(_location),
+                Value::Int(numel),
+                rest @ ..,
+            ] if tag == "storage" && rest.iter().all(|v| matches!(v, Value::None)) => {
+                let kind = storage_kind(class)
+                    .ok_or_else(|| format!("storage type {class} is not supported"))?;
                 if let Some(s) = self.storages.iter().find(|s| s.key == *key) {
                     return Ok(Value::Storage(s.clone()));
                 }
-                let numel = usize::try_from(*numel).map_err(|_| format!("storage {key} has size {numel}"))?;
-                let storage = Rc::new(StorageRef { key: key.clone(), kind, numel, data: RefCell::new(None) });
+                let numel = usize::try_from(*numel)
+                    .map_err(|_| format!("storage {key} has size {numel}"))?;
+                let storage =
+                    Rc::new(StorageRef { key: key.clone(), kind, numel, data: RefCell::new(None) });
                 self.storages.push(storage.clone());
                 Ok(Value::Storage(storage))
             }
-            _ => Err(format!("unsupported persistent id {items:?} (storage views are not supported)")),
+            _ => Err(format!(
+                "unsupported persistent id {items:?} (storage views are not supported)"
+            )),
         }
     }
 }
 
 fn ints(v: &Value, what: &str) -> Result<Vec<i64>, String> {
     match v {
-        Value::Tuple(items) => items.iter().map(|i| if let Value::Int(i) = i { Ok(*i) } else { Err(format!("{what}: {i:?} is not an int")) }).collect(),
+        Value::Tuple(items) => items
+            .iter()
+            .map(|i| {
+                if let Value::Int(i) = i {
+                    Ok(*i)
+                } else {
+                    Err(format!("{what}: {i:?} is not an int"))
+                }
+            })
+            .collect(),
         other => Err(format!("{what}: expected a tuple, found {other:?}")),
     }
 }
@@ -544,7 +640,9 @@ fn ints(v: &Value, what: &str) -> Result<Vec<i64>, String> {
 /// Calls one of the allowed globals, by our own implementation.
 fn reduce(func: Value, args: Value) -> Result<Value, String> {
     let Value::Global(name) = func else { return Err(format!("REDUCE on {func:?}")) };
-    let Value::Tuple(args) = args else { return Err(format!("{name}: arguments {args:?} are not a tuple")) };
+    let Value::Tuple(args) = args else {
+        return Err(format!("{name}: arguments {args:?} are not a tuple"));
+    };
     match name {
         "collections.OrderedDict" => Ok(Value::Dict(Rc::default())),
         "torch._utils._rebuild_tensor_v2" => match &args[..] {
@@ -552,16 +650,25 @@ fn reduce(func: Value, args: Value) -> Result<Value, String> {
                 let size = ints(size, "tensor size")?;
                 let stride = ints(stride, "tensor stride")?;
                 if size.len() != stride.len() {
-                    return Err(format!("tensor size {size:?} and stride {stride:?} differ in rank"));
+                    return Err(format!(
+                        "tensor size {size:?} and stride {stride:?} differ in rank"
+                    ));
                 }
-                Ok(Value::Tensor(Rc::new(TensorRef { storage: storage.clone(), offset: *offset, size, stride })))
+                Ok(Value::Tensor(Rc::new(TensorRef {
+                    storage: storage.clone(),
+                    offset: *offset,
+                    size,
+                    stride,
+                })))
             }
             _ => Err(format!("{name}: unexpected arguments {args:?}")),
         },
-        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => match args.first() {
-            Some(t @ Value::Tensor(_)) => Ok(t.clone()),
-            _ => Err(format!("{name}: unexpected arguments {args:?}")),
-        },
+        "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
+            match args.first() {
+                Some(t @ Value::Tensor(_)) => Ok(t.clone()),
+                _ => Err(format!("{name}: unexpected arguments {args:?}")),
+            }
+        }
         _ => Err(format!("{name} cannot be called")),
     }
 }

@@ -9,7 +9,9 @@ use tch::Tensor;
 use crate::{ModelError, Vgg16Layer, output_shape};
 
 /// What happens to the feature map at the cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Keep the whole map `[N, C, H, W]` (Keras `pooling=None`).
@@ -34,7 +36,10 @@ impl Pooling {
     /// ys: `[N, C, H, W]` -> `[N, C, H, W]` (none) or `[N, C]` (avg, max), same kind and device.
     pub fn apply(self, ys: &Tensor) -> Result<Tensor, ModelError> {
         if ys.dim() != 4 {
-            return Err(ModelError::BadInputShape { shape: ys.size(), expected: "[N, C, H, W]".into() });
+            return Err(ModelError::BadInputShape {
+                shape: ys.size(),
+                expected: "[N, C, H, W]".into(),
+            });
         }
         Ok(match self {
             Self::None => ys.shallow_clone(),
@@ -65,7 +70,12 @@ impl FromStr for Pooling {
 
 /// Shape of one image's features at `layer` with `pooling` for an input of `height` x `width`:
 /// `[C, H, W]` or `[C]`.
-pub fn feature_shape(height: i64, width: i64, layer: Vgg16Layer, pooling: Pooling) -> Result<Vec<i64>, ModelError> {
+pub fn feature_shape(
+    height: i64,
+    width: i64,
+    layer: Vgg16Layer,
+    pooling: Pooling,
+) -> Result<Vec<i64>, ModelError> {
     let [c, h, w] = output_shape(height, width, layer)?;
     Ok(match pooling {
         Pooling::None => vec![c, h, w],
@@ -84,7 +94,10 @@ mod tests {
             assert_eq!(p.to_string().parse::<Pooling>().unwrap(), p);
             assert_eq!(serde_json::to_string(&p).unwrap(), format!("\"{p}\""));
         }
-        assert_eq!("average".parse::<Pooling>().unwrap_err().to_string(), r#"unknown pooling "average": expected none, avg or max"#);
+        assert_eq!(
+            "average".parse::<Pooling>().unwrap_err().to_string(),
+            r#"unknown pooling "average": expected none, avg or max"#
+        );
     }
 
     fn check(pooling: Pooling, expect_shape: &[i64], expect: &[f32]) {

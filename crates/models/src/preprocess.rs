@@ -75,7 +75,9 @@ pub fn preprocess(batch: &Tensor, mode: Preprocessing) -> Result<Tensor, ModelEr
     // `channel_dim`: where RGB lives; `per_channel`: how a 3-vector broadcasts against the batch.
     let (channel_dim, per_channel, nhwc) = match (kind, &shape[..]) {
         (Kind::Uint8, [n, h, w, 3]) if *n > 0 && *h > 0 && *w > 0 => (3, vec![3], true),
-        (Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16, [n, 3, h, w]) if *n > 0 && *h > 0 && *w > 0 => {
+        (Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16, [n, 3, h, w])
+            if *n > 0 && *h > 0 && *w > 0 =>
+        {
             (1, vec![1, 3, 1, 1], false)
         }
         _ => return Err(bad()),
@@ -106,7 +108,10 @@ mod tests {
         for mode in [Preprocessing::Caffe, Preprocessing::Torch, Preprocessing::Rescale] {
             assert_eq!(mode.to_string().parse::<Preprocessing>().unwrap(), mode);
             assert_eq!(serde_json::to_string(&mode).unwrap(), format!("\"{mode}\""));
-            assert_eq!(<Preprocessing as clap::ValueEnum>::from_str(mode.name(), false).unwrap(), mode);
+            assert_eq!(
+                <Preprocessing as clap::ValueEnum>::from_str(mode.name(), false).unwrap(),
+                mode
+            );
         }
         assert_eq!(" Caffe".parse::<Preprocessing>().unwrap(), Preprocessing::Caffe);
         let err = "imagenet".parse::<Preprocessing>().unwrap_err().to_string();
@@ -124,7 +129,10 @@ mod tests {
             assert_eq!(ys.kind(), Kind::Float);
             let got = Vec::<f32>::try_from(ys.flatten(0, -1)).unwrap();
             for (g, e) in got.iter().zip(expect) {
-                assert!((g - e).abs() <= 1e-5 * e.abs().max(1.0), "{mode} {rgb:?}: got {got:?}, expected {expect:?}");
+                assert!(
+                    (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{mode} {rgb:?}: got {got:?}, expected {expect:?}"
+                );
             }
         }
     }
@@ -132,16 +140,20 @@ mod tests {
     #[test]
     fn caffe_is_bgr_minus_mean() {
         check([0, 0, 0], Preprocessing::Caffe, [-103.939, -116.779, -123.68]);
-        check([10, 20, 255], Preprocessing::Caffe, [255.0 - 103.939, 20.0 - 116.779, 10.0 - 123.68]);
+        check(
+            [10, 20, 255],
+            Preprocessing::Caffe,
+            [255.0 - 103.939, 20.0 - 116.779, 10.0 - 123.68],
+        );
     }
 
     #[test]
     fn torch_is_mean_std_on_unit_scale() {
-        check([255, 0, 128], Preprocessing::Torch, [
-            (1.0 - 0.485) / 0.229,
-            (0.0 - 0.456) / 0.224,
-            (128.0 / 255.0 - 0.406) / 0.225,
-        ]);
+        check(
+            [255, 0, 128],
+            Preprocessing::Torch,
+            [(1.0 - 0.485) / 0.229, (0.0 - 0.456) / 0.224, (128.0 / 255.0 - 0.406) / 0.225],
+        );
     }
 
     #[test]

@@ -40,8 +40,17 @@ pub struct LayerSpec {
     pub kind: LayerKind,
 }
 
-const fn conv(keras_name: &'static str, torch_index: usize, in_channels: i64, out_channels: i64) -> LayerSpec {
-    LayerSpec { keras_name, torch_index, kind: LayerKind::Conv { in_channels, out_channels, kernel: 3, padding: Padding::Same } }
+const fn conv(
+    keras_name: &'static str,
+    torch_index: usize,
+    in_channels: i64,
+    out_channels: i64,
+) -> LayerSpec {
+    LayerSpec {
+        keras_name,
+        torch_index,
+        kind: LayerKind::Conv { in_channels, out_channels, kernel: 3, padding: Padding::Same },
+    }
 }
 
 const fn pool(keras_name: &'static str, torch_index: usize) -> LayerSpec {
@@ -104,7 +113,9 @@ impl Vgg16Layer {
     /// Weights and biases of this layer (0 for a pool).
     pub fn parameter_count(self) -> i64 {
         match self.spec().kind {
-            LayerKind::Conv { in_channels, out_channels, kernel, .. } => out_channels * in_channels * kernel * kernel + out_channels,
+            LayerKind::Conv { in_channels, out_channels, kernel, .. } => {
+                out_channels * in_channels * kernel * kernel + out_channels
+            }
             LayerKind::Pool => 0,
         }
     }
@@ -232,6 +243,9 @@ mod tests {
     #[test]
     fn too_small_names_where_it_vanishes() {
         let err = output_shape(20, 150, Vgg16Layer::LAST).unwrap_err().to_string();
-        assert!(err.contains("20x150") && err.contains("block5_pool") && err.contains("32x32"), "{err}");
+        assert!(
+            err.contains("20x150") && err.contains("block5_pool") && err.contains("32x32"),
+            "{err}"
+        );
     }
 }

@@ -67,7 +67,12 @@ impl LoadedWeights {
     /// RGB batch (uint8 `[N, H, W, 3]` or float `[N, 3, H, W]` on 0-255) -> features at `layer`
     /// with `pooling`, preprocessed as the file says. To override the preprocessing, call
     /// [`preprocess`] and [`ConvBase::features`] yourself.
-    pub fn features(&self, batch: &Tensor, layer: impl ToLayer, pooling: Pooling) -> Result<Tensor, ModelError> {
+    pub fn features(
+        &self,
+        batch: &Tensor,
+        layer: impl ToLayer,
+        pooling: Pooling,
+    ) -> Result<Tensor, ModelError> {
         let xs = preprocess(batch, self.meta.preprocessing)?;
         self.base.features(&xs, layer, pooling)
     }
@@ -79,7 +84,10 @@ pub fn expected_tensors() -> Vec<(String, Vec<i64>)> {
 }
 
 /// [`check_tensors`] for the VGG16 conv base (what every import produces).
-pub fn check_conv_base(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ModelError> {
+pub fn check_conv_base(
+    path: &Path,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, ModelError> {
     check_tensors(path, &ConvArch::vgg16(), tensors)
 }
 
@@ -88,7 +96,11 @@ pub fn check_conv_base(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<Ve
 /// with a `module.` prefix), with its shape, all values finite. Returns them in layer order as
 /// contiguous float32 on the CPU. Tensors that are not part of the conv base (a classifier, a
 /// dense head) are listed at debug level and dropped.
-pub fn check_tensors(path: &Path, arch: &ConvArch, tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, ModelError> {
+pub fn check_tensors(
+    path: &Path,
+    arch: &ConvArch,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, ModelError> {
     let mut out = Vec::new();
     let mut used = vec![false; tensors.len()];
     for (name, expected) in arch.expected_tensors() {
@@ -102,21 +114,32 @@ pub fn check_tensors(path: &Path, arch: &ConvArch, tensors: Vec<(String, Tensor)
             [i] => i,
             [] => return Err(ModelError::MissingTensor { path: path.to_owned(), name, expected }),
             _ => {
-                let mut candidates: Vec<String> = candidates.iter().map(|&i| tensors[i].0.clone()).collect();
+                let mut candidates: Vec<String> =
+                    candidates.iter().map(|&i| tensors[i].0.clone()).collect();
                 candidates.sort();
-                return Err(ModelError::AmbiguousTensor { path: path.to_owned(), name, candidates });
+                return Err(ModelError::AmbiguousTensor {
+                    path: path.to_owned(),
+                    name,
+                    candidates,
+                });
             }
         };
         used[index] = true;
         let (found_as, tensor) = &tensors[index];
         if tensor.size() != expected {
-            return Err(ModelError::TensorShape { path: path.to_owned(), name: found_as.clone(), expected, actual: tensor.size() });
+            return Err(ModelError::TensorShape {
+                path: path.to_owned(),
+                name: found_as.clone(),
+                expected,
+                actual: tensor.size(),
+            });
         }
         let t = tensor.f_to_device(Device::Cpu)?.f_to_kind(Kind::Float)?.f_contiguous()?;
         check_finite(path, found_as, &t)?;
         out.push((name, t));
     }
-    let extras: Vec<&str> = tensors.iter().zip(&used).filter(|(_, u)| !**u).map(|((n, _), _)| n.as_str()).collect();
+    let extras: Vec<&str> =
+        tensors.iter().zip(&used).filter(|(_, u)| !**u).map(|((n, _), _)| n.as_str()).collect();
     if !extras.is_empty() {
         tracing::debug!(path = %path.display(), architecture = arch.name(), count = extras.len(), ?extras, "tensors outside the conv base, ignored");
     }
@@ -140,23 +163,38 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// sha256 (hex) of the file at `path`.
 pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
-    let mut file = std::fs::File::open(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let mut file = std::fs::File::open(path)
+        .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    std::io::copy(&mut file, &mut hasher)
+        .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
     Ok(hex::encode(hasher.finalize()))
 }
 
 /// Writes VGG16 conv-base tensors and their provenance to `path`: [`save_conv_base`] with
 /// [`ConvArch::vgg16`].
-pub fn save_weights(path: &Path, tensors: &[(String, Tensor)], provenance: &Provenance) -> Result<WeightsMeta, ModelError> {
+pub fn save_weights(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    provenance: &Provenance,
+) -> Result<WeightsMeta, ModelError> {
     save_conv_base(path, &ConvArch::vgg16(), tensors, provenance)
 }
 
 /// Writes the tensors of `arch` (checked by [`check_tensors`]; others are dropped) and their
 /// provenance to `path` atomically (temp file in the same folder, fsync, rename). Returns the
 /// new file's metadata.
-pub fn save_conv_base(path: &Path, arch: &ConvArch, tensors: &[(String, Tensor)], provenance: &Provenance) -> Result<WeightsMeta, ModelError> {
-    let checked = check_tensors(path, arch, tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())?;
+pub fn save_conv_base(
+    path: &Path,
+    arch: &ConvArch,
+    tensors: &[(String, Tensor)],
+    provenance: &Provenance,
+) -> Result<WeightsMeta, ModelError> {
+    let checked = check_tensors(
+        path,
+        arch,
+        tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+    )?;
     let mut metadata = BTreeMap::from([
         ("architecture", arch.name().to_owned()),
         ("format_version", FORMAT_VERSION.to_owned()),
@@ -185,11 +223,15 @@ pub fn save_conv_base(path: &Path, arch: &ConvArch, tensors: &[(String, Tensor)]
 
 /// safetensors bytes: 8-byte little-endian header length, JSON header (sorted keys, padded with
 /// spaces to a multiple of 8 so the data is aligned), then the tensors in name order.
-fn serialize(tensors: &[(String, Tensor)], metadata: &BTreeMap<&str, String>) -> Result<Vec<u8>, ModelError> {
+fn serialize(
+    tensors: &[(String, Tensor)],
+    metadata: &BTreeMap<&str, String>,
+) -> Result<Vec<u8>, ModelError> {
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialise"));
+    header
+        .insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialise"));
     let mut data = Vec::new();
     for (name, t) in sorted {
         let values = Vec::<f32>::try_from(t.f_flatten(0, -1)?)?;
@@ -235,24 +277,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
 /// then every tensor. Returns the checked tensors (CPU float32, layer order) and the metadata.
 pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta), ModelError> {
     let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let bytes =
+        std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let get = |key: &str| metadata.get(key).cloned();
     let hint = "import it with `vgg16-weights import` to record what it is";
-    let architecture = get("architecture").ok_or_else(|| err(format!("no architecture in the metadata: not one of our weights files ({hint})")))?;
+    let architecture = get("architecture").ok_or_else(|| {
+        err(format!("no architecture in the metadata: not one of our weights files ({hint})"))
+    })?;
     let arch = match get("layers") {
-        Some(layers) => ConvArch::from_json(&architecture, &layers).map_err(|e| err(e.to_string()))?,
+        Some(layers) => {
+            ConvArch::from_json(&architecture, &layers).map_err(|e| err(e.to_string()))?
+        }
         None if architecture == ARCHITECTURE => ConvArch::vgg16(),
-        None => return Err(err(format!("architecture is {architecture:?} but the metadata has no layers list (only {ARCHITECTURE:?} may omit it)"))),
+        None => {
+            return Err(err(format!(
+                "architecture is {architecture:?} but the metadata has no layers list (only {ARCHITECTURE:?} may omit it)"
+            )));
+        }
     };
     let format_version = get("format_version").unwrap_or_default();
     if format_version != FORMAT_VERSION {
-        return Err(err(format!("format_version is {format_version:?}, this build reads {FORMAT_VERSION:?}")));
+        return Err(err(format!(
+            "format_version is {format_version:?}, this build reads {FORMAT_VERSION:?}"
+        )));
     }
-    let preprocessing = get("preprocessing").ok_or_else(|| err(format!("no preprocessing in the metadata ({hint})")))?;
+    let preprocessing = get("preprocessing")
+        .ok_or_else(|| err(format!("no preprocessing in the metadata ({hint})")))?;
     let preprocessing = preprocessing.parse().map_err(|e: ModelError| err(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
@@ -289,15 +345,26 @@ pub fn load_weights(path: &Path, device: Device) -> Result<LoadedWeights, ModelE
 
 /// Copies checked tensors into the variables of `vs` with the same names (every variable must
 /// be there with its shape).
-pub fn copy_into(vs: &nn::VarStore, tensors: &[(String, Tensor)], path: &Path) -> Result<(), ModelError> {
+pub fn copy_into(
+    vs: &nn::VarStore,
+    tensors: &[(String, Tensor)],
+    path: &Path,
+) -> Result<(), ModelError> {
     let variables = vs.variables();
     for (name, var) in &variables {
-        let (_, src) = tensors
-            .iter()
-            .find(|(n, _)| n == name)
-            .ok_or_else(|| ModelError::MissingTensor { path: path.to_owned(), name: name.clone(), expected: var.size() })?;
+        let (_, src) =
+            tensors.iter().find(|(n, _)| n == name).ok_or_else(|| ModelError::MissingTensor {
+                path: path.to_owned(),
+                name: name.clone(),
+                expected: var.size(),
+            })?;
         if src.size() != var.size() {
-            return Err(ModelError::TensorShape { path: path.to_owned(), name: name.clone(), expected: var.size(), actual: src.size() });
+            return Err(ModelError::TensorShape {
+                path: path.to_owned(),
+                name: name.clone(),
+                expected: var.size(),
+                actual: src.size(),
+            });
         }
         tch::no_grad(|| var.shallow_clone().f_copy_(src))?;
     }
@@ -325,7 +392,8 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["w.bin"]);
         let err = write_atomic(&dir.path().join("missing/w.bin"), b"x").unwrap_err().to_string();
         assert!(err.contains("missing/w.bin"), "{err}");

@@ -20,7 +20,9 @@ fn python() -> Option<PathBuf> {
     match std::env::var_os("TRANSFER_KIT_PYTHON").filter(|p| !p.is_empty()) {
         Some(p) => Some(PathBuf::from(p)),
         None => {
-            eprintln!("skipped: TRANSFER_KIT_PYTHON is not set (run through `cargo xtask test`, or point it at the torch venv's python)");
+            eprintln!(
+                "skipped: TRANSFER_KIT_PYTHON is not set (run through `cargo xtask test`, or point it at the torch venv's python)"
+            );
             None
         }
     }
@@ -32,7 +34,11 @@ fn script() -> PathBuf {
 
 fn run_python(python: &Path, args: &[&std::ffi::OsStr]) {
     let out = Command::new(python).args(args).output().expect("start python");
-    assert!(out.status.success(), "python {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 struct Case {
@@ -46,7 +52,8 @@ struct Case {
 fn write_inputs(dir: &Path, n: i64, h: i64, w: i64, cases: &[Case]) -> Tensor {
     tch::manual_seed(7);
     let noise = Tensor::randint(64, [n, h, w, 3], (Kind::Int64, Device::Cpu));
-    let ramp = Tensor::arange(h * w * 3, (Kind::Int64, Device::Cpu)).view([1, h, w, 3]).remainder(192);
+    let ramp =
+        Tensor::arange(h * w * 3, (Kind::Int64, Device::Cpu)).view([1, h, w, 3]).remainder(192);
     let images = (noise + ramp).to_kind(Kind::Uint8);
     let bytes = Vec::<u8>::try_from(images.flatten(0, -1)).unwrap();
     std::fs::write(dir.join("images.u8"), bytes).unwrap();
@@ -60,7 +67,8 @@ fn write_inputs(dir: &Path, n: i64, h: i64, w: i64, cases: &[Case]) -> Tensor {
 }
 
 fn reference(dir: &Path, i: usize) -> Tensor {
-    let refs: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("refs.json")).unwrap()).unwrap();
+    let refs: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("refs.json")).unwrap()).unwrap();
     let shape: Vec<i64> = serde_json::from_value(refs["shapes"][i].clone()).unwrap();
     let bytes = std::fs::read(dir.join(format!("ref_{i}.f32"))).unwrap();
     Tensor::from_data_size(&bytes, &shape, Kind::Float)
@@ -75,15 +83,31 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
 }
 
 /// Runs every case through `base` (preprocessing overridden per case) and compares.
-fn check_cases(dir: &Path, images: &Tensor, weights: &models::LoadedWeights, cases: &[Case], what: &str) -> f64 {
+fn check_cases(
+    dir: &Path,
+    images: &Tensor,
+    weights: &models::LoadedWeights,
+    cases: &[Case],
+    what: &str,
+) -> f64 {
     let mut worst: f64 = 0.0;
     for (i, case) in cases.iter().enumerate() {
         let layer = case.layer.parse::<models::Vgg16Layer>().unwrap();
         let xs = models::preprocess(images, case.preprocessing).unwrap();
         let got = tch::no_grad(|| weights.base.features(&xs, layer, case.pooling)).unwrap();
         let err = relative_error(&got, &reference(dir, i));
-        eprintln!("{what}: {} pooling {} preprocessing {}: shape {:?}, relative error {err:.3e}", case.layer, case.pooling, case.preprocessing, got.size());
-        assert!(err <= TOLERANCE, "{what} case {i} ({}): relative error {err:e} > {TOLERANCE:e}", case.layer);
+        eprintln!(
+            "{what}: {} pooling {} preprocessing {}: shape {:?}, relative error {err:.3e}",
+            case.layer,
+            case.pooling,
+            case.preprocessing,
+            got.size()
+        );
+        assert!(
+            err <= TOLERANCE,
+            "{what} case {i} ({}): relative error {err:e} > {TOLERANCE:e}",
+            case.layer
+        );
         worst = worst.max(err);
     }
     eprintln!("{what}: max relative error {worst:.3e}");
@@ -99,7 +123,11 @@ fn random_weights_match_pytorch() {
         Case { layer: "block5_pool", pooling: Pooling::None, preprocessing: Preprocessing::Torch },
         Case { layer: "features.23", pooling: Pooling::Avg, preprocessing: Preprocessing::Torch },
         Case { layer: "block3_conv3", pooling: Pooling::Max, preprocessing: Preprocessing::Caffe },
-        Case { layer: "block2_pool", pooling: Pooling::None, preprocessing: Preprocessing::Rescale },
+        Case {
+            layer: "block2_pool",
+            pooling: Pooling::None,
+            preprocessing: Preprocessing::Rescale,
+        },
     ];
     let images = write_inputs(dir.path(), 2, 48, 48, &cases);
     run_python(&python, &[script().as_os_str(), "torch".as_ref(), dir.path().as_os_str()]);
@@ -137,12 +165,16 @@ fn weights_dir(python: &Path) -> Option<PathBuf> {
 
 /// True when Python can `import onnx`, installing it into the venv once if needed.
 fn ensure_onnx(python: &Path) -> bool {
-    let has = |python: &Path| Command::new(python).args(["-c", "import onnx"]).output().is_ok_and(|o| o.status.success());
+    let has = |python: &Path| {
+        Command::new(python).args(["-c", "import onnx"]).output().is_ok_and(|o| o.status.success())
+    };
     if has(python) {
         return true;
     }
     eprintln!("installing the Python package onnx into the torch venv (once)");
-    let _ = Command::new(python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "onnx"]).status();
+    let _ = Command::new(python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "onnx"])
+        .status();
     has(python)
 }
 
@@ -171,7 +203,10 @@ fn demo_weights_match_onnx_initializers() {
         Case { layer: "block5_conv3", pooling: Pooling::Max, preprocessing: Preprocessing::Caffe },
     ];
     let images = write_inputs(tmp.path(), 2, 48, 48, &cases);
-    run_python(&python, &[script().as_os_str(), "onnx".as_ref(), tmp.path().as_os_str(), onnx.as_os_str()]);
+    run_python(
+        &python,
+        &[script().as_os_str(), "onnx".as_ref(), tmp.path().as_os_str(), onnx.as_os_str()],
+    );
 
     let weights = load_weights(&demo, Device::Cpu).unwrap();
     assert_eq!(weights.meta.preprocessing, Preprocessing::Caffe);
@@ -179,9 +214,19 @@ fn demo_weights_match_onnx_initializers() {
     let bias = weights.vs.variables()["features.0.bias"].narrow(0, 0, 4);
     let bias = Vec::<f32>::try_from(bias).unwrap();
     let keras = [0.7343, 0.0934, 0.0678, 0.8863];
-    assert!(bias.iter().zip(keras).all(|(b, k)| (b - k).abs() < 1e-4), "block1_conv1 bias {bias:?} is not Keras' ImageNet {keras:?}");
+    assert!(
+        bias.iter().zip(keras).all(|(b, k)| (b - k).abs() < 1e-4),
+        "block1_conv1 bias {bias:?} is not Keras' ImageNet {keras:?}"
+    );
     // The recorded preprocessing is what the default path applies.
-    let via_meta = tch::no_grad(|| weights.features(&images, "block5_pool".parse::<models::Vgg16Layer>().unwrap(), Pooling::None)).unwrap();
+    let via_meta = tch::no_grad(|| {
+        weights.features(
+            &images,
+            "block5_pool".parse::<models::Vgg16Layer>().unwrap(),
+            Pooling::None,
+        )
+    })
+    .unwrap();
     assert!(relative_error(&via_meta, &reference(tmp.path(), 0)) <= TOLERANCE);
     check_cases(tmp.path(), &images, &weights, &cases, "demo weights vs ONNX initializers");
 }

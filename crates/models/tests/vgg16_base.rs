@@ -32,7 +32,8 @@ fn forward_shapes_match_keras() {
 fn relu_is_fused_into_conv_layers() {
     let (_vs, base) = base();
     let xs = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let ys = tch::no_grad(|| base.forward_to(&xs, "block1_conv1".parse::<Vgg16Layer>().unwrap())).unwrap();
+    let ys = tch::no_grad(|| base.forward_to(&xs, "block1_conv1".parse::<Vgg16Layer>().unwrap()))
+        .unwrap();
     assert_eq!(ys.min().double_value(&[]), 0.0, "a ReLU output has no negatives and some zeros");
 }
 
@@ -121,8 +122,13 @@ fn forward_layers_keeps_several_and_continues_from_a_lower_one() {
     let continued = tch::no_grad(|| base.forward_layers(&kept[1], Some(b3), &[b4, b5])).unwrap();
     assert!(continued[1].equal(&direct), "block5_pool continued from block3_pool differs");
 
-    let err = |xs: &Tensor, after, keep: &[models::Layer]| base.forward_layers(xs, after, keep).unwrap_err().to_string();
-    assert!(err(&kept[1], Some(b4), &[b5]).contains("expected [N, 512, H, W]"), "block3_pool output is not block4_pool's");
+    let err = |xs: &Tensor, after, keep: &[models::Layer]| {
+        base.forward_layers(xs, after, keep).unwrap_err().to_string()
+    };
+    assert!(
+        err(&kept[1], Some(b4), &[b5]).contains("expected [N, 512, H, W]"),
+        "block3_pool output is not block4_pool's"
+    );
     assert!(err(&kept[1], Some(b3), &[b3]).contains("block3_pool is not above block3_pool"));
     assert!(err(&xs, None, &[]).contains("no layer to keep"));
 }

@@ -14,7 +14,10 @@ use tch::{Device, Kind, Tensor, nn};
 /// The 26 conv-base tensors with small random values from `seed`.
 fn random_conv_base(seed: i64) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed);
-    expected_tensors().into_iter().map(|(name, shape)| (name, Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.01)).collect()
+    expected_tensors()
+        .into_iter()
+        .map(|(name, shape)| (name, Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.01))
+        .collect()
 }
 
 fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) {
@@ -31,10 +34,19 @@ fn import_error(tensors: &[(String, Tensor)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.safetensors");
     write_safetensors(&src, tensors);
-    let err = import_weights(&src, SourceFormat::Safetensors, &dir.path().join("out.safetensors"), Some(Preprocessing::Torch), None)
-        .unwrap_err()
-        .to_string();
-    assert!(!dir.path().join("out.safetensors").exists(), "a failed import must not leave an output");
+    let err = import_weights(
+        &src,
+        SourceFormat::Safetensors,
+        &dir.path().join("out.safetensors"),
+        Some(Preprocessing::Torch),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        !dir.path().join("out.safetensors").exists(),
+        "a failed import must not leave an output"
+    );
     err.replace(&dir.path().display().to_string(), "$DIR")
 }
 
@@ -49,7 +61,9 @@ fn tch_ot_round_trip_keeps_every_value() {
     vs.save(&ot).unwrap();
 
     let out = dir.path().join("w.safetensors");
-    let meta = import_weights(&ot, SourceFormat::from_path(&ot).unwrap(), &out, None, Some("tch-rs test")).unwrap();
+    let meta =
+        import_weights(&ot, SourceFormat::from_path(&ot).unwrap(), &out, None, Some("tch-rs test"))
+            .unwrap();
     assert_eq!(meta.preprocessing, Preprocessing::Torch);
     assert_eq!(meta.source, "tch-rs test");
     assert_eq!(meta.source_sha256.as_deref(), Some(file_sha256(&ot).unwrap().as_str()));
@@ -70,10 +84,22 @@ fn same_weights_give_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.safetensors");
     write_safetensors(&src, &random_conv_base(2));
-    let import = |out: &str| import_weights(&src, SourceFormat::Safetensors, &dir.path().join(out), Some(Preprocessing::Caffe), Some("x")).unwrap();
+    let import = |out: &str| {
+        import_weights(
+            &src,
+            SourceFormat::Safetensors,
+            &dir.path().join(out),
+            Some(Preprocessing::Caffe),
+            Some("x"),
+        )
+        .unwrap()
+    };
     let (a, b) = (import("a.safetensors"), import("b.safetensors"));
     assert_eq!(a.digest, b.digest);
-    assert_eq!(std::fs::read(dir.path().join("a.safetensors")).unwrap(), std::fs::read(dir.path().join("b.safetensors")).unwrap());
+    assert_eq!(
+        std::fs::read(dir.path().join("a.safetensors")).unwrap(),
+        std::fs::read(dir.path().join("b.safetensors")).unwrap()
+    );
     let (_, meta) = read_weights(&dir.path().join("a.safetensors")).unwrap();
     assert_eq!(meta.digest, a.digest);
     assert_eq!(meta.preprocessing, Preprocessing::Caffe);
@@ -85,9 +111,24 @@ fn safetensors_import_needs_a_preprocessing() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.safetensors");
     write_safetensors(&src, &random_conv_base(3));
-    let err = import_weights(&src, SourceFormat::Safetensors, &dir.path().join("o.safetensors"), None, None).unwrap_err().to_string();
+    let err = import_weights(
+        &src,
+        SourceFormat::Safetensors,
+        &dir.path().join("o.safetensors"),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.ends_with("safetensors files do not say how images were preprocessed for them; choose caffe, torch or rescale"), "{err}");
-    let meta = import_weights(&src, SourceFormat::Safetensors, &dir.path().join("o.safetensors"), Some(Preprocessing::Rescale), None).unwrap();
+    let meta = import_weights(
+        &src,
+        SourceFormat::Safetensors,
+        &dir.path().join("o.safetensors"),
+        Some(Preprocessing::Rescale),
+        None,
+    )
+    .unwrap();
     assert_eq!(meta.preprocessing, Preprocessing::Rescale);
     assert_eq!(meta.source, "src.safetensors");
 }
@@ -96,7 +137,8 @@ fn safetensors_import_needs_a_preprocessing() {
 fn bad_tensors_are_named_with_both_shapes() {
     let mut missing = random_conv_base(4);
     missing.pop();
-    expect!["$DIR/src.safetensors: missing tensor features.28.bias (expected shape [512])"].assert_eq(&import_error(&missing));
+    expect!["$DIR/src.safetensors: missing tensor features.28.bias (expected shape [512])"]
+        .assert_eq(&import_error(&missing));
 
     let mut shaped = random_conv_base(4);
     shaped[2].1 = Tensor::zeros([64, 64, 5, 5], (Kind::Float, Device::Cpu));
@@ -104,13 +146,16 @@ fn bad_tensors_are_named_with_both_shapes() {
 
     let nan = random_conv_base(4);
     let _ = nan[8].1.get(3).get(1).fill_(f64::NAN);
-    expect!["$DIR/src.safetensors: tensor features.10.weight holds a non-finite value (NaN)"].assert_eq(&import_error(&nan));
+    expect!["$DIR/src.safetensors: tensor features.10.weight holds a non-finite value (NaN)"]
+        .assert_eq(&import_error(&nan));
 
     let inf = random_conv_base(4);
     let _ = inf[25].1.get(511).fill_(f64::NEG_INFINITY);
-    expect!["$DIR/src.safetensors: tensor features.28.bias holds a non-finite value (-inf)"].assert_eq(&import_error(&inf));
+    expect!["$DIR/src.safetensors: tensor features.28.bias holds a non-finite value (-inf)"]
+        .assert_eq(&import_error(&inf));
 
-    let mut twice: Vec<(String, Tensor)> = random_conv_base(4).into_iter().map(|(n, t)| (format!("a.{n}"), t)).collect();
+    let mut twice: Vec<(String, Tensor)> =
+        random_conv_base(4).into_iter().map(|(n, t)| (format!("a.{n}"), t)).collect();
     twice.push(("b.features.0.weight".into(), twice[0].1.copy()));
     expect![[r#"$DIR/src.safetensors: several tensors could be features.0.weight: ["a.features.0.weight", "b.features.0.weight"]"#]]
         .assert_eq(&import_error(&twice));
@@ -120,11 +165,16 @@ fn bad_tensors_are_named_with_both_shapes() {
 fn prefixed_names_and_extra_tensors_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.safetensors");
-    let mut tensors: Vec<(String, Tensor)> = random_conv_base(5).into_iter().map(|(n, t)| (format!("module.{n}"), t)).collect();
-    tensors.push(("module.classifier.6.weight".into(), Tensor::zeros([10, 4], (Kind::Float, Device::Cpu))));
+    let mut tensors: Vec<(String, Tensor)> =
+        random_conv_base(5).into_iter().map(|(n, t)| (format!("module.{n}"), t)).collect();
+    tensors.push((
+        "module.classifier.6.weight".into(),
+        Tensor::zeros([10, 4], (Kind::Float, Device::Cpu)),
+    ));
     write_safetensors(&src, &tensors);
     let out = dir.path().join("o.safetensors");
-    import_weights(&src, SourceFormat::Safetensors, &out, Some(Preprocessing::Torch), None).unwrap();
+    import_weights(&src, SourceFormat::Safetensors, &out, Some(Preprocessing::Torch), None)
+        .unwrap();
     let (back, _) = read_weights(&out).unwrap();
     let names: Vec<&str> = back.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, expected_tensors().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
@@ -138,7 +188,8 @@ fn loading_refuses_files_that_are_not_ours() {
     write_safetensors(&plain, &random_conv_base(6));
     let err = load_weights(&plain, Device::Cpu).unwrap_err().to_string();
     assert!(err.ends_with("no architecture in the metadata: not one of our weights files (import it with `vgg16-weights import` to record what it is)"), "{err}");
-    let err = load_weights(&dir.path().join("absent.safetensors"), Device::Cpu).unwrap_err().to_string();
+    let err =
+        load_weights(&dir.path().join("absent.safetensors"), Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("absent.safetensors: No such file"), "{err}");
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ").unwrap();
@@ -150,9 +201,14 @@ fn check_tiny(name: &str) {
     let tensors = read_torch_state_dict(&fixture(name)).unwrap();
     let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["features.0.weight", "features.0.bias"], "{name}");
-    let weight = Tensor::arange(1728, (Kind::Float, Device::Cpu)).reshape([3, 3, 3, 64]).permute([3, 2, 0, 1]);
+    let weight = Tensor::arange(1728, (Kind::Float, Device::Cpu))
+        .reshape([3, 3, 3, 64])
+        .permute([3, 2, 0, 1]);
     assert!(tensors[0].1.equal(&weight), "{name}: strided view");
-    assert!(tensors[1].1.equal(&Tensor::arange_start(10, 74, (Kind::Float, Device::Cpu))), "{name}: storage offset");
+    assert!(
+        tensors[1].1.equal(&Tensor::arange_start(10, 74, (Kind::Float, Device::Cpu))),
+        "{name}: storage offset"
+    );
 }
 
 #[test]
@@ -161,8 +217,21 @@ fn torch_save_fixtures_read_without_python() {
     check_tiny("tiny_legacy.pth");
     // Only two of 26 tensors: the import names the first one missing.
     let dir = tempfile::tempdir().unwrap();
-    let err = import_weights(&fixture("tiny_legacy.pth"), SourceFormat::Torch, &dir.path().join("o.safetensors"), None, None).unwrap_err().to_string();
-    assert!(err.ends_with("tiny_legacy.pth: missing tensor features.2.weight (expected shape [64, 64, 3, 3])"), "{err}");
+    let err = import_weights(
+        &fixture("tiny_legacy.pth"),
+        SourceFormat::Torch,
+        &dir.path().join("o.safetensors"),
+        None,
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.ends_with(
+            "tiny_legacy.pth: missing tensor features.2.weight (expected shape [64, 64, 3, 3])"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -173,7 +242,10 @@ fn malicious_pickle_is_refused_not_run() {
     assert!(err.ends_with("evil.pth: refusing to unpickle global posix.system (only tensors, dicts and lists are read)"), "{err}");
     assert!(!marker.exists(), "the pickle's payload ran");
     let err = read_torch_state_dict(&fixture("make_fixtures.py")).unwrap_err().to_string();
-    assert!(err.ends_with("not a torch.save file (neither a zip archive nor a legacy pickle)"), "{err}");
+    assert!(
+        err.ends_with("not a torch.save file (neither a zip archive nor a legacy pickle)"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,25 +253,39 @@ fn unfreeze_from_sets_requires_grad() {
     let vs = nn::VarStore::new(Device::Cpu);
     let base = Vgg16Base::new(&vs.root());
     let check = |from: Option<&str>, expect_trainable: i64, expect_names: &[&str]| {
-        let got = base.set_unfreeze_from(from.map(|f| f.parse::<models::Vgg16Layer>().unwrap())).unwrap();
+        let got =
+            base.set_unfreeze_from(from.map(|f| f.parse::<models::Vgg16Layer>().unwrap())).unwrap();
         assert_eq!(got, expect_trainable, "{from:?}");
-        let mut on: Vec<String> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
+        let mut on: Vec<String> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
         on.sort();
         assert_eq!(on, expect_names, "{from:?}");
     };
-    check(Some("block5_conv1"), 7_079_424, &[
-        "features.24.bias",
-        "features.24.weight",
-        "features.26.bias",
-        "features.26.weight",
-        "features.28.bias",
-        "features.28.weight",
-    ]);
+    check(
+        Some("block5_conv1"),
+        7_079_424,
+        &[
+            "features.24.bias",
+            "features.24.weight",
+            "features.26.bias",
+            "features.26.weight",
+            "features.28.bias",
+            "features.28.weight",
+        ],
+    );
     // features.27 is block5_conv2's ReLU, so block5_conv2 is the first trainable layer
-    check(Some("features.27"), 4_719_616, &["features.26.bias", "features.26.weight", "features.28.bias", "features.28.weight"]);
+    check(
+        Some("features.27"),
+        4_719_616,
+        &["features.26.bias", "features.26.weight", "features.28.bias", "features.28.weight"],
+    );
     check(Some("block5_pool"), 0, &[]);
     check(None, 0, &[]);
-    assert_eq!(base.set_unfreeze_from(Some("block1_conv1".parse::<models::Vgg16Layer>().unwrap())).unwrap(), 14_714_688);
+    assert_eq!(
+        base.set_unfreeze_from(Some("block1_conv1".parse::<models::Vgg16Layer>().unwrap()))
+            .unwrap(),
+        14_714_688
+    );
 }
 
 #[test]
@@ -208,14 +294,30 @@ fn layers_table_reports_the_weights() {
     let src = dir.path().join("src.safetensors");
     write_safetensors(&src, &random_conv_base(7));
     let out = dir.path().join("w.safetensors");
-    let meta = import_weights(&src, SourceFormat::Safetensors, &out, Some(Preprocessing::Caffe), Some("test weights")).unwrap();
+    let meta = import_weights(
+        &src,
+        SourceFormat::Safetensors,
+        &out,
+        Some(Preprocessing::Caffe),
+        Some("test weights"),
+    )
+    .unwrap();
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_vgg16-layers"))
-        .args(["--input-size", "48", "--unfreeze-from", "block4_conv3", "--device", "cpu", "--weights"])
+        .args([
+            "--input-size",
+            "48",
+            "--unfreeze-from",
+            "block4_conv3",
+            "--device",
+            "cpu",
+            "--weights",
+        ])
         .arg(&out)
         .output()
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    let stdout = String::from_utf8(run.stdout).unwrap()
+    let stdout = String::from_utf8(run.stdout)
+        .unwrap()
         .replace(&meta.digest, "$DIGEST")
         .replace(meta.source_sha256.as_deref().unwrap(), "$SOURCE_SHA256")
         .replace(&dir.path().display().to_string(), "$DIR");
@@ -258,16 +360,21 @@ fn cuda_features_match_cpu_when_a_gpu_is_present() {
     }
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src.safetensors");
-    let tensors: Vec<(String, Tensor)> = random_conv_base(8).into_iter().map(|(n, t)| (n, t * 5.0)).collect();
+    let tensors: Vec<(String, Tensor)> =
+        random_conv_base(8).into_iter().map(|(n, t)| (n, t * 5.0)).collect();
     write_safetensors(&src, &tensors);
     let out = dir.path().join("w.safetensors");
-    import_weights(&src, SourceFormat::Safetensors, &out, Some(Preprocessing::Caffe), None).unwrap();
+    import_weights(&src, SourceFormat::Safetensors, &out, Some(Preprocessing::Caffe), None)
+        .unwrap();
     tch::manual_seed(9);
-    let images = Tensor::randint(256, [2, 64, 64, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
+    let images =
+        Tensor::randint(256, [2, 64, 64, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
     let layer = "block4_pool".parse::<models::Vgg16Layer>().unwrap();
     let run = |device: Device| {
         let w = load_weights(&out, device).unwrap();
-        let ys = tch::no_grad(|| w.features(&images.to_device(device), layer, models::Pooling::Avg)).unwrap();
+        let ys =
+            tch::no_grad(|| w.features(&images.to_device(device), layer, models::Pooling::Avg))
+                .unwrap();
         ys.to_device(Device::Cpu)
     };
     let (cpu, cuda) = (run(Device::Cpu), run(Device::Cuda(0)));

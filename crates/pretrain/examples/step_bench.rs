@@ -15,7 +15,8 @@ fn main() -> anyhow::Result<()> {
     tch::manual_seed(0);
     let net = ConvNet::new(ConvArch::small_convnet(), size, 10, 512, 0.5, Device::Cpu)?;
     let mut opt = Optimizer::new(OptimizerSpec::rmsprop(1e-4), net.variables());
-    let images = Tensor::randint(256, [20, size, size, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
+    let images =
+        Tensor::randint(256, [20, size, size, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
     let labels = Tensor::randint(10, [20], (Kind::Int64, Device::Cpu));
     let mut run = |name: &str, contiguous: bool| -> anyhow::Result<()> {
         let t = Instant::now();
@@ -38,7 +39,11 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         })?;
-        println!("{name}: train step {:.1} ms, forward {:.1} ms (batch 20, {size}x{size})", (fwd - t).as_secs_f64() * 1e3 / steps as f64, fwd.elapsed().as_secs_f64() * 1e3 / steps as f64);
+        println!(
+            "{name}: train step {:.1} ms, forward {:.1} ms (batch 20, {size}x{size})",
+            (fwd - t).as_secs_f64() * 1e3 / steps as f64,
+            fwd.elapsed().as_secs_f64() * 1e3 / steps as f64
+        );
         Ok(())
     };
     run("warm-up", false)?;

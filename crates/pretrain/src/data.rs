@@ -21,5 +21,6 @@ pub fn load(root: &Path, split: &str, size: usize) -> Result<Images> {
     if index.is_empty() {
         bail!("split {split} of {} has no images", root.display());
     }
-    DecodedSplit::decode(index, size).with_context(|| format!("decoding split {split} of {}", root.display()))
+    DecodedSplit::decode(index, size)
+        .with_context(|| format!("decoding split {split} of {}", root.display()))
 }

@@ -136,12 +136,19 @@ fn run(args: Args) -> Result<()> {
     }
     let arch = net::arch(args.arch, args.width)?;
     let size = args.input_size as i64;
-    arch.output_shape(size, size, arch.last()).with_context(|| format!("--input-size {}", args.input_size))?;
+    arch.output_shape(size, size, arch.last())
+        .with_context(|| format!("--input-size {}", args.input_size))?;
     let device = args.device.resolve()?;
     let augment = match (&args.augment_spec, args.augment) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(AugmentConfig::new(AugmentSpec::from_json(&text).with_context(|| path.display().to_string())?).with_context(|| format!("augmentation settings in {}", path.display()))?)
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                AugmentConfig::new(
+                    AugmentSpec::from_json(&text).with_context(|| path.display().to_string())?,
+                )
+                .with_context(|| format!("augmentation settings in {}", path.display()))?,
+            )
         }
         (None, true) => Some(AugmentConfig::new(AugmentSpec::seed_generator())?),
         (None, false) => None,
@@ -171,53 +178,94 @@ fn run(args: Args) -> Result<()> {
         seed: args.seed,
         device: format!("{device:?}"),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
     let config_sha256 = run_folder::json_sha256(&config);
 
     let load = |split: &str| -> Result<Images> {
         let images = data::load(&args.data, split, args.input_size as usize)?;
         if images.classes() != classes {
-            bail!("split {split} of {} has classes {:?}, train has {:?}", args.data.display(), images.classes(), classes);
+            bail!(
+                "split {split} of {} has classes {:?}, train has {:?}",
+                args.data.display(),
+                images.classes(),
+                classes
+            );
         }
         Ok(images)
     };
     let train_set = load("train")?;
     let val_set = load("validation")?;
     let test_set = args.data.join("test").is_dir().then(|| load("test")).transpose()?;
-    tracing::info!(train = train_set.len(), validation = val_set.len(), test = test_set.as_ref().map(Images::len), classes = classes.len(), "splits decoded");
+    tracing::info!(
+        train = train_set.len(),
+        validation = val_set.len(),
+        test = test_set.as_ref().map(Images::len),
+        classes = classes.len(),
+        "splits decoded"
+    );
 
     tch::manual_seed(args.seed as i64);
     let net = ConvNet::new(arch.clone(), size, classes.len(), args.hidden, args.dropout, device)?;
-    tracing::info!(architecture = arch.name(), params = models::parameter_count(&net.vs), "network built");
+    tracing::info!(
+        architecture = arch.name(),
+        params = models::parameter_count(&net.vs),
+        "network built"
+    );
     let mut optimizer = Optimizer::new(optimizer_spec, net.variables());
-    let train_config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, seed: args.seed, augment, restore_best: !args.keep_last };
+    let train_config = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        seed: args.seed,
+        augment,
+        restore_best: !args.keep_last,
+    };
     let mut so_far = Vec::new();
-    let trained = train::fit(&net, &mut optimizer, &train_set, &val_set, &train_config, |record| {
-        so_far.push(record.clone());
-        Ok(training::write_history(&args.out.join("history.csv"), &so_far)?)
-    })?;
+    let trained =
+        train::fit(&net, &mut optimizer, &train_set, &val_set, &train_config, |record| {
+            so_far.push(record.clone());
+            Ok(training::write_history(&args.out.join("history.csv"), &so_far)?)
+        })?;
     let history = &trained.history;
 
     // Evaluation of the weights we keep, then the files.
     let mut metrics = BTreeMap::new();
-    let mut outputs: Vec<String> = ["history.csv", "accuracy.png", "loss.png", BASE_FILE, MODEL_FILE, "metrics.json"].map(String::from).to_vec();
+    let mut outputs: Vec<String> =
+        ["history.csv", "accuracy.png", "loss.png", BASE_FILE, MODEL_FILE, "metrics.json"]
+            .map(String::from)
+            .to_vec();
     for (split, images) in [("validation", Some(&val_set)), ("test", test_set.as_ref())] {
         let Some(images) = images else { continue };
         let eval = train::evaluate(&net, images, args.batch_size)?;
         let matrix = ConfusionMatrix::new(&classes, &images.labels, &eval.predictions);
-        run_folder::write_atomic(&args.out.join(format!("confusion_{split}.csv")), matrix.to_csv().as_bytes())?;
-        plot_confusion(&args.out.join(format!("confusion_{split}.png")), &matrix, &format!("Confusion matrix ({split})"))?;
+        run_folder::write_atomic(
+            &args.out.join(format!("confusion_{split}.csv")),
+            matrix.to_csv().as_bytes(),
+        )?;
+        plot_confusion(
+            &args.out.join(format!("confusion_{split}.png")),
+            &matrix,
+            &format!("Confusion matrix ({split})"),
+        )?;
         outputs.extend([format!("confusion_{split}.csv"), format!("confusion_{split}.png")]);
         tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
-        metrics.insert(split.to_owned(), SplitMetrics { loss: eval.loss, acc: eval.acc, per_class: matrix.per_class() });
+        metrics.insert(
+            split.to_owned(),
+            SplitMetrics { loss: eval.loss, acc: eval.acc, per_class: matrix.per_class() },
+        );
     }
 
     let smoothing = (args.smoothing > 0.0).then_some(args.smoothing);
     plot_history(&args.out.join("accuracy.png"), history, Metric::Accuracy, None)?;
     plot_history(&args.out.join("loss.png"), history, Metric::Loss, None)?;
     if smoothing.is_some() {
-        plot_history(&args.out.join("accuracy_smoothed.png"), history, Metric::Accuracy, smoothing)?;
+        plot_history(
+            &args.out.join("accuracy_smoothed.png"),
+            history,
+            Metric::Accuracy,
+            smoothing,
+        )?;
         plot_history(&args.out.join("loss_smoothed.png"), history, Metric::Loss, smoothing)?;
         outputs.extend(["accuracy_smoothed.png", "loss_smoothed.png"].map(String::from));
     }
@@ -264,7 +312,15 @@ fn run(args: Args) -> Result<()> {
         "train_seconds": history.iter().map(|r| r.seconds).sum::<f64>(),
     });
     let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
-    run_folder::StageRecord::write(&args.out, "pretrain", config_sha256, inputs, &names, started.elapsed().as_secs_f64(), summary)?;
+    run_folder::StageRecord::write(
+        &args.out,
+        "pretrain",
+        config_sha256,
+        inputs,
+        &names,
+        started.elapsed().as_secs_f64(),
+        summary,
+    )?;
     eprintln!(
         "pretrain: {} validation acc {val_acc:.4}{} (epoch {} of {}) in {:.1}s -> {}",
         arch.name(),
@@ -279,6 +335,8 @@ fn run(args: Args) -> Result<()> {
 
 /// The dataset as an input of this stage (see `dataset::tree_digest`).
 fn data_digest(root: &Path) -> Result<String> {
-    let options = dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
-    dataset::tree_digest(root, &options).with_context(|| format!("digesting the dataset {}", root.display()))
+    let options =
+        dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
+    dataset::tree_digest(root, &options)
+        .with_context(|| format!("digesting the dataset {}", root.display()))
 }

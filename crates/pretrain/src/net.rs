@@ -51,13 +51,25 @@ pub struct ConvNet {
 impl ConvNet {
     /// A fresh network initialised like Keras (Glorot-uniform kernels, zero biases) from the
     /// current libtorch seed. Fails when `input_size` does not survive the base's pools.
-    pub fn new(arch: ConvArch, input_size: i64, classes: usize, hidden: i64, dropout: f64, device: Device) -> Result<Self> {
+    pub fn new(
+        arch: ConvArch,
+        input_size: i64,
+        classes: usize,
+        hidden: i64,
+        dropout: f64,
+        device: Device,
+    ) -> Result<Self> {
         anyhow::ensure!(classes >= 2, "training needs at least 2 classes, got {classes}");
-        let [c, h, w] = arch.output_shape(input_size, input_size, arch.last()).with_context(|| format!("--input-size {input_size}"))?;
+        let [c, h, w] = arch
+            .output_shape(input_size, input_size, arch.last())
+            .with_context(|| format!("--input-size {input_size}"))?;
         let vs = nn::VarStore::new(device);
         let base = ConvBase::with_arch(&vs.root(), arch);
         keras_conv_init(&vs, &base)?;
-        let head = DenseHead::new(&vs.root(), HeadSpec { input_width: c * h * w, hidden, dropout, classes });
+        let head = DenseHead::new(
+            &vs.root(),
+            HeadSpec { input_width: c * h * w, hidden, dropout, classes },
+        );
         Ok(Self { vs, base, head, input_size })
     }
 
@@ -76,8 +88,10 @@ impl ConvNet {
 
     /// Writes the conv base (no head) as our weights file.
     pub fn save_base(&self, path: &Path, provenance: &Provenance) -> Result<WeightsMeta> {
-        let base: Vec<(String, Tensor)> = self.variables().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
-        save_conv_base(path, self.base.arch(), &base, provenance).with_context(|| format!("writing {}", path.display()))
+        let base: Vec<(String, Tensor)> =
+            self.variables().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
+        save_conv_base(path, self.base.arch(), &base, provenance)
+            .with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -91,8 +105,10 @@ fn keras_conv_init(vs: &nn::VarStore, base: &ConvBase) -> Result<()> {
         let LayerKind::Conv { in_channels, out_channels, kernel, .. } = spec.kind else { continue };
         let limit = (6.0 / ((in_channels + out_channels) * kernel * kernel) as f64).sqrt();
         let name = |what: &str| format!("features.{}.{what}", spec.torch_index);
-        let weight = vars.get(&name("weight")).with_context(|| format!("no variable {}", name("weight")))?;
-        let bias = vars.get(&name("bias")).with_context(|| format!("no variable {}", name("bias")))?;
+        let weight =
+            vars.get(&name("weight")).with_context(|| format!("no variable {}", name("weight")))?;
+        let bias =
+            vars.get(&name("bias")).with_context(|| format!("no variable {}", name("bias")))?;
         tch::no_grad(|| -> Result<()> {
             let _ = weight.shallow_clone().f_uniform_(-limit, limit)?;
             let _ = bias.shallow_clone().f_zero_()?;

@@ -59,12 +59,19 @@ pub fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
 
 /// Images `indices` of `images` as an RGB8 `[N, H, W, 3]` tensor on `device`, augmented with
 /// the transform of `(seed, epoch, index)` when `augment` is set.
-pub fn batch_tensor(images: &Images, indices: &[usize], augment: Option<(&AugmentConfig, u64, u64)>, device: Device) -> Result<Tensor> {
+pub fn batch_tensor(
+    images: &Images,
+    indices: &[usize],
+    augment: Option<(&AugmentConfig, u64, u64)>,
+    device: Device,
+) -> Result<Tensor> {
     let (len, s) = (images.image_len(), images.size);
     let mut buf = vec![0u8; indices.len() * len];
     buf.par_chunks_mut(len).zip(indices.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
         match augment {
-            Some((config, seed, epoch)) => config.sample(seed, epoch, i as u64).apply_u8(images.image(i), s, s, 3, dst)?,
+            Some((config, seed, epoch)) => {
+                config.sample(seed, epoch, i as u64).apply_u8(images.image(i), s, s, 3, dst)?
+            }
             None => dst.copy_from_slice(images.image(i)),
         }
         Ok(())
@@ -82,7 +89,8 @@ pub fn evaluate(net: &ConvNet, images: &Images, batch_size: usize) -> Result<Eva
         for start in (0..n).step_by(batch_size.max(1)) {
             let indices: Vec<usize> = (start..(start + batch_size).min(n)).collect();
             let xs = batch_tensor(images, &indices, None, device)?;
-            let ys = Tensor::from_slice(&images.labels[start..start + indices.len()]).f_to_device(device)?;
+            let ys = Tensor::from_slice(&images.labels[start..start + indices.len()])
+                .f_to_device(device)?;
             let logits = net.forward_t(&xs, false)?;
             total += loss(&logits, &ys)?.f_double_value(&[])? * indices.len() as f64;
             predictions.extend(Vec::<i64>::try_from(predict(&logits)?.f_to_device(Device::Cpu)?)?);
@@ -90,7 +98,11 @@ pub fn evaluate(net: &ConvNet, images: &Images, batch_size: usize) -> Result<Eva
         Ok(())
     })?;
     let correct = images.labels.iter().zip(&predictions).filter(|(a, b)| a == b).count();
-    Ok(Evaluation { loss: total / n.max(1) as f64, acc: correct as f64 / n.max(1) as f64, predictions })
+    Ok(Evaluation {
+        loss: total / n.max(1) as f64,
+        acc: correct as f64 / n.max(1) as f64,
+        predictions,
+    })
 }
 
 /// Trains `net` on `train`, validating on `val` after every epoch; `on_epoch` sees each finished
@@ -128,7 +140,11 @@ pub fn fit(
             let batch_loss = loss(&logits, &ys)?;
             let value = batch_loss.f_double_value(&[])?;
             if !value.is_finite() {
-                bail!("the training loss is {value} at epoch {}, step {}: lower --lr", epoch + 1, step + 1);
+                bail!(
+                    "the training loss is {value} at epoch {}, step {}: lower --lr",
+                    epoch + 1,
+                    step + 1
+                );
             }
             batch_loss.f_backward()?;
             optimizer.step();
@@ -148,11 +164,23 @@ pub fn fit(
             lr: optimizer.spec().lr(),
             seconds: started.elapsed().as_secs_f64(),
         };
-        tracing::info!(epoch = record.epoch, loss = record.loss, acc = record.acc, val_loss = record.val_loss, val_acc = record.val_acc, seconds = record.seconds, "epoch done");
+        tracing::info!(
+            epoch = record.epoch,
+            loss = record.loss,
+            acc = record.acc,
+            val_loss = record.val_loss,
+            val_acc = record.val_acc,
+            seconds = record.seconds,
+            "epoch done"
+        );
         on_epoch(&record)?;
         history.push(record);
         if config.restore_best && best.as_ref().is_none_or(|(b, _, _)| val_eval.loss < *b) {
-            best = Some((val_eval.loss, epoch + 1, net.variables().into_iter().map(|(_, t)| t.copy()).collect()));
+            best = Some((
+                val_eval.loss,
+                epoch + 1,
+                net.variables().into_iter().map(|(_, t)| t.copy()).collect(),
+            ));
         }
     }
     let mut kept_epoch = history.len();

@@ -19,7 +19,10 @@ fn write_png(path: &Path, top: bool, noise: u64) {
     let mut pixels = [0u8; 64];
     for (i, p) in pixels.iter_mut().enumerate() {
         let bright = (i / 8 < 4) == top;
-        let jitter = ((noise.wrapping_mul(6364136223846793005).wrapping_add((i as u64).wrapping_mul(1442695040888963407))) >> 59) as u8;
+        let jitter = ((noise
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add((i as u64).wrapping_mul(1442695040888963407)))
+            >> 59) as u8;
         *p = if bright { 200 + jitter } else { 30 + jitter };
     }
     let file = std::fs::File::create(path).unwrap();
@@ -36,14 +39,23 @@ fn make_dataset(root: &Path, per_class: usize) {
             let dir = root.join(split).join(class);
             std::fs::create_dir_all(&dir).unwrap();
             for i in 0..per_class {
-                write_png(&dir.join(format!("{class}.{i}.png")), top, (s * 1000 + i) as u64 + top as u64 * 500);
+                write_png(
+                    &dir.join(format!("{class}.{i}.png")),
+                    top,
+                    (s * 1000 + i) as u64 + top as u64 * 500,
+                );
             }
         }
     }
 }
 
 fn provenance() -> Provenance {
-    Provenance { preprocessing: Preprocessing::Rescale, source: "test".into(), source_sha256: "0".repeat(64), source_format: "pretrain".into() }
+    Provenance {
+        preprocessing: Preprocessing::Rescale,
+        source: "test".into(),
+        source_sha256: "0".repeat(64),
+        source_format: "pretrain".into(),
+    }
 }
 
 #[test]
@@ -57,7 +69,8 @@ fn training_lowers_the_loss_on_a_separable_set() {
     tch::manual_seed(0);
     let net = ConvNet::new(ConvArch::small_convnet(), 48, 2, 16, 0.0, Device::Cpu).unwrap();
     let mut optimizer = Optimizer::new(OptimizerSpec::adam(1e-3), net.variables());
-    let config = TrainConfig { epochs: 6, batch_size: 4, seed: 0, augment: None, restore_best: false };
+    let config =
+        TrainConfig { epochs: 6, batch_size: 4, seed: 0, augment: None, restore_best: false };
     let mut seen = 0;
     let trained = fit(&net, &mut optimizer, &train, &val, &config, |_| {
         seen += 1;
@@ -74,7 +87,8 @@ fn training_lowers_the_loss_on_a_separable_set() {
 fn saved_base_loads_with_the_same_output() {
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(1);
-    let net = ConvNet::new(ConvArch::vgg16_width(0.0625).unwrap(), 32, 3, 8, 0.5, Device::Cpu).unwrap();
+    let net =
+        ConvNet::new(ConvArch::vgg16_width(0.0625).unwrap(), 32, 3, 8, 0.5, Device::Cpu).unwrap();
     let path = dir.path().join("base.safetensors");
     let meta = net.save_base(&path, &provenance()).unwrap();
     assert_eq!(meta.architecture, "vgg16_w0.0625");
@@ -84,7 +98,8 @@ fn saved_base_loads_with_the_same_output() {
     assert_eq!(loaded.meta.preprocessing, Preprocessing::Rescale);
     assert_eq!(loaded.base.arch(), net.base.arch());
     assert_eq!(loaded.vs.variables().len(), 26, "the head is not part of the base");
-    let images = Tensor::randint(256, [2, 32, 32, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
+    let images =
+        Tensor::randint(256, [2, 32, 32, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
     let xs = models::preprocess(&images, Preprocessing::Rescale).unwrap();
     let expect = tch::no_grad(|| net.base.forward(&xs)).unwrap();
     let got = tch::no_grad(|| loaded.features(&images, "block5_pool", Pooling::None)).unwrap();
@@ -132,11 +147,20 @@ fn unfreeze_from_on_the_small_convnet() {
     let w = load_weights(&small_convnet_weights(dir.path()), Device::Cpu).unwrap();
     let check = |from: Option<&str>, expect_params: i64, expect: &[&str]| {
         assert_eq!(w.base.set_unfreeze_from(from).unwrap(), expect_params, "{from:?}");
-        let mut on: Vec<String> = w.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
+        let mut on: Vec<String> =
+            w.vs.variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .map(|(n, _)| n)
+                .collect();
         on.sort();
         assert_eq!(on, expect, "{from:?}");
     };
-    check(Some("conv2d_3"), 73_856 + 147_584, &["features.6.bias", "features.6.weight", "features.9.bias", "features.9.weight"]);
+    check(
+        Some("conv2d_3"),
+        73_856 + 147_584,
+        &["features.6.bias", "features.6.weight", "features.9.bias", "features.9.weight"],
+    );
     check(Some("features.10"), 147_584, &["features.9.bias", "features.9.weight"]);
     check(Some("max_pooling2d_4"), 0, &[]);
     check(None, 0, &[]);
@@ -150,7 +174,21 @@ fn binary_writes_a_complete_stage() {
     make_dataset(&data, 4);
     let out = dir.path().join("out");
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_pretrain"))
-        .args(["--input-size", "48", "--epochs", "2", "--batch-size", "4", "--hidden", "8", "--device", "cpu", "--threads", "1", "--data"])
+        .args([
+            "--input-size",
+            "48",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--hidden",
+            "8",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--data",
+        ])
         .arg(&data)
         .arg("--out")
         .arg(&out)
@@ -160,8 +198,19 @@ fn binary_writes_a_complete_stage() {
     let record = run_folder::StageRecord::read(&out).unwrap();
     assert_eq!(record.stage, "pretrain");
     assert_eq!(record.damaged_output(&out), None);
-    for name in ["base.safetensors", "model.safetensors", "history.csv", "metrics.json", "confusion_test.csv", "accuracy.png"] {
-        assert!(record.outputs.contains_key(name), "{name} missing from {:?}", record.outputs.keys());
+    for name in [
+        "base.safetensors",
+        "model.safetensors",
+        "history.csv",
+        "metrics.json",
+        "confusion_test.csv",
+        "accuracy.png",
+    ] {
+        assert!(
+            record.outputs.contains_key(name),
+            "{name} missing from {:?}",
+            record.outputs.keys()
+        );
     }
     let w = load_weights(&out.join("base.safetensors"), Device::Cpu).unwrap();
     assert_eq!(w.meta.preprocessing, Preprocessing::Rescale);

@@ -62,7 +62,8 @@ impl DatasetRecord {
                 *all.entry(size).or_default() += n;
             }
         }
-        let mut sizes: Vec<(String, usize)> = all.into_iter().map(|(s, n)| (s.to_owned(), n)).collect();
+        let mut sizes: Vec<(String, usize)> =
+            all.into_iter().map(|(s, n)| (s.to_owned(), n)).collect();
         sizes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         sizes
     }

@@ -61,7 +61,8 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RunError> 
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, RunError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    serde_json::from_slice(&bytes).map_err(|e| RunError::Invalid { path: path.to_owned(), reason: e.to_string() })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RunError::Invalid { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// sha256 of a file, streamed.
@@ -123,7 +124,8 @@ impl StageRecord {
             .iter()
             .map(|name| Ok(((*name).to_owned(), file_sha256(&dir.join(name))?)))
             .collect::<Result<_, RunError>>()?;
-        let record = Self { stage: stage.to_owned(), config_sha256, inputs, outputs, seconds, summary };
+        let record =
+            Self { stage: stage.to_owned(), config_sha256, inputs, outputs, seconds, summary };
         write_json(&dir.join(STAGE_FILE), &record)?;
         Ok(record)
     }
@@ -150,7 +152,16 @@ mod tests {
     fn record_detects_damaged_outputs() {
         let dir = tempfile::tempdir().unwrap();
         write_atomic(&dir.path().join("a.txt"), b"hello").unwrap();
-        let rec = StageRecord::write(dir.path(), "s", "c".into(), BTreeMap::new(), &["a.txt"], 1.0, serde_json::json!({})).unwrap();
+        let rec = StageRecord::write(
+            dir.path(),
+            "s",
+            "c".into(),
+            BTreeMap::new(),
+            &["a.txt"],
+            1.0,
+            serde_json::json!({}),
+        )
+        .unwrap();
         assert_eq!(StageRecord::read(dir.path()).unwrap(), rec);
         assert_eq!(rec.damaged_output(dir.path()), None);
         std::fs::write(dir.path().join("a.txt"), b"hellO").unwrap();
@@ -161,7 +172,13 @@ mod tests {
 
     #[test]
     fn config_digest_tracks_content() {
-        assert_eq!(json_sha256(&serde_json::json!({"a": 1})), json_sha256(&serde_json::json!({"a": 1})));
-        assert_ne!(json_sha256(&serde_json::json!({"a": 1})), json_sha256(&serde_json::json!({"a": 2})));
+        assert_eq!(
+            json_sha256(&serde_json::json!({"a": 1})),
+            json_sha256(&serde_json::json!({"a": 1}))
+        );
+        assert_ne!(
+            json_sha256(&serde_json::json!({"a": 1})),
+            json_sha256(&serde_json::json!({"a": 2}))
+        );
     }
 }

@@ -16,8 +16,8 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 use training::plot::{Metric, plot_confusion, plot_history};
 use training::{
-    ConfusionMatrix, DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec, evaluate,
-    tensors_io,
+    ConfusionMatrix, DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer,
+    OptimizerSpec, evaluate, tensors_io,
 };
 
 /// Train the dense classifier head on cached VGG16 features (the seed's "fast feature
@@ -114,10 +114,15 @@ fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let record: ExtractionRecord = run_folder::read_json(&args.features)?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| record.cache_dir.clone());
-    let cache = Cache::open(&cache_dir).with_context(|| format!("opening the feature cache {}", cache_dir.display()))?;
+    let cache = Cache::open(&cache_dir)
+        .with_context(|| format!("opening the feature cache {}", cache_dir.display()))?;
     let device = args.device.resolve()?;
 
-    let entry = |split: &str| record.plain(split).with_context(|| format!("{} has no {split} features", args.features.display()));
+    let entry = |split: &str| {
+        record
+            .plain(split)
+            .with_context(|| format!("{} has no {split} features", args.features.display()))
+    };
     let passes = if args.augmented_passes { record.passes("train") } else { Vec::new() };
     let train_refs = if passes.is_empty() { vec![entry("train")?] } else { passes };
     let val_ref = entry("validation")?;
@@ -125,7 +130,12 @@ fn run(args: Args) -> Result<()> {
 
     let classes = record.classes.clone();
     let width: u64 = record.feature_shape.iter().product();
-    let head_spec = HeadSpec { input_width: width as i64, hidden: args.hidden, dropout: args.dropout, classes: classes.len() };
+    let head_spec = HeadSpec {
+        input_width: width as i64,
+        hidden: args.hidden,
+        dropout: args.dropout,
+        classes: classes.len(),
+    };
     let optimizer_spec = match args.optimizer {
         OptimizerChoice::Rmsprop => OptimizerSpec::rmsprop(args.lr),
         OptimizerChoice::Adam => OptimizerSpec::adam(args.lr),
@@ -145,16 +155,23 @@ fn run(args: Args) -> Result<()> {
         seed: args.seed,
         device: format!("{device:?}"),
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
 
     let load = |e: &feature_cache::EntryRef| ExtractionRecord::load(&cache, e, &args.features);
-    let train_entries: Vec<LoadedEntry> = train_refs.iter().map(|e| load(e)).collect::<Result<_, _>>()?;
+    let train_entries: Vec<LoadedEntry> =
+        train_refs.iter().map(|e| load(e)).collect::<Result<_, _>>()?;
     let val_entry = load(val_ref)?;
     let test_entry = test_ref.map(load).transpose()?;
     for e in train_entries.iter().chain([&val_entry]).chain(test_entry.as_ref()) {
         if e.manifest.components.dataset.classes != classes {
-            bail!("cache entry {} has classes {:?}, the extraction record {:?}", e.manifest.key, e.manifest.components.dataset.classes, classes);
+            bail!(
+                "cache entry {} has classes {:?}, the extraction record {:?}",
+                e.manifest.key,
+                e.manifest.components.dataset.classes,
+                classes
+            );
         }
     }
     let train = FeatureSet {
@@ -164,7 +181,10 @@ fn run(args: Args) -> Result<()> {
     if train_entries.iter().any(|e| e.labels != train_entries[0].labels) {
         bail!("the augmented passes of the training split disagree on labels: re-extract them");
     }
-    let val = FeatureSet { passes: vec![to_tensor(&val_entry, device)?], labels: labels(&val_entry, device) };
+    let val = FeatureSet {
+        passes: vec![to_tensor(&val_entry, device)?],
+        labels: labels(&val_entry, device),
+    };
     tracing::info!(
         train = train.len(),
         passes = train.passes.len(),
@@ -182,7 +202,9 @@ fn run(args: Args) -> Result<()> {
         epochs: args.epochs,
         batch_size: args.batch_size,
         seed: args.seed,
-        early_stopping: args.early_stopping_patience.map(|patience| EarlyStopping { patience, restore_best: args.restore_best }),
+        early_stopping: args
+            .early_stopping_patience
+            .map(|patience| EarlyStopping { patience, restore_best: args.restore_best }),
     };
     let mut so_far = Vec::new();
     let history = training::fit(&head, &vs, &mut optimizer, &train, &val, &fit_config, |record| {
@@ -196,7 +218,12 @@ fn run(args: Args) -> Result<()> {
     plot_history(&args.out.join("loss.png"), &history, Metric::Loss, None)?;
     let mut outputs = vec!["history.csv", "accuracy.png", "loss.png", WEIGHTS_FILE, "metrics.json"];
     if smoothing.is_some() {
-        plot_history(&args.out.join("accuracy_smoothed.png"), &history, Metric::Accuracy, smoothing)?;
+        plot_history(
+            &args.out.join("accuracy_smoothed.png"),
+            &history,
+            Metric::Accuracy,
+            smoothing,
+        )?;
         plot_history(&args.out.join("loss_smoothed.png"), &history, Metric::Loss, smoothing)?;
         outputs.extend(["accuracy_smoothed.png", "loss_smoothed.png"]);
     }
@@ -222,10 +249,20 @@ fn run(args: Args) -> Result<()> {
         let eval = evaluate(&head, &xs, &ys, args.batch_size)?;
         let truth: Vec<i64> = entry.labels.iter().map(|&l| l as i64).collect();
         let matrix = ConfusionMatrix::new(&classes, &truth, &eval.predictions);
-        run_folder::write_atomic(&args.out.join(format!("confusion_{split}.csv")), matrix.to_csv().as_bytes())?;
-        plot_confusion(&args.out.join(format!("confusion_{split}.png")), &matrix, &format!("Confusion matrix ({split})"))?;
+        run_folder::write_atomic(
+            &args.out.join(format!("confusion_{split}.csv")),
+            matrix.to_csv().as_bytes(),
+        )?;
+        plot_confusion(
+            &args.out.join(format!("confusion_{split}.png")),
+            &matrix,
+            &format!("Confusion matrix ({split})"),
+        )?;
         tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
-        metrics.insert(split.to_owned(), SplitMetrics { loss: eval.loss, acc: eval.acc, per_class: matrix.per_class() });
+        metrics.insert(
+            split.to_owned(),
+            SplitMetrics { loss: eval.loss, acc: eval.acc, per_class: matrix.per_class() },
+        );
     }
     run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
     let mut all_outputs: Vec<String> = outputs.iter().map(|s| (*s).to_owned()).collect();
@@ -233,7 +270,10 @@ fn run(args: Args) -> Result<()> {
         all_outputs.push(format!("confusion_{split}.csv"));
         all_outputs.push(format!("confusion_{split}.png"));
     }
-    let inputs = BTreeMap::from([("features.json".to_owned(), run_folder::file_sha256(&args.features)?.sha256)]);
+    let inputs = BTreeMap::from([(
+        "features.json".to_owned(),
+        run_folder::file_sha256(&args.features)?.sha256,
+    )]);
     let summary = serde_json::json!({
         "device": format!("{device:?}"),
         "epochs_run": history.len(),
@@ -242,7 +282,15 @@ fn run(args: Args) -> Result<()> {
         "augmented_passes": train.passes.len(),
     });
     let names: Vec<&str> = all_outputs.iter().map(String::as_str).collect();
-    run_folder::StageRecord::write(&args.out, "train-head", run_folder::json_sha256(&config), inputs, &names, started.elapsed().as_secs_f64(), summary)?;
+    run_folder::StageRecord::write(
+        &args.out,
+        "train-head",
+        run_folder::json_sha256(&config),
+        inputs,
+        &names,
+        started.elapsed().as_secs_f64(),
+        summary,
+    )?;
     eprintln!(
         "train-head: validation acc {:.4}{} in {:.1}s -> {}",
         metrics["validation"].acc,

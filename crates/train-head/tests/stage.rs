@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use feature_cache::{Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey};
+use feature_cache::{
+    Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey,
+};
 
 const CLASSES: [&str; 2] = ["shirt", "t-shirt_top"];
 
@@ -21,21 +23,44 @@ fn write_split(cache: &Cache, split: &str, rows: u32, pass: Option<u32>, width: 
         preprocessing: "caffe".into(),
         pooling: "none".into(),
         precision: "f32".into(),
-        augmentation: pass.map(|p| feature_cache::AugmentationKey { spec: serde_json::json!({}), seed: 0, pass: p }),
+        augmentation: pass.map(|p| feature_cache::AugmentationKey {
+            spec: serde_json::json!({}),
+            seed: 0,
+            pass: p,
+        }),
         dataset: DatasetKey {
             split: split.into(),
             classes: CLASSES.iter().map(|c| (*c).to_owned()).collect(),
-            files: (0..rows).map(|i| FileKey { path: format!("{i}.png"), label: i % 2, sha256: "00".repeat(32) }).collect(),
+            files: (0..rows)
+                .map(|i| FileKey {
+                    path: format!("{i}.png"),
+                    label: i % 2,
+                    sha256: "00".repeat(32),
+                })
+                .collect(),
         },
     };
     let mut w = cache.writer(key.clone(), "test", rows as u64, &[width]).unwrap();
     for i in 0..rows {
         let label = (i % 2) as i32;
-        let row: Vec<f32> = (0..width).map(|j| ((i * 7 + j as u32 * 13) % 10) as f32 / 10.0 + 1.5 * label as f32 + pass.unwrap_or(0) as f32 * 0.01).collect();
+        let row: Vec<f32> = (0..width)
+            .map(|j| {
+                ((i * 7 + j as u32 * 13) % 10) as f32 / 10.0
+                    + 1.5 * label as f32
+                    + pass.unwrap_or(0) as f32 * 0.01
+            })
+            .collect();
         w.append(&row, &[label]).unwrap();
     }
     w.finish().unwrap();
-    EntryRef { split: split.into(), pass, key: key.digest(), rows: rows as u64, cache_dir: None, origin: None }
+    EntryRef {
+        split: split.into(),
+        pass,
+        key: key.digest(),
+        rows: rows as u64,
+        cache_dir: None,
+        origin: None,
+    }
 }
 
 fn setup(dir: &Path, width: u64, record_width: u64) -> PathBuf {
@@ -77,8 +102,17 @@ fn writes_every_output_and_learns() {
     let result = train_head(&features, &out, &[]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
     for f in [
-        "config.json", "history.csv", "accuracy.png", "loss.png", "accuracy_smoothed.png", "loss_smoothed.png",
-        "head.safetensors", "metrics.json", "confusion_validation.csv", "confusion_test.png", "stage.json",
+        "config.json",
+        "history.csv",
+        "accuracy.png",
+        "loss.png",
+        "accuracy_smoothed.png",
+        "loss_smoothed.png",
+        "head.safetensors",
+        "metrics.json",
+        "confusion_validation.csv",
+        "confusion_test.png",
+        "stage.json",
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }

@@ -7,16 +7,23 @@
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor, nn};
-use training::{DenseHead, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec, fit, tensors_io};
+use training::{
+    DenseHead, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec, fit, tensors_io,
+};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
     cpu_runtime::init();
-    let (samples, width, epochs, runs) = (arg("--samples", 2000), arg("--width", 8192), arg("--epochs", 30), arg("--runs", 3));
+    let (samples, width, epochs, runs) =
+        (arg("--samples", 2000), arg("--width", 8192), arg("--epochs", 30), arg("--runs", 3));
     tch::manual_seed(0);
     let xs = Tensor::rand([samples as i64, width as i64], (Kind::Float, Device::Cpu));
     let labels = Tensor::arange(samples as i64, (Kind::Int64, Device::Cpu)).remainder(2);
@@ -27,11 +34,15 @@ fn main() {
         tch::manual_seed(run as i64);
         let vs = nn::VarStore::new(Device::Cpu);
         let head = DenseHead::new(&vs.root(), HeadSpec::seed(width as i64, 2));
-        let mut opt = Optimizer::new(OptimizerSpec::rmsprop(2e-5), tensors_io::named_variables(&vs));
+        let mut opt =
+            Optimizer::new(OptimizerSpec::rmsprop(2e-5), tensors_io::named_variables(&vs));
         let config = FitConfig { epochs, batch_size: 20, seed: run as u64, early_stopping: None };
         let started = Instant::now();
         fit(&head, &vs, &mut opt, &train, &val, &config, |_| Ok(())).expect("training runs");
         seconds.push(started.elapsed().as_secs_f64());
     }
-    println!("{}", serde_json::json!({ "samples": samples, "width": width, "epochs": epochs, "seconds": seconds }));
+    println!(
+        "{}",
+        serde_json::json!({ "samples": samples, "width": width, "epochs": epochs, "seconds": seconds })
+    );
 }

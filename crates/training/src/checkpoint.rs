@@ -94,8 +94,9 @@ impl CheckpointDir {
         let state_name = format!("{slot}-{seq:08}.json");
 
         let tensors_sha256 = tensors_io::save(&self.dir.join(&tensors_name), tensors, metadata)?;
-        let mut state_bytes = serde_json::to_vec_pretty(state)
-            .map_err(|e| bad(&self.dir.join(&state_name), format!("state does not serialise: {e}")))?;
+        let mut state_bytes = serde_json::to_vec_pretty(state).map_err(|e| {
+            bad(&self.dir.join(&state_name), format!("state does not serialise: {e}"))
+        })?;
         state_bytes.push(b'\n');
         crate::write_atomic_ctx(&self.dir.join(&state_name), &state_bytes)?;
 
@@ -128,21 +129,42 @@ impl CheckpointDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let pointer: Pointer =
-            serde_json::from_slice(&bytes).map_err(|e| bad(&path, format!("damaged checkpoint pointer: {e}")))?;
+        let pointer: Pointer = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(&path, format!("damaged checkpoint pointer: {e}")))?;
         if pointer.format_version != FORMAT_VERSION {
-            return Err(bad(&path, format!("pointer format_version {}, this build reads {FORMAT_VERSION}", pointer.format_version)));
+            return Err(bad(
+                &path,
+                format!(
+                    "pointer format_version {}, this build reads {FORMAT_VERSION}",
+                    pointer.format_version
+                ),
+            ));
         }
-        let expected = (format!("{slot}-{:08}.safetensors", pointer.seq), format!("{slot}-{:08}.json", pointer.seq));
-        if pointer.slot != slot || (pointer.tensors.as_str(), pointer.state.as_str()) != (expected.0.as_str(), expected.1.as_str()) {
-            return Err(bad(&path, format!("pointer names {} / {}, expected {} / {}", pointer.tensors, pointer.state, expected.0, expected.1)));
+        let expected = (
+            format!("{slot}-{:08}.safetensors", pointer.seq),
+            format!("{slot}-{:08}.json", pointer.seq),
+        );
+        if pointer.slot != slot
+            || (pointer.tensors.as_str(), pointer.state.as_str())
+                != (expected.0.as_str(), expected.1.as_str())
+        {
+            return Err(bad(
+                &path,
+                format!(
+                    "pointer names {} / {}, expected {} / {}",
+                    pointer.tensors, pointer.state, expected.0, expected.1
+                ),
+            ));
         }
         Ok(Some(pointer))
     }
 
     /// Loads the current version of `slot`: `None` when the slot has no pointer; an error when
     /// the pointer or a file it names is damaged (digests are checked before anything is parsed).
-    pub fn load<S: DeserializeOwned>(&self, slot: &str) -> Result<Option<Checkpoint<S>>, TrainError> {
+    pub fn load<S: DeserializeOwned>(
+        &self,
+        slot: &str,
+    ) -> Result<Option<Checkpoint<S>>, TrainError> {
         let Some(pointer) = self.pointer(slot)? else {
             return Ok(None);
         };
@@ -150,18 +172,33 @@ impl CheckpointDir {
         let state_bytes = std::fs::read(&state_path).map_err(io_err(&state_path))?;
         let state_sha = hex::encode(Sha256::digest(&state_bytes));
         if state_sha != pointer.state_sha256 {
-            return Err(bad(&state_path, format!("sha256 {state_sha}, but {slot}.json expects {}: damaged checkpoint", pointer.state_sha256)));
+            return Err(bad(
+                &state_path,
+                format!(
+                    "sha256 {state_sha}, but {slot}.json expects {}: damaged checkpoint",
+                    pointer.state_sha256
+                ),
+            ));
         }
         let tensors_path = self.dir.join(&pointer.tensors);
         let loaded = tensors_io::load(&tensors_path)?;
         if loaded.sha256 != pointer.tensors_sha256 {
             return Err(bad(
                 &tensors_path,
-                format!("sha256 {}, but {slot}.json expects {}: damaged checkpoint", loaded.sha256, pointer.tensors_sha256),
+                format!(
+                    "sha256 {}, but {slot}.json expects {}: damaged checkpoint",
+                    loaded.sha256, pointer.tensors_sha256
+                ),
             ));
         }
-        let state = serde_json::from_slice(&state_bytes).map_err(|e| bad(&state_path, format!("unreadable state: {e}")))?;
-        Ok(Some(Checkpoint { seq: pointer.seq, tensors: loaded.tensors, metadata: loaded.metadata, state }))
+        let state = serde_json::from_slice(&state_bytes)
+            .map_err(|e| bad(&state_path, format!("unreadable state: {e}")))?;
+        Ok(Some(Checkpoint {
+            seq: pointer.seq,
+            tensors: loaded.tensors,
+            metadata: loaded.metadata,
+            state,
+        }))
     }
 
     /// Removes every checkpoint file of every slot (a fresh run in a folder that held one).
@@ -234,7 +271,9 @@ pub mod exact_f64 {
 /// Slot names become file names: plain words only.
 fn check_slot(slot: &str) -> Result<(), TrainError> {
     if slot.is_empty() || !slot.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(TrainError::Config(format!("checkpoint slot {slot:?}: use letters, digits and '_' only")));
+        return Err(TrainError::Config(format!(
+            "checkpoint slot {slot:?}: use letters, digits and '_' only"
+        )));
     }
     Ok(())
 }
@@ -264,14 +303,28 @@ mod tests {
         #[derive(Serialize, Deserialize)]
         struct W(#[serde(with = "exact_f64")] f64);
         let back: W = serde_json::from_str(&serde_json::to_string(&W(v)).unwrap()).unwrap();
-        assert!(back.0.to_bits() == v.to_bits() || (v.is_nan() && back.0.is_nan()), "{v:e} came back as {:e}", back.0);
+        assert!(
+            back.0.to_bits() == v.to_bits() || (v.is_nan() && back.0.is_nan()),
+            "{v:e} came back as {:e}",
+            back.0
+        );
     }
 
     #[test]
     fn exact_f64_round_trips_every_bit() {
         // serde_json's default float parser is not correctly rounded: 0.9666666666666667 comes
         // back one ulp off, which is why checkpoint states store floats with `exact_f64`.
-        for v in [0.1 + 0.2 + 2.0 / 3.0, 0.9666666666666667, 1e-300, 5e-324, -0.0, 123456.789e10, f64::MAX, f64::INFINITY, f64::NAN] {
+        for v in [
+            0.1 + 0.2 + 2.0 / 3.0,
+            0.9666666666666667,
+            1e-300,
+            5e-324,
+            -0.0,
+            123456.789e10,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NAN,
+        ] {
             check_exact(v);
         }
         let mut x = 0.123_f64;
@@ -319,13 +372,19 @@ mod tests {
     fn round_trips_bit_exact_and_keeps_only_the_current_version() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = CheckpointDir::new(tmp.path().join("ckpt"));
-        assert!(dir.load::<State>("latest").unwrap().is_none(), "an empty folder has no checkpoint");
+        assert!(
+            dir.load::<State>("latest").unwrap().is_none(),
+            "an empty folder has no checkpoint"
+        );
         let p1 = save(&dir, "latest", 1.0, 1).unwrap();
         check(&dir, "latest", 1.0, 1);
         let p2 = save(&dir, "latest", 7.25, 2).unwrap();
         assert_eq!((p1.seq, p2.seq), (1, 2));
         check(&dir, "latest", 7.25, 2);
-        let mut names: Vec<String> = std::fs::read_dir(dir.dir()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names, ["latest-00000002.json", "latest-00000002.safetensors", "latest.json"]);
     }
@@ -373,12 +432,19 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 1;
         std::fs::write(&tensors_path, &flipped).unwrap();
         let err = load_err(&dir, "latest");
-        assert!(err.contains("latest-00000001.safetensors") && err.contains("damaged checkpoint"), "{err}");
+        assert!(
+            err.contains("latest-00000001.safetensors") && err.contains("damaged checkpoint"),
+            "{err}"
+        );
         std::fs::write(&tensors_path, &good_tensors).unwrap();
 
-        std::fs::write(&state_path, good_state.replace_first(b"\"epoch\": 1", b"\"epoch\": 7")).unwrap();
+        std::fs::write(&state_path, good_state.replace_first(b"\"epoch\": 1", b"\"epoch\": 7"))
+            .unwrap();
         let err = load_err(&dir, "latest");
-        assert!(err.contains("latest-00000001.json") && err.contains("damaged checkpoint"), "{err}");
+        assert!(
+            err.contains("latest-00000001.json") && err.contains("damaged checkpoint"),
+            "{err}"
+        );
         std::fs::remove_file(&state_path).unwrap();
         let err = load_err(&dir, "latest");
         assert!(err.contains("latest-00000001.json"), "{err}");
@@ -390,7 +456,9 @@ mod tests {
         let err = load_err(&dir, "latest");
         assert!(err.contains("latest.json") && err.contains("damaged checkpoint pointer"), "{err}");
         // A pointer aimed outside its own files is refused too.
-        let evil = String::from_utf8(pointer.clone()).unwrap().replace("latest-00000001.json", "../etc.json");
+        let evil = String::from_utf8(pointer.clone())
+            .unwrap()
+            .replace("latest-00000001.json", "../etc.json");
         std::fs::write(dir.pointer_path("latest"), evil).unwrap();
         assert!(load_err(&dir, "latest").contains("pointer names"));
     }
@@ -406,8 +474,14 @@ mod tests {
         assert!(err.contains("non-finite"), "{err}");
         check(&dir, "latest", 1.0, 1);
         // The state cannot be written after the tensors landed: the pointer does not move.
-        let err = dir.save("latest", &tensors(5.0), &HashMap::new(), &Unserialisable).unwrap_err().to_string();
-        assert!(err.contains("latest-00000002.json") && err.contains("does not serialise"), "{err}");
+        let err = dir
+            .save("latest", &tensors(5.0), &HashMap::new(), &Unserialisable)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("latest-00000002.json") && err.contains("does not serialise"),
+            "{err}"
+        );
         assert!(dir.dir().join("latest-00000002.safetensors").exists());
         check(&dir, "latest", 1.0, 1);
         // A killed save (a half-written version, no pointer update) changes nothing either.
@@ -416,7 +490,10 @@ mod tests {
         let p = save(&dir, "latest", 6.0, 3).unwrap();
         assert_eq!(p.seq, 4, "a save never reuses the version number of an orphan");
         check(&dir, "latest", 6.0, 3);
-        assert!(!dir.dir().join("latest-00000003.safetensors").exists(), "older versions are pruned after a save");
+        assert!(
+            !dir.dir().join("latest-00000003.safetensors").exists(),
+            "older versions are pruned after a save"
+        );
     }
 
     #[test]

@@ -6,11 +6,15 @@ use std::path::PathBuf;
 pub enum TrainError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("non-finite loss ({loss}) at epoch {epoch}, step {step}: training stopped, no weights written from this state")]
+    #[error(
+        "non-finite loss ({loss}) at epoch {epoch}, step {step}: training stopped, no weights written from this state"
+    )]
     NonFinite { epoch: usize, step: usize, loss: f64 },
     #[error("{path}: {reason}")]
     Weights { path: PathBuf, reason: String },
-    #[error("head expects inputs of width {expected}, but the features have width {actual} (shape {shape:?})")]
+    #[error(
+        "head expects inputs of width {expected}, but the features have width {actual} (shape {shape:?})"
+    )]
     WidthMismatch { expected: i64, actual: i64, shape: Vec<i64> },
     #[error("{0}")]
     Config(String),

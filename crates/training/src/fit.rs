@@ -73,7 +73,12 @@ pub fn epoch_rng(seed: u64, epoch: u64, purpose: u64) -> ChaCha8Rng {
 }
 
 /// Runs `head` over `xs` in batches without dropout or gradients.
-pub fn evaluate(head: &DenseHead, xs: &Tensor, labels: &Tensor, batch_size: i64) -> Result<Evaluation, TrainError> {
+pub fn evaluate(
+    head: &DenseHead,
+    xs: &Tensor,
+    labels: &Tensor,
+    batch_size: i64,
+) -> Result<Evaluation, TrainError> {
     let n = labels.size()[0];
     let mut total_loss = 0.0;
     let mut predictions = Vec::with_capacity(n as usize);
@@ -85,14 +90,19 @@ pub fn evaluate(head: &DenseHead, xs: &Tensor, labels: &Tensor, batch_size: i64)
             let y = labels.f_narrow(0, start, len)?;
             let logits = head.forward_t(&x, false)?;
             total_loss += loss(&logits, &y)?.f_double_value(&[])? * len as f64;
-            predictions.extend(Vec::<i64>::try_from(predict(&logits)?.f_to_device(tch::Device::Cpu)?)?);
+            predictions
+                .extend(Vec::<i64>::try_from(predict(&logits)?.f_to_device(tch::Device::Cpu)?)?);
             start += len;
         }
         Ok(())
     })?;
     let truth = Vec::<i64>::try_from(labels.f_to_device(tch::Device::Cpu)?)?;
     let correct = truth.iter().zip(&predictions).filter(|(a, b)| a == b).count();
-    Ok(Evaluation { loss: total_loss / n.max(1) as f64, acc: correct as f64 / n.max(1) as f64, predictions })
+    Ok(Evaluation {
+        loss: total_loss / n.max(1) as f64,
+        acc: correct as f64 / n.max(1) as f64,
+        predictions,
+    })
 }
 
 /// Trains `head` with `optimizer`; `on_epoch` sees each finished epoch (to write history and
@@ -116,7 +126,8 @@ pub fn fit(
     head.check_input(&val.passes[0].size())?;
     let k = train.passes.len() as i64;
     // All passes stacked: row p * N + i is sample i of pass p.
-    let stacked = if k == 1 { train.passes[0].shallow_clone() } else { Tensor::f_cat(&train.passes, 0)? };
+    let stacked =
+        if k == 1 { train.passes[0].shallow_clone() } else { Tensor::f_cat(&train.passes, 0)? };
     let device = stacked.device();
 
     let mut history = Vec::with_capacity(config.epochs);
@@ -128,10 +139,17 @@ pub fn fit(
         let mut pass_rng = epoch_rng(config.seed, epoch as u64, 1);
         let rows: Vec<i64> = order
             .iter()
-            .map(|&i| if k == 1 { i as i64 } else { (pass_rng.next_u64() % k as u64) as i64 * n + i as i64 })
+            .map(|&i| {
+                if k == 1 {
+                    i as i64
+                } else {
+                    (pass_rng.next_u64() % k as u64) as i64 * n + i as i64
+                }
+            })
             .collect();
         let rows = Tensor::from_slice(&rows).to_device(device);
-        let sample_index = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
+        let sample_index = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .to_device(device);
 
         let (mut loss_sum, mut correct) = (0.0, 0i64);
         let mut start = 0;
@@ -145,7 +163,11 @@ pub fn fit(
             let batch_loss = loss(&logits, &y)?;
             let value = batch_loss.f_double_value(&[])?;
             if !value.is_finite() {
-                return Err(TrainError::NonFinite { epoch: epoch + 1, step: step + 1, loss: value });
+                return Err(TrainError::NonFinite {
+                    epoch: epoch + 1,
+                    step: step + 1,
+                    loss: value,
+                });
             }
             batch_loss.f_backward()?;
             optimizer.step();
@@ -167,20 +189,34 @@ pub fn fit(
             lr: optimizer.spec().lr(),
             seconds: started.elapsed().as_secs_f64(),
         };
-        tracing::info!(epoch = record.epoch, loss = record.loss, acc = record.acc, val_loss = record.val_loss, val_acc = record.val_acc, "epoch done");
+        tracing::info!(
+            epoch = record.epoch,
+            loss = record.loss,
+            acc = record.acc,
+            val_loss = record.val_loss,
+            val_acc = record.val_acc,
+            "epoch done"
+        );
         on_epoch(&record)?;
         history.push(record);
 
         if let Some(es) = config.early_stopping {
             let improved = best.as_ref().is_none_or(|(b, _)| val_eval.loss < *b);
             if improved {
-                let snapshot = crate::tensors_io::named_variables(vs).into_iter().map(|(_, t)| t.copy()).collect();
+                let snapshot = crate::tensors_io::named_variables(vs)
+                    .into_iter()
+                    .map(|(_, t)| t.copy())
+                    .collect();
                 best = Some((val_eval.loss, snapshot));
                 since_best = 0;
             } else {
                 since_best += 1;
                 if since_best >= es.patience {
-                    tracing::info!(epoch = epoch + 1, patience = es.patience, "early stopping: validation loss stopped improving");
+                    tracing::info!(
+                        epoch = epoch + 1,
+                        patience = es.patience,
+                        "early stopping: validation loss stopped improving"
+                    );
                     break;
                 }
             }

@@ -26,11 +26,15 @@ pub(crate) struct Rmsprop {
 /// one length (an optimizer chunk); returns false, touching nothing, otherwise.
 pub(crate) fn rmsprop(params: &Tensor, grads: &Tensor, slot: &Tensor, hp: Rmsprop) -> bool {
     let n = params.numel();
-    let fits = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n;
+    let fits = |t: &Tensor| {
+        t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous() && t.numel() == n
+    };
     if !(fits(params) && fits(grads) && fits(slot)) || n == 0 {
         return false;
     }
-    let distinct = params.data_ptr() != grads.data_ptr() && params.data_ptr() != slot.data_ptr() && grads.data_ptr() != slot.data_ptr();
+    let distinct = params.data_ptr() != grads.data_ptr()
+        && params.data_ptr() != slot.data_ptr()
+        && grads.data_ptr() != slot.data_ptr();
     assert!(distinct, "an optimizer chunk's buffers are separate allocations");
     // SAFETY: each tensor is a contiguous float32 CPU tensor of exactly `n` elements (checked
     // above), so its data pointer addresses `n` initialised, aligned f32 values; the three are
@@ -84,12 +88,17 @@ mod tests {
             let g = Tensor::randn([n], (Kind::Float, Device::Cpu)) * 1e-2;
             let w = Tensor::rand([n], (Kind::Float, Device::Cpu)) * 1e-3 + 1e-7;
             let hp = Rmsprop { lr: 1e-3, rho: 0.9, eps: 1e-7, weight_decay: 1e-2 };
-            let (p64, g64, w64) = (p.to_kind(Kind::Double), g.to_kind(Kind::Double), w.to_kind(Kind::Double));
+            let (p64, g64, w64) =
+                (p.to_kind(Kind::Double), g.to_kind(Kind::Double), w.to_kind(Kind::Double));
             let g64 = &g64 + &p64 * f64::from(hp.weight_decay);
-            let w_next = &w64 + (&g64 * &g64 + f64::from(hp.eps) - &w64) * (1.0 - f64::from(hp.rho));
+            let w_next =
+                &w64 + (&g64 * &g64 + f64::from(hp.eps) - &w64) * (1.0 - f64::from(hp.rho));
             let p_next = &p64 - &g64 * f64::from(hp.lr) / w_next.sqrt();
             assert!(rmsprop(&p, &g, &w, hp));
-            let rel = |a: &Tensor, b: &Tensor| f64::try_from((a.to_kind(Kind::Double) - b).abs().max()).unwrap() / f64::try_from(b.abs().max()).unwrap();
+            let rel = |a: &Tensor, b: &Tensor| {
+                f64::try_from((a.to_kind(Kind::Double) - b).abs().max()).unwrap()
+                    / f64::try_from(b.abs().max()).unwrap()
+            };
             assert!(rel(&w, &w_next) < 1e-6, "slot off by {}", rel(&w, &w_next));
             assert!(rel(&p, &p_next) < 1e-6, "parameters off by {}", rel(&p, &p_next));
         }
@@ -103,7 +112,10 @@ mod tests {
         assert!(!rmsprop(&double, &double.copy(), &w, hp), "float64 is left to libtorch");
         let strided = Tensor::ones([8], (Kind::Float, Device::Cpu)).slice(0, 0, 8, 2);
         assert!(!rmsprop(&strided, &w.copy(), &w, hp), "a strided view is left to libtorch");
-        assert!(!rmsprop(&w.copy(), &Tensor::ones([5], (Kind::Float, Device::Cpu)), &w, hp), "lengths differ");
+        assert!(
+            !rmsprop(&w.copy(), &Tensor::ones([5], (Kind::Float, Device::Cpu)), &w, hp),
+            "lengths differ"
+        );
         assert_eq!(Vec::<f32>::try_from(&w).unwrap(), vec![1.0; 4], "nothing touched");
     }
 }

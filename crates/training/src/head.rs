@@ -43,14 +43,28 @@ pub struct DenseHead {
 
 fn glorot(fan_in: i64, fan_out: i64) -> LinearConfig {
     let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    LinearConfig { ws_init: Init::Uniform { lo: -limit, up: limit }, bs_init: Some(Init::Const(0.0)), bias: true }
+    LinearConfig {
+        ws_init: Init::Uniform { lo: -limit, up: limit },
+        bs_init: Some(Init::Const(0.0)),
+        bias: true,
+    }
 }
 
 impl DenseHead {
     pub fn new(path: &nn::Path, spec: HeadSpec) -> Self {
         let head = path / "head";
-        let fc1 = nn::linear(&head / "fc1", spec.input_width, spec.hidden, glorot(spec.input_width, spec.hidden));
-        let fc2 = nn::linear(&head / "fc2", spec.hidden, spec.outputs(), glorot(spec.hidden, spec.outputs()));
+        let fc1 = nn::linear(
+            &head / "fc1",
+            spec.input_width,
+            spec.hidden,
+            glorot(spec.input_width, spec.hidden),
+        );
+        let fc2 = nn::linear(
+            &head / "fc2",
+            spec.hidden,
+            spec.outputs(),
+            glorot(spec.hidden, spec.outputs()),
+        );
         Self { spec, fc1, fc2 }
     }
 
@@ -62,7 +76,11 @@ impl DenseHead {
     pub fn check_input(&self, shape: &[i64]) -> Result<(), TrainError> {
         let width: i64 = shape.iter().skip(1).product();
         if shape.is_empty() || width != self.spec.input_width {
-            return Err(TrainError::WidthMismatch { expected: self.spec.input_width, actual: width, shape: shape.to_vec() });
+            return Err(TrainError::WidthMismatch {
+                expected: self.spec.input_width,
+                actual: width,
+                shape: shape.to_vec(),
+            });
         }
         Ok(())
     }
@@ -71,7 +89,11 @@ impl DenseHead {
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainError> {
         let xs = xs.f_flatten(1, -1)?;
         let hidden = xs.f_linear(&self.fc1.ws, self.fc1.bs.as_ref())?.f_relu()?;
-        let hidden = if self.spec.dropout > 0.0 { hidden.f_dropout(self.spec.dropout, train)? } else { hidden };
+        let hidden = if self.spec.dropout > 0.0 {
+            hidden.f_dropout(self.spec.dropout, train)?
+        } else {
+            hidden
+        };
         Ok(hidden.f_linear(&self.fc2.ws, self.fc2.bs.as_ref())?)
     }
 }

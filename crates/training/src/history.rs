@@ -43,8 +43,12 @@ pub fn write_csv(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError>
 
 /// Reads a `history.csv` written by [`write_csv`] (for resuming and reports).
 pub fn read_csv(path: &Path) -> Result<Vec<EpochRecord>, TrainError> {
-    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
-    let bad = |line: usize, why: &str| TrainError::Weights { path: path.to_owned(), reason: format!("line {line}: {why}") };
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
+    let bad = |line: usize, why: &str| TrainError::Weights {
+        path: path.to_owned(),
+        reason: format!("line {line}: {why}"),
+    };
     let mut lines = text.lines();
     if lines.next() != Some(HEADER) {
         return Err(bad(1, "unexpected header"));
@@ -76,11 +80,23 @@ mod tests {
 
     #[test]
     fn csv_round_trips() {
-        let h = vec![EpochRecord { epoch: 1, loss: 0.5, acc: 0.75, val_loss: 0.625, val_acc: 0.5, lr: 2e-5, seconds: 1.25 }];
+        let h = vec![EpochRecord {
+            epoch: 1,
+            loss: 0.5,
+            acc: 0.75,
+            val_loss: 0.625,
+            val_acc: 0.5,
+            lr: 2e-5,
+            seconds: 1.25,
+        }];
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("history.csv");
         write_csv(&path, &h).unwrap();
         assert_eq!(read_csv(&path).unwrap(), h);
-        assert!(std::fs::read_to_string(&path).unwrap().starts_with("epoch,loss,acc,val_loss,val_acc,lr,seconds\n1,0.500000,"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .starts_with("epoch,loss,acc,val_loss,val_acc,lr,seconds\n1,0.500000,")
+        );
     }
 }

@@ -18,6 +18,8 @@ pub use atomic::write_atomic_ctx;
 pub use error::TrainError;
 pub use fit::{EarlyStopping, Evaluation, FeatureSet, FitConfig, evaluate, fit};
 pub use head::{DenseHead, HeadSpec};
-pub use history::{EpochRecord, read_csv as read_history, to_csv as history_csv, write_csv as write_history};
+pub use history::{
+    EpochRecord, read_csv as read_history, to_csv as history_csv, write_csv as write_history,
+};
 pub use metrics::{ClassReport, ConfusionMatrix};
 pub use optim::{Optimizer, OptimizerSpec};

@@ -46,7 +46,9 @@ impl OptimizerSpec {
 
     pub fn with_weight_decay(mut self, wd: f64) -> Self {
         match &mut self {
-            Self::Rmsprop { weight_decay, .. } | Self::Adam { weight_decay, .. } => *weight_decay = wd,
+            Self::Rmsprop { weight_decay, .. } | Self::Adam { weight_decay, .. } => {
+                *weight_decay = wd
+            }
         }
         self
     }
@@ -108,11 +110,23 @@ pub struct Optimizer {
 /// In place on the slots, the gradient and the scratch buffer, with as few passes over memory as
 /// the operations libtorch exports allow (its `addcmul`/`addcdiv` take no `value` here): RMSprop
 /// is five passes where the textbook sequence takes eight, and allocates nothing large.
-fn update(spec: OptimizerSpec, t: f64, p: &mut Tensor, g: &mut Tensor, slots: &mut [Tensor], s: &mut Tensor) -> Result<(), TchError> {
+fn update(
+    spec: OptimizerSpec,
+    t: f64,
+    p: &mut Tensor,
+    g: &mut Tensor,
+    slots: &mut [Tensor],
+    s: &mut Tensor,
+) -> Result<(), TchError> {
     match spec {
         OptimizerSpec::Rmsprop { lr, rho, eps, weight_decay } => {
             // Float32 on the CPU: one pass instead of five (crate::fused).
-            let hp = crate::fused::Rmsprop { lr: lr as f32, rho: rho as f32, eps: eps as f32, weight_decay: weight_decay as f32 };
+            let hp = crate::fused::Rmsprop {
+                lr: lr as f32,
+                rho: rho as f32,
+                eps: eps as f32,
+                weight_decay: weight_decay as f32,
+            };
             if crate::fused::rmsprop(p, g, &slots[0], hp) {
                 return Ok(());
             }
@@ -197,7 +211,8 @@ impl Optimizer {
             }
             chunks.push(chunk);
         }
-        let params = placed.into_iter().map(|p| p.expect("every parameter belongs to a chunk")).collect();
+        let params =
+            placed.into_iter().map(|p| p.expect("every parameter belongs to a chunk")).collect();
         Self { spec, params, chunks, steps: 0 }
     }
 
@@ -233,7 +248,14 @@ impl Optimizer {
                     complete &= adopt(&mut self.params[i])?;
                 }
                 if complete {
-                    update(spec, t, &mut chunk.params, &mut chunk.grads, &mut chunk.slots, &mut chunk.scratch)?;
+                    update(
+                        spec,
+                        t,
+                        &mut chunk.params,
+                        &mut chunk.grads,
+                        &mut chunk.slots,
+                        &mut chunk.scratch,
+                    )?;
                     continue;
                 }
                 for &i in &chunk.members {
@@ -261,12 +283,17 @@ impl Optimizer {
     }
 
     /// Restores the slots and the step count saved by [`Optimizer::state_tensors`].
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)], steps: i64) -> Result<(), crate::TrainError> {
-        let saved: std::collections::HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    pub fn load_state(
+        &mut self,
+        tensors: &[(String, Tensor)],
+        steps: i64,
+    ) -> Result<(), crate::TrainError> {
+        let saved: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
         for (name, slot) in self.state_tensors() {
-            let src = saved
-                .get(name.as_str())
-                .ok_or_else(|| crate::TrainError::Config(format!("checkpoint lacks optimizer tensor {name}")))?;
+            let src = saved.get(name.as_str()).ok_or_else(|| {
+                crate::TrainError::Config(format!("checkpoint lacks optimizer tensor {name}"))
+            })?;
             if src.size() != slot.size() {
                 return Err(crate::TrainError::Config(format!(
                     "optimizer tensor {name} has shape {:?}, expected {:?}",
@@ -346,10 +373,18 @@ mod tests {
     #[test]
     fn flat_buffers_hold_params_and_gradients_and_update_like_single_tensors() {
         let shapes: [&[i64]; 3] = [&[2, 3], &[4], &[1, 1, 2, 2]];
-        let init: Vec<Tensor> = shapes.iter().enumerate().map(|(i, s)| Tensor::arange(s.iter().product::<i64>(), (Kind::Float, Device::Cpu)).view(*s) * 0.1 + i as f64).collect();
+        let init: Vec<Tensor> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                Tensor::arange(s.iter().product::<i64>(), (Kind::Float, Device::Cpu)).view(*s) * 0.1
+                    + i as f64
+            })
+            .collect();
         let params: Vec<Tensor> = init.iter().map(|t| t.copy().set_requires_grad(true)).collect();
         let handles: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
-        let named = params.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.shallow_clone())).collect();
+        let named =
+            params.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.shallow_clone())).collect();
         let mut opt = Optimizer::new(OptimizerSpec::rmsprop(0.01), named);
         // The values survived the move into the buffer, and every handle sees the buffer.
         for (h, t) in handles.iter().zip(&init) {
@@ -357,8 +392,17 @@ mod tests {
         }
         assert_eq!(opt.chunks.len(), 1);
         assert_eq!(opt.chunks[0].params.size(), [6 + 4 + 4]);
-        let loss = |ps: &[Tensor]| ps.iter().enumerate().map(|(i, p)| (p * p).sum(Kind::Float) * (i + 1) as f64).reduce(|a, b| a + b).unwrap();
-        let (mut expect, mut v): (Vec<Tensor>, Vec<Tensor>) = (init.iter().map(Tensor::copy).collect(), init.iter().map(Tensor::zeros_like).collect());
+        let loss = |ps: &[Tensor]| {
+            ps.iter()
+                .enumerate()
+                .map(|(i, p)| (p * p).sum(Kind::Float) * (i + 1) as f64)
+                .reduce(|a, b| a + b)
+                .unwrap()
+        };
+        let (mut expect, mut v): (Vec<Tensor>, Vec<Tensor>) = (
+            init.iter().map(Tensor::copy).collect(),
+            init.iter().map(Tensor::zeros_like).collect(),
+        );
         for step in 0..3 {
             opt.zero_grad();
             loss(&handles).backward();
@@ -373,10 +417,14 @@ mod tests {
             opt.step();
             for (i, g) in grads.iter().enumerate() {
                 let want = (&expect[i] * 2.0 * (i + 1) as f64).to_kind(Kind::Double);
-                assert!(g.to_kind(Kind::Double).allclose(&want, 1e-6, 1e-6, false), "gradient of p{i} at step {step}");
+                assert!(
+                    g.to_kind(Kind::Double).allclose(&want, 1e-6, 1e-6, false),
+                    "gradient of p{i} at step {step}"
+                );
                 let g = g.to_kind(Kind::Double);
                 v[i] = &v[i].to_kind(Kind::Double) * 0.9 + &g * &g * 0.1;
-                expect[i] = (&expect[i].to_kind(Kind::Double) - &g * 0.01 / (&v[i] + 1e-7).sqrt()).to_kind(Kind::Float);
+                expect[i] = (&expect[i].to_kind(Kind::Double) - &g * 0.01 / (&v[i] + 1e-7).sqrt())
+                    .to_kind(Kind::Float);
             }
             for (i, h) in handles.iter().enumerate() {
                 assert!(h.allclose(&expect[i], 1e-5, 1e-6, false), "p{i} after step {step}");
@@ -395,7 +443,10 @@ mod tests {
     fn a_parameter_without_gradient_keeps_its_state_while_the_others_move() {
         let a = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let b = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let mut opt = Optimizer::new(OptimizerSpec::rmsprop(0.1), vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())]);
+        let mut opt = Optimizer::new(
+            OptimizerSpec::rmsprop(0.1),
+            vec![("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())],
+        );
         for _ in 0..2 {
             opt.zero_grad();
             (&a * &a).sum(Kind::Float).backward();
@@ -403,8 +454,13 @@ mod tests {
         }
         assert!(a.double_value(&[0]) < 1.0, "a moves");
         assert_eq!(Vec::<f32>::try_from(&b).unwrap(), [1.0, 1.0], "b has no gradient: untouched");
-        let state: std::collections::HashMap<String, Tensor> = opt.state_tensors().into_iter().collect();
-        assert_eq!(Vec::<f32>::try_from(&state["optim.v_eps.b"]).unwrap(), [1e-7f32; 2], "b's slot untouched");
+        let state: std::collections::HashMap<String, Tensor> =
+            opt.state_tensors().into_iter().collect();
+        assert_eq!(
+            Vec::<f32>::try_from(&state["optim.v_eps.b"]).unwrap(),
+            [1e-7f32; 2],
+            "b's slot untouched"
+        );
     }
 
     #[test]
@@ -414,7 +470,8 @@ mod tests {
         a.zero_grad();
         (&p * &p).sum(Kind::Float).backward();
         a.step();
-        let saved: Vec<(String, Tensor)> = a.state_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect();
+        let saved: Vec<(String, Tensor)> =
+            a.state_tensors().into_iter().map(|(n, t)| (n, t.copy())).collect();
         let q = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
         let mut b = Optimizer::new(OptimizerSpec::adam(0.1), vec![("w".into(), q)]);
         b.load_state(&saved, a.steps()).unwrap();

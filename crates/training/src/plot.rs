@@ -43,7 +43,12 @@ pub enum Metric {
 
 /// Draws `accuracy.png` or `loss.png` style plots into `path`; `smoothing` (e.g. 0.8) applies
 /// [`smooth`] to both curves.
-pub fn plot_history(path: &Path, history: &[EpochRecord], metric: Metric, smoothing: Option<f64>) -> Result<(), TrainError> {
+pub fn plot_history(
+    path: &Path,
+    history: &[EpochRecord],
+    metric: Metric,
+    smoothing: Option<f64>,
+) -> Result<(), TrainError> {
     let (train, val): (Vec<f64>, Vec<f64>) = history
         .iter()
         .map(|r| match metric {
@@ -63,7 +68,8 @@ pub fn plot_history(path: &Path, history: &[EpochRecord], metric: Metric, smooth
     let epochs: Vec<f64> = history.iter().map(|r| r.epoch as f64).collect();
     render(path, |root| {
         let all = train.iter().chain(&val).copied().filter(|v| v.is_finite());
-        let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let (lo, hi) =
+            all.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
         let pad = ((hi - lo) * 0.05).max(1e-3);
         let x_max = epochs.last().copied().unwrap_or(1.0).max(1.0);
@@ -75,11 +81,16 @@ pub fn plot_history(path: &Path, history: &[EpochRecord], metric: Metric, smooth
             .build_cartesian_2d(0.0..x_max + 1.0, (lo - pad)..(hi + pad))?;
         chart.configure_mesh().x_desc("epoch").y_desc(name).label_style((FONT, 14)).draw()?;
         chart
-            .draw_series(epochs.iter().zip(&train).map(|(&x, &y)| Circle::new((x, y), 4, BLUE.filled())))?
+            .draw_series(
+                epochs.iter().zip(&train).map(|(&x, &y)| Circle::new((x, y), 4, BLUE.filled())),
+            )?
             .label(format!("Training {name}"))
             .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
         chart
-            .draw_series(LineSeries::new(epochs.iter().copied().zip(val.iter().copied()), BLUE.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                epochs.iter().copied().zip(val.iter().copied()),
+                BLUE.stroke_width(2),
+            ))?
             .label(format!("Validation {name}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
         chart
@@ -93,7 +104,11 @@ pub fn plot_history(path: &Path, history: &[EpochRecord], metric: Metric, smooth
 }
 
 /// Heat map of the confusion matrix with counts in the cells.
-pub fn plot_confusion(path: &Path, matrix: &ConfusionMatrix, title: &str) -> Result<(), TrainError> {
+pub fn plot_confusion(
+    path: &Path,
+    matrix: &ConfusionMatrix,
+    title: &str,
+) -> Result<(), TrainError> {
     let n = matrix.classes.len();
     let max = matrix.counts.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
     render(path, |root| {
@@ -112,7 +127,9 @@ pub fn plot_confusion(path: &Path, matrix: &ConfusionMatrix, title: &str) -> Res
             .x_labels(n)
             .y_labels(n)
             .x_label_formatter(&|i| classes.get(*i).cloned().unwrap_or_default())
-            .y_label_formatter(&|i| classes.get(n.saturating_sub(1 + *i)).cloned().unwrap_or_default())
+            .y_label_formatter(&|i| {
+                classes.get(n.saturating_sub(1 + *i)).cloned().unwrap_or_default()
+            })
             .label_style((FONT, 13))
             .draw()?;
         for (t, row) in matrix.counts.iter().enumerate() {
@@ -120,7 +137,10 @@ pub fn plot_confusion(path: &Path, matrix: &ConfusionMatrix, title: &str) -> Res
                 let y = n - 1 - t;
                 let shade = 1.0 - 0.8 * count as f64 / max;
                 let colour = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
-                chart.draw_series(std::iter::once(Rectangle::new([(p, y), (p + 1, y + 1)], colour.filled())))?;
+                chart.draw_series(std::iter::once(Rectangle::new(
+                    [(p, y), (p + 1, y + 1)],
+                    colour.filled(),
+                )))?;
                 let text_colour = if shade < 0.5 { WHITE } else { BLACK };
                 chart.draw_series(std::iter::once(Text::new(
                     count.to_string(),
@@ -136,7 +156,10 @@ pub fn plot_confusion(path: &Path, matrix: &ConfusionMatrix, title: &str) -> Res
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Draws into an RGB buffer, encodes PNG, writes atomically.
-fn render(path: &Path, draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> DrawResult) -> Result<(), TrainError> {
+fn render(
+    path: &Path,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> DrawResult,
+) -> Result<(), TrainError> {
     register_font();
     let plot_err = |reason: String| TrainError::Plot { path: path.to_owned(), reason };
     let mut buffer = vec![255u8; (SIZE.0 * SIZE.1 * 3) as usize];
@@ -146,7 +169,8 @@ fn render(path: &Path, draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotter
         draw(&root).map_err(|e| plot_err(e.to_string()))?;
         root.present().map_err(|e| plot_err(e.to_string()))?;
     }
-    let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, buffer).ok_or_else(|| plot_err("buffer size".into()))?;
+    let image = image::RgbImage::from_raw(SIZE.0, SIZE.1, buffer)
+        .ok_or_else(|| plot_err("buffer size".into()))?;
     let mut png = Vec::new();
     image
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
@@ -169,7 +193,15 @@ mod tests {
     fn plots_are_pngs() {
         let dir = tempfile::tempdir().unwrap();
         let history: Vec<EpochRecord> = (1..=5)
-            .map(|e| EpochRecord { epoch: e, loss: 1.0 / e as f64, acc: 0.5 + 0.05 * e as f64, val_loss: 0.9 / e as f64, val_acc: 0.55, lr: 1e-3, seconds: 0.1 })
+            .map(|e| EpochRecord {
+                epoch: e,
+                loss: 1.0 / e as f64,
+                acc: 0.5 + 0.05 * e as f64,
+                val_loss: 0.9 / e as f64,
+                val_acc: 0.55,
+                lr: 1e-3,
+                seconds: 0.1,
+            })
             .collect();
         let acc = dir.path().join("acc.png");
         plot_history(&acc, &history, Metric::Accuracy, Some(0.8)).unwrap();

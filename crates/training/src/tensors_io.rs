@@ -14,14 +14,21 @@ use crate::TrainError;
 /// Writes `tensors` (any float kind, saved as float32 on the CPU) and `metadata` to `path`
 /// atomically; returns the file's sha256. Non-finite values are refused: a file we write is
 /// always usable.
-pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<String, TrainError> {
+pub fn save(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<String, TrainError> {
     let err = |reason: String| TrainError::Weights { path: path.to_owned(), reason };
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.f_to_kind(Kind::Float)?.f_to_device(tch::Device::Cpu)?.f_contiguous()?;
-        let values = Vec::<f32>::try_from(t.f_flatten(0, -1)?).map_err(|e| err(format!("{name}: {e}")))?;
+        let values =
+            Vec::<f32>::try_from(t.f_flatten(0, -1)?).map_err(|e| err(format!("{name}: {e}")))?;
         if let Some(bad) = values.iter().find(|v| !v.is_finite()) {
-            return Err(err(format!("tensor {name} holds a non-finite value ({bad}); refusing to write it")));
+            return Err(err(format!(
+                "tensor {name} holds a non-finite value ({bad}); refusing to write it"
+            )));
         }
         let shape = t.size().iter().map(|&d| d as usize).collect();
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -35,7 +42,10 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
 /// The safetensors layout (8-byte little-endian header length, JSON header, data), written here
 /// rather than by the `safetensors` crate because its header comes from a `HashMap` and so
 /// changes order from run to run; ours is sorted, so the same weights give the same bytes.
-fn serialize(tensors: &[(String, Vec<usize>, Vec<u8>)], metadata: &HashMap<String, String>) -> Vec<u8> {
+fn serialize(
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    metadata: &HashMap<String, String>,
+) -> Vec<u8> {
     let mut sorted: Vec<&(String, Vec<usize>, Vec<u8>)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut header = serde_json::Map::new();
@@ -72,8 +82,10 @@ pub struct Loaded {
 
 pub fn load(path: &Path) -> Result<Loaded, TrainError> {
     let err = |reason: String| TrainError::Weights { path: path.to_owned(), reason };
-    let bytes = std::fs::read(path).map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+    let bytes =
+        std::fs::read(path).map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
     let mut tensors = Vec::new();
@@ -82,7 +94,11 @@ pub fn load(path: &Path) -> Result<Loaded, TrainError> {
             return Err(err(format!("tensor {name} is {:?}, expected F32", view.dtype())));
         }
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         tensors.push((name, Tensor::from_slice(&values).reshape(&shape)));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -91,18 +107,27 @@ pub fn load(path: &Path) -> Result<Loaded, TrainError> {
 
 /// Copies `tensors` into the variables of `vs` with the same names; every variable must be
 /// present with its shape.
-pub fn copy_into(vs: &tch::nn::VarStore, tensors: &[(String, Tensor)], path: &Path) -> Result<(), TrainError> {
+pub fn copy_into(
+    vs: &tch::nn::VarStore,
+    tensors: &[(String, Tensor)],
+    path: &Path,
+) -> Result<(), TrainError> {
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, var) in vars {
-        let src = by_name
-            .get(name.as_str())
-            .ok_or_else(|| TrainError::Weights { path: path.to_owned(), reason: format!("missing tensor {name}") })?;
+        let src = by_name.get(name.as_str()).ok_or_else(|| TrainError::Weights {
+            path: path.to_owned(),
+            reason: format!("missing tensor {name}"),
+        })?;
         if src.size() != var.size() {
             return Err(TrainError::Weights {
                 path: path.to_owned(),
-                reason: format!("tensor {name}: expected shape {:?}, found {:?}", var.size(), src.size()),
+                reason: format!(
+                    "tensor {name}: expected shape {:?}, found {:?}",
+                    var.size(),
+                    src.size()
+                ),
             });
         }
         tch::no_grad(|| var.shallow_clone().f_copy_(src))?;

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor, nn};
 use training::{
-    DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec, TrainError, evaluate, fit,
-    tensors_io,
+    DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec,
+    TrainError, evaluate, fit, tensors_io,
 };
 
 /// libtorch's random generator (weight init, dropout) is global to the process, and tests run on
@@ -24,7 +24,8 @@ fn blobs(n: i64, seed: i64, classes: i64) -> FeatureSet {
     tch::manual_seed(seed);
     let labels = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(classes);
     let centres = Tensor::randn([classes, 8], (Kind::Float, Device::Cpu)) * 2.0;
-    let xs = centres.index_select(0, &labels) + Tensor::randn([n, 8], (Kind::Float, Device::Cpu)) * 0.5;
+    let xs =
+        centres.index_select(0, &labels) + Tensor::randn([n, 8], (Kind::Float, Device::Cpu)) * 0.5;
     FeatureSet { passes: vec![xs.reshape([n, 2, 2, 2])], labels }
 }
 
@@ -34,15 +35,24 @@ struct Run {
     val_acc: f64,
 }
 
-fn train(train_set: &FeatureSet, val: &FeatureSet, classes: usize, seed: u64, epochs: usize, es: Option<EarlyStopping>) -> Result<Run, TrainError> {
+fn train(
+    train_set: &FeatureSet,
+    val: &FeatureSet,
+    classes: usize,
+    seed: u64,
+    epochs: usize,
+    es: Option<EarlyStopping>,
+) -> Result<Run, TrainError> {
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
-    let head = DenseHead::new(&vs.root(), HeadSpec { input_width: 8, hidden: 16, dropout: 0.5, classes });
+    let head =
+        DenseHead::new(&vs.root(), HeadSpec { input_width: 8, hidden: 16, dropout: 0.5, classes });
     let mut opt = Optimizer::new(OptimizerSpec::rmsprop(1e-2), tensors_io::named_variables(&vs));
     let config = FitConfig { epochs, batch_size: 20, seed, early_stopping: es };
     let history = fit(&head, &vs, &mut opt, train_set, val, &config, |_| Ok(()))?;
     let val_acc = evaluate(&head, &val.passes[0], &val.labels, 20)?.acc;
-    let weights = tensors_io::named_variables(&vs).into_iter().map(|(n, t)| (n, t.copy())).collect();
+    let weights =
+        tensors_io::named_variables(&vs).into_iter().map(|(n, t)| (n, t.copy())).collect();
     Ok(Run { history, weights, val_acc })
 }
 
@@ -50,7 +60,15 @@ fn train(train_set: &FeatureSet, val: &FeatureSet, classes: usize, seed: u64, ep
 fn learns_separable_features_binary_and_categorical() {
     let _guard = rng_lock();
     for classes in [2usize, 3] {
-        let run = train(&blobs(200, 1, classes as i64), &blobs(100, 1, classes as i64), classes, 0, 15, None).unwrap();
+        let run = train(
+            &blobs(200, 1, classes as i64),
+            &blobs(100, 1, classes as i64),
+            classes,
+            0,
+            15,
+            None,
+        )
+        .unwrap();
         assert!(run.val_acc > 0.9, "{classes} classes: val acc {}", run.val_acc);
         assert!(run.history.last().unwrap().loss < run.history[0].loss);
     }
@@ -83,7 +101,10 @@ fn same_seed_gives_byte_identical_weights_and_history() {
 #[test]
 fn wrong_feature_width_fails_before_training() {
     let _guard = rng_lock();
-    let t = FeatureSet { passes: vec![Tensor::zeros([10, 3, 3], (Kind::Float, Device::Cpu))], labels: Tensor::zeros([10], (Kind::Int64, Device::Cpu)) };
+    let t = FeatureSet {
+        passes: vec![Tensor::zeros([10, 3, 3], (Kind::Float, Device::Cpu))],
+        labels: Tensor::zeros([10], (Kind::Int64, Device::Cpu)),
+    };
     let err = train(&t, &blobs(10, 0, 2), 2, 0, 1, None).err().unwrap();
     assert!(matches!(err, TrainError::WidthMismatch { expected: 8, actual: 9, .. }), "{err}");
 }
@@ -98,7 +119,9 @@ fn non_finite_loss_stops_naming_epoch_and_step() {
     t.passes[0] = poisoned;
     let err = train(&t, &blobs(20, 1, 2), 2, 0, 3, None).err().unwrap();
     match err {
-        TrainError::NonFinite { epoch, step, .. } => assert!(epoch == 1 && (1..=3).contains(&step), "{epoch} {step}"),
+        TrainError::NonFinite { epoch, step, .. } => {
+            assert!(epoch == 1 && (1..=3).contains(&step), "{epoch} {step}")
+        }
         other => panic!("expected NonFinite, got {other}"),
     }
 }
@@ -141,7 +164,10 @@ fn early_stopping_restores_the_best_epoch() {
     let best = run.history.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
     let restored = {
         let vs = nn::VarStore::new(Device::Cpu);
-        let head = DenseHead::new(&vs.root(), HeadSpec { input_width: 8, hidden: 16, dropout: 0.5, classes: 2 });
+        let head = DenseHead::new(
+            &vs.root(),
+            HeadSpec { input_width: 8, hidden: 16, dropout: 0.5, classes: 2 },
+        );
         tensors_io::copy_into(&vs, &run.weights, std::path::Path::new("memory")).unwrap();
         evaluate(&head, &v.passes[0], &v.labels, 20).unwrap().loss
     };
@@ -153,13 +179,25 @@ fn augmented_passes_are_drawn_per_sample() {
     let _guard = rng_lock();
     let (t, v) = (blobs(80, 2, 2), blobs(20, 3, 2));
     let single = train(&t, &v, 2, 9, 3, None).unwrap();
-    let twin = FeatureSet { passes: vec![t.passes[0].copy(), t.passes[0].copy()], labels: t.labels.copy() };
+    let twin = FeatureSet {
+        passes: vec![t.passes[0].copy(), t.passes[0].copy()],
+        labels: t.labels.copy(),
+    };
     let same = train(&twin, &v, 2, 9, 3, None).unwrap();
     for ((n, a), (_, b)) in single.weights.iter().zip(&same.weights) {
         let diff = (a - b).abs().max().double_value(&[]);
-        assert!(a.equal(b), "{n}: two identical passes must train exactly like one (max diff {diff})");
+        assert!(
+            a.equal(b),
+            "{n}: two identical passes must train exactly like one (max diff {diff})"
+        );
     }
-    let noisy = FeatureSet { passes: vec![t.passes[0].copy(), &t.passes[0] + 0.3], labels: t.labels.copy() };
+    let noisy = FeatureSet {
+        passes: vec![t.passes[0].copy(), &t.passes[0] + 0.3],
+        labels: t.labels.copy(),
+    };
     let mixed = train(&noisy, &v, 2, 9, 3, None).unwrap();
-    assert!(single.weights.iter().zip(&mixed.weights).any(|((_, a), (_, b))| !a.equal(b)), "the second pass was never drawn");
+    assert!(
+        single.weights.iter().zip(&mixed.weights).any(|((_, a), (_, b))| !a.equal(b)),
+        "the second pass was never drawn"
+    );
 }

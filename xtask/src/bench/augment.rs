@@ -43,26 +43,15 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut ours = Vec::new();
     for threads in [1, 2] {
         let mut cmd = crate::cargo();
-        cmd.args([
-            "run",
-            "--release",
-            "--quiet",
-            "-p",
-            "augment",
-            "--bin",
-            "augment-bench",
-            "--",
-        ])
-        .args(&common)
-        .args(["--threads", &threads.to_string()])
-        .current_dir(&root);
+        cmd.args(["run", "--release", "--quiet", "-p", "augment", "--bin", "augment-bench", "--"])
+            .args(&common)
+            .args(["--threads", &threads.to_string()])
+            .current_dir(&root);
         tracing::info!(threads, "running augment-bench");
         ours.push(json_output(&mut cmd, "augment-bench")?);
     }
 
-    let python = crate::libtorch::ensure()?
-        .python
-        .unwrap_or_else(|| "python3".into());
+    let python = crate::libtorch::ensure()?.python.unwrap_or_else(|| "python3".into());
     ensure_keras_preprocessing(&python)?;
     let mut cmd = Command::new(&python);
     cmd.arg(root.join("crates/augment/bench/keras_reference.py"))
@@ -86,14 +75,8 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("| implementation | threads | img/s | vs keras-preprocessing |");
     println!("|---|---|---|---|");
     println!("| keras-preprocessing 1.1.2 (scipy.ndimage) | 1 | {reference:.0} | 1.0x |");
-    println!(
-        "| augment (u8 in, f32 out) | 1 | {one:.0} | {:.1}x |",
-        one / reference
-    );
-    println!(
-        "| augment (u8 in, f32 out) | 2 | {two:.0} | {:.1}x |",
-        two / reference
-    );
+    println!("| augment (u8 in, f32 out) | 1 | {one:.0} | {:.1}x |", one / reference);
+    println!("| augment (u8 in, f32 out) | 2 | {two:.0} | {:.1}x |", two / reference);
     println!("2-thread scaling: {:.2}x of 1 thread", two / one);
     println!(
         "BENCHMARKS.md row: | augment: seed generator, {s}x{s}x3 | `cargo xtask bench augment` | \
@@ -108,10 +91,8 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Runs `cmd` (stderr shown) and parses the last line of its stdout as JSON.
 fn json_output(cmd: &mut Command, what: &str) -> Result<Value> {
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("could not start {what}"))?;
+    let out =
+        cmd.stderr(Stdio::inherit()).output().with_context(|| format!("could not start {what}"))?;
     if !out.status.success() {
         bail!("{what} failed ({})", out.status);
     }

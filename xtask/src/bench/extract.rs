@@ -38,8 +38,19 @@ fn gflop_per_image(size: u32) -> f64 {
 /// blocks 1-4, up to `block4_pool`; 10..13 is block 5), 2 x multiply-adds; pools are free.
 pub(super) fn vgg16_gflop(size: u32, convs: std::ops::Range<usize>) -> f64 {
     let table: [(u32, u32, u32); 13] = [
-        (3, 64, 0), (64, 64, 0), (64, 128, 1), (128, 128, 1), (128, 256, 2), (256, 256, 2), (256, 256, 2),
-        (256, 512, 3), (512, 512, 3), (512, 512, 3), (512, 512, 4), (512, 512, 4), (512, 512, 4),
+        (3, 64, 0),
+        (64, 64, 0),
+        (64, 128, 1),
+        (128, 128, 1),
+        (128, 256, 2),
+        (256, 256, 2),
+        (256, 256, 2),
+        (256, 512, 3),
+        (512, 512, 3),
+        (512, 512, 3),
+        (512, 512, 4),
+        (512, 512, 4),
+        (512, 512, 4),
     ];
     table[convs]
         .iter()
@@ -52,7 +63,8 @@ pub(super) fn vgg16_gflop(size: u32, convs: std::ops::Range<usize>) -> f64 {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let args = Args::try_parse_from(std::iter::once("extract".to_owned()).chain(args.iter().cloned()))?;
+    let args =
+        Args::try_parse_from(std::iter::once("extract".to_owned()).chain(args.iter().cloned()))?;
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
@@ -63,38 +75,70 @@ pub fn run(args: &[String]) -> Result<()> {
     let scratch = tempfile::tempdir()?;
     let list = scratch.path().join("images.txt");
 
-    println!("| size | images | ours f32 img/s | ours bf16 img/s | PyTorch img/s | f32 ratio | bf16 ratio | outside model (f32) | peak RSS f32 | GFLOP/s f32 |");
+    println!(
+        "| size | images | ours f32 img/s | ours bf16 img/s | PyTorch img/s | f32 ratio | bf16 ratio | outside model (f32) | peak RSS f32 | GFLOP/s f32 |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for &size in &args.sizes {
-        let (mut f32s, mut bf16s, mut refs, mut outside, mut rss) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut f32s, mut bf16s, mut refs, mut outside, mut rss) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for run in 0..args.runs {
             eprintln!("size {size}: run {}/{}", run + 1, args.runs);
             for precision in ["f32", "bf16"] {
                 let out = scratch.path().join(format!("run-{size}-{run}-{precision}"));
                 let mut cmd = Command::new(&ours);
-                cmd.args(["--data", data.to_str().context("utf-8 path")?, "--weights", weights.to_str().context("utf-8 path")?])
-                    .args(["--splits", &args.splits, "--input-size", &size.to_string(), "--precision", precision, "--device", "cpu"])
-                    .arg("--out").arg(&out).arg("--cache-dir").arg(out.join("cache"))
-                    .env("NO_COLOR", "1");
+                cmd.args([
+                    "--data",
+                    data.to_str().context("utf-8 path")?,
+                    "--weights",
+                    weights.to_str().context("utf-8 path")?,
+                ])
+                .args([
+                    "--splits",
+                    &args.splits,
+                    "--input-size",
+                    &size.to_string(),
+                    "--precision",
+                    precision,
+                    "--device",
+                    "cpu",
+                ])
+                .arg("--out")
+                .arg(&out)
+                .arg("--cache-dir")
+                .arg(out.join("cache"))
+                .env("NO_COLOR", "1");
                 torch.configure(&mut cmd);
                 let seconds = timed(&mut cmd, "extract-features")?;
                 let record: serde_json::Value = run_folder::read_json(&out.join("stage.json"))?;
                 let rate = images.len() as f64 / seconds;
                 if precision == "f32" {
                     f32s.push(rate);
-                    outside.push(1.0 - record["summary"]["model_time_fraction"].as_f64().unwrap_or(0.0));
+                    outside.push(
+                        1.0 - record["summary"]["model_time_fraction"].as_f64().unwrap_or(0.0),
+                    );
                     rss.push(record["summary"]["peak_rss_mb"].as_f64().unwrap_or(f64::NAN));
                 } else {
                     bf16s.push(rate);
                 }
                 std::fs::remove_dir_all(&out).ok();
             }
-            std::fs::write(&list, images.iter().map(|p| format!("{}\n", p.display())).collect::<String>())?;
+            std::fs::write(
+                &list,
+                images.iter().map(|p| format!("{}\n", p.display())).collect::<String>(),
+            )?;
             let mut cmd = Command::new(&python);
             cmd.arg(root.join("crates/extract-features/bench/pytorch_reference.py"))
-                .args(["--weights", weights.to_str().context("utf-8 path")?, "--size", &size.to_string()])
-                .arg("--out").arg(scratch.path().join("ref.npy"))
-                .arg("--list").arg(&list)
+                .args([
+                    "--weights",
+                    weights.to_str().context("utf-8 path")?,
+                    "--size",
+                    &size.to_string(),
+                ])
+                .arg("--out")
+                .arg(scratch.path().join("ref.npy"))
+                .arg("--list")
+                .arg(&list)
                 .env_remove("OPENBLAS_CORETYPE")
                 .env_remove("OPENBLAS_L2_SIZE");
             let seconds = timed(&mut cmd, "pytorch_reference.py")?;
@@ -117,7 +161,11 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Wall time of a whole process: start-up, model load and writes included.
 fn timed(cmd: &mut Command, what: &str) -> Result<f64> {
     let started = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().with_context(|| format!("could not start {what}"))?;
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("could not start {what}"))?;
     let seconds = started.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
@@ -130,7 +178,9 @@ fn list_images(data: &Path, splits: &str) -> Result<Vec<PathBuf>> {
     for split in splits.split(',') {
         let mut stack = vec![data.join(split)];
         while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            for entry in
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+            {
                 let path = entry?.path();
                 if path.is_dir() {
                     stack.push(path);

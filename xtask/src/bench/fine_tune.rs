@@ -81,7 +81,8 @@ impl Epoch {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let args = Args::try_parse_from(std::iter::once("fine-tune".to_owned()).chain(args.iter().cloned()))?;
+    let args =
+        Args::try_parse_from(std::iter::once("fine-tune".to_owned()).chain(args.iter().cloned()))?;
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
@@ -93,7 +94,16 @@ pub fn run(args: &[String]) -> Result<()> {
     let (data, out) = (abs(&args.data), abs(&args.out));
     let python = match &args.python {
         Some(p) => p.clone(),
-        None => torch.python.clone().or_else(|| crate::libtorch::venv_dir().ok().map(|v| v.join("bin/python")).filter(|p| p.exists())).unwrap_or_else(|| "python3".into()),
+        None => torch
+            .python
+            .clone()
+            .or_else(|| {
+                crate::libtorch::venv_dir()
+                    .ok()
+                    .map(|v| v.join("bin/python"))
+                    .filter(|p| p.exists())
+            })
+            .unwrap_or_else(|| "python3".into()),
     };
     if !args.no_reference {
         ensure_torchvision(&python)?;
@@ -103,18 +113,46 @@ pub fn run(args: &[String]) -> Result<()> {
     let data_arg = data.to_str().context("data path is not UTF-8")?;
     let cache = out.join("cache");
 
-    eprintln!("== trunk cache: block4_pool at {size}x{size}, {} augmented passes of train + plain validation/test", args.passes);
+    eprintln!(
+        "== trunk cache: block4_pool at {size}x{size}, {} augmented passes of train + plain validation/test",
+        args.passes
+    );
     let extract = out.join("extract-block4");
     let mut cmd = Command::new(bin("extract-features"));
-    cmd.args(["--data", data_arg, "--weights", weights_arg, "--layer", "block4_pool", "--input-size", &size, "--device", "cpu"])
-        .args(["--augment-passes", &args.passes.to_string()])
-        .arg("--cache-dir").arg(&cache).arg("--out").arg(&extract);
+    cmd.args([
+        "--data",
+        data_arg,
+        "--weights",
+        weights_arg,
+        "--layer",
+        "block4_pool",
+        "--input-size",
+        &size,
+        "--device",
+        "cpu",
+    ])
+    .args(["--augment-passes", &args.passes.to_string()])
+    .arg("--cache-dir")
+    .arg(&cache)
+    .arg("--out")
+    .arg(&extract);
     let seconds = timed(&mut cmd, "extract-features")?;
     eprintln!("extraction (or verified cache hit): {seconds:.1} s");
     let features = extract.join("features.json");
 
     let common = |cmd: &mut Command| {
-        cmd.args(["--data", data_arg, "--weights", weights_arg, "--input-size", &size, "--device", "cpu", "--seed", "0"]);
+        cmd.args([
+            "--data",
+            data_arg,
+            "--weights",
+            weights_arg,
+            "--input-size",
+            &size,
+            "--device",
+            "cpu",
+            "--seed",
+            "0",
+        ]);
     };
     let (mut plain, mut cached, mut reference, mut loads) = (vec![], vec![], vec![], vec![]);
     for run in 1..=args.runs {
@@ -128,15 +166,27 @@ pub fn run(args: &[String]) -> Result<()> {
 
         if !args.no_reference {
             let mut cmd = Command::new(&python);
-            cmd.arg(root.join("crates/fine-tune/bench/pytorch_reference.py"))
-                .args(["--weights", weights_arg, "--data", data_arg, "--size", &size, "--epochs", "1"]);
+            cmd.arg(root.join("crates/fine-tune/bench/pytorch_reference.py")).args([
+                "--weights",
+                weights_arg,
+                "--data",
+                data_arg,
+                "--size",
+                &size,
+                "--epochs",
+                "1",
+            ]);
             reference.push(reference_epoch(&mut cmd)?);
         }
 
         let dir = out.join(format!("epoch-cached-{run}"));
         let mut cmd = Command::new(bin("fine-tune"));
         common(&mut cmd);
-        cmd.args(["--head-epochs", "0", "--epochs", "1"]).arg("--trunk-cache").arg(&features).arg("--out").arg(&dir);
+        cmd.args(["--head-epochs", "0", "--epochs", "1"])
+            .arg("--trunk-cache")
+            .arg(&features)
+            .arg("--out")
+            .arg(&dir);
         timed(&mut cmd, "fine-tune (cached-trunk)")?;
         cached.push(our_epoch(&dir)?);
         loads.push((load + loadavg()) / 2.0);
@@ -144,7 +194,10 @@ pub fn run(args: &[String]) -> Result<()> {
             "run {run}/{}: plain {:.2} s, {}cached-trunk {:.2} s (load {:.1})",
             args.runs,
             plain.last().map_or(f64::NAN, |e| e.total),
-            reference.last().map(|e: &Epoch| format!("PyTorch {:.2} s, ", e.total)).unwrap_or_default(),
+            reference
+                .last()
+                .map(|e: &Epoch| format!("PyTorch {:.2} s, ", e.total))
+                .unwrap_or_default(),
             cached.last().map_or(f64::NAN, |e| e.total),
             loads.last().copied().unwrap_or(f64::NAN),
         );
@@ -160,12 +213,24 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// The epoch table, the ratios and the breakdown table.
-fn print_timings(args: &Args, size: &str, plain: &[Epoch], reference: &[Epoch], cached: &[Epoch], loads: &[f64]) {
+fn print_timings(
+    args: &Args,
+    size: &str,
+    plain: &[Epoch],
+    reference: &[Epoch],
+    cached: &[Epoch],
+    loads: &[f64],
+) {
     let med = |v: &[Epoch], f: &dyn Fn(&Epoch) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
     let total = |e: &Epoch| e.total;
     let train = |e: &Epoch| e.train();
     let images = 2000.0; // 100 steps x 20
-    println!("\nOne fine-tuning epoch at {size}x{size} (100 steps x 20 images + validation of the validation split), CPU, {} runs interleaved, medians; load average during the runs {:.1}-{:.1}\n", args.runs, min(loads), max(loads));
+    println!(
+        "\nOne fine-tuning epoch at {size}x{size} (100 steps x 20 images + validation of the validation split), CPU, {} runs interleaved, medians; load average during the runs {:.1}-{:.1}\n",
+        args.runs,
+        min(loads),
+        max(loads)
+    );
     println!("| | epoch s | training steps s | train img/s | runs (epoch s) |");
     println!("|---|---|---|---|---|");
     let row = |name: &str, v: &[Epoch]| {
@@ -173,33 +238,62 @@ fn print_timings(args: &Args, size: &str, plain: &[Epoch], reference: &[Epoch], 
             return;
         }
         let runs: Vec<String> = v.iter().map(|e| format!("{:.2}", e.total)).collect();
-        println!("| {name} | {:.2} | {:.2} | {:.0} | {} |", med(v, &total), med(v, &train), images / med(v, &train), runs.join(" / "));
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.0} | {} |",
+            med(v, &total),
+            med(v, &train),
+            images / med(v, &train),
+            runs.join(" / ")
+        );
     };
     row("ours, plain", plain);
     row("PyTorch reference", reference);
     row("ours, cached-trunk", cached);
     println!();
     if !reference.is_empty() {
-        println!("- ours plain vs PyTorch, whole epoch: **{:.2}x**", med(reference, &total) / med(plain, &total));
-        println!("- ours plain vs PyTorch, training steps only: **{:.2}x**", med(reference, &train) / med(plain, &train));
+        println!(
+            "- ours plain vs PyTorch, whole epoch: **{:.2}x**",
+            med(reference, &total) / med(plain, &total)
+        );
+        println!(
+            "- ours plain vs PyTorch, training steps only: **{:.2}x**",
+            med(reference, &train) / med(plain, &train)
+        );
     }
-    println!("- cached-trunk vs plain, whole epoch: **{:.2}x**; training steps only: {:.2}x", med(plain, &total) / med(cached, &total), med(plain, &train) / med(cached, &train));
+    println!(
+        "- cached-trunk vs plain, whole epoch: **{:.2}x**; training steps only: {:.2}x",
+        med(plain, &total) / med(cached, &total),
+        med(plain, &train) / med(cached, &train)
+    );
 
     println!("\nEpoch breakdown (medians, seconds)\n");
-    println!("| | batch (augment + frozen trunk / cache gather; PyTorch: loader wait) | forward (top + head + loss; PyTorch: whole model) | backward | optimizer | other | validation |");
+    println!(
+        "| | batch (augment + frozen trunk / cache gather; PyTorch: loader wait) | forward (top + head + loss; PyTorch: whole model) | backward | optimizer | other | validation |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let parts = ["batch", "forward", "backward", "optimizer", "other", "validation"];
-    for (name, v) in [("ours, plain", plain), ("PyTorch reference", reference), ("ours, cached-trunk", cached)] {
+    for (name, v) in
+        [("ours, plain", plain), ("PyTorch reference", reference), ("ours, cached-trunk", cached)]
+    {
         if v.is_empty() {
             continue;
         }
-        let cells: Vec<String> = parts.iter().map(|p| format!("{:.2}", med(v, &|e: &Epoch| e.part(p)))).collect();
+        let cells: Vec<String> =
+            parts.iter().map(|p| format!("{:.2}", med(v, &|e: &Epoch| e.part(p)))).collect();
         println!("| {name} | {} |", cells.join(" | "));
     }
 }
 
 /// Small-budget accuracy of the four set-ups, each printed with its command.
-fn accuracy(args: &Args, out: &Path, cache: &Path, trunk: &Path, data: &str, weights: &str, bin: &dyn Fn(&str) -> PathBuf) -> Result<()> {
+fn accuracy(
+    args: &Args,
+    out: &Path,
+    cache: &Path,
+    trunk: &Path,
+    data: &str,
+    weights: &str,
+    bin: &dyn Fn(&str) -> PathBuf,
+) -> Result<()> {
     let size = args.size.to_string();
     let (he, e) = (args.head_epochs.to_string(), args.epochs.to_string());
     let head_epochs = (10 * args.head_epochs.max(1)).to_string();
@@ -208,7 +302,11 @@ fn accuracy(args: &Args, out: &Path, cache: &Path, trunk: &Path, data: &str, wei
     println!("|---|---|---|---|---|---|");
     let show = |name: &str, budget: &str, dir: &Path, cmd: &Command| -> Result<()> {
         let record: Value = run_folder::read_json(&dir.join("stage.json"))?;
-        let line = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+        let line = std::iter::once(cmd.get_program())
+            .chain(cmd.get_args())
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
         println!(
             "| {name} | {budget} | {:.3} | {:.3} | {:.0} | `{line}` |",
             record["summary"]["validation_acc"].as_f64().unwrap_or(f64::NAN),
@@ -221,23 +319,58 @@ fn accuracy(args: &Args, out: &Path, cache: &Path, trunk: &Path, data: &str, wei
     // Head on block5_pool features, without and with augmented passes of the training split.
     let extract = out.join("extract-block5");
     let mut cmd = Command::new(bin("extract-features"));
-    cmd.args(["--data", data, "--weights", weights, "--layer", "block5_pool", "--input-size", &size, "--device", "cpu"])
-        .args(["--augment-passes", &args.passes.to_string()])
-        .arg("--cache-dir").arg(cache).arg("--out").arg(&extract);
+    cmd.args([
+        "--data",
+        data,
+        "--weights",
+        weights,
+        "--layer",
+        "block5_pool",
+        "--input-size",
+        &size,
+        "--device",
+        "cpu",
+    ])
+    .args(["--augment-passes", &args.passes.to_string()])
+    .arg("--cache-dir")
+    .arg(cache)
+    .arg("--out")
+    .arg(&extract);
     timed(&mut cmd, "extract-features (block5_pool)")?;
-    for (name, extra) in [("head only", &["--no-augmented-passes"][..]), ("head, augmented passes", &[][..])] {
+    for (name, extra) in
+        [("head only", &["--no-augmented-passes"][..]), ("head, augmented passes", &[][..])]
+    {
         let dir = out.join(if extra.is_empty() { "acc-head-augmented" } else { "acc-head" });
         let mut cmd = Command::new(bin("train-head"));
-        cmd.arg("--features").arg(extract.join("features.json")).arg("--cache-dir").arg(cache).arg("--out").arg(&dir)
-            .args(["--epochs", &head_epochs, "--device", "cpu"]).args(extra);
+        cmd.arg("--features")
+            .arg(extract.join("features.json"))
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--out")
+            .arg(&dir)
+            .args(["--epochs", &head_epochs, "--device", "cpu"])
+            .args(extra);
         timed(&mut cmd, "train-head")?;
         show(name, &format!("{head_epochs} head epochs"), &dir, &cmd)?;
     }
     for (name, cached) in [("fine-tune, plain", false), ("fine-tune, cached-trunk", true)] {
         let dir = out.join(if cached { "acc-fine-tune-cached" } else { "acc-fine-tune-plain" });
         let mut cmd = Command::new(bin("fine-tune"));
-        cmd.args(["--data", data, "--weights", weights, "--input-size", &size, "--device", "cpu", "--seed", "0"])
-            .args(["--head-epochs", &he, "--epochs", &e]).arg("--out").arg(&dir);
+        cmd.args([
+            "--data",
+            data,
+            "--weights",
+            weights,
+            "--input-size",
+            &size,
+            "--device",
+            "cpu",
+            "--seed",
+            "0",
+        ])
+        .args(["--head-epochs", &he, "--epochs", &e])
+        .arg("--out")
+        .arg(&dir);
         if cached {
             cmd.arg("--trunk-cache").arg(trunk);
         }
@@ -249,45 +382,71 @@ fn accuracy(args: &Args, out: &Path, cache: &Path, trunk: &Path, data: &str, wei
 
 /// Installs the pinned torchvision beside torch when `import torchvision` fails.
 fn ensure_torchvision(python: &Path) -> Result<()> {
-    let ok = Command::new(python).args(["-c", "import torch, torchvision"]).stderr(Stdio::null()).status();
+    let ok = Command::new(python)
+        .args(["-c", "import torch, torchvision"])
+        .stderr(Stdio::null())
+        .status();
     match ok {
         Ok(s) if s.success() => return Ok(()),
-        Err(err) => bail!("could not start {} for the PyTorch reference ({err}): pass --python or --no-reference", python.display()),
+        Err(err) => bail!(
+            "could not start {} for the PyTorch reference ({err}): pass --python or --no-reference",
+            python.display()
+        ),
         Ok(_) => {}
     }
     eprintln!("installing {TORCHVISION} into {} (the reference's transforms)", python.display());
     let mut cmd = Command::new(python);
-    cmd.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", TORCHVISION]);
-    crate::run_checked(&mut cmd, &format!("pip install {TORCHVISION}"))
-        .with_context(|| format!("{} needs torch 2.11.0 and {TORCHVISION}; or run with --no-reference", python.display()))
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        TORCHVISION,
+    ]);
+    crate::run_checked(&mut cmd, &format!("pip install {TORCHVISION}")).with_context(|| {
+        format!(
+            "{} needs torch 2.11.0 and {TORCHVISION}; or run with --no-reference",
+            python.display()
+        )
+    })
 }
 
 /// Our epoch from a one-epoch fine-tune run folder.
 fn our_epoch(dir: &Path) -> Result<Epoch> {
     let record: Value = run_folder::read_json(&dir.join("stage.json"))?;
     let summary = &record["summary"];
-    let total = summary["median_epoch_seconds"].as_f64().with_context(|| format!("{}: no median_epoch_seconds", dir.display()))?;
+    let total = summary["median_epoch_seconds"]
+        .as_f64()
+        .with_context(|| format!("{}: no median_epoch_seconds", dir.display()))?;
     let b = &summary["epoch_breakdown"][0];
     let part = |name: &str| b[name].as_f64().unwrap_or(f64::NAN);
     Ok(Epoch {
         total,
-        parts: ["batch", "forward", "backward", "optimizer", "other", "validation"].into_iter().map(|n| (n, part(n))).collect(),
+        parts: ["batch", "forward", "backward", "optimizer", "other", "validation"]
+            .into_iter()
+            .map(|n| (n, part(n)))
+            .collect(),
     })
 }
 
 /// Runs the reference and reads its one-epoch JSON line.
 fn reference_epoch(cmd: &mut Command) -> Result<Epoch> {
-    let out = cmd.stderr(Stdio::inherit()).output().context("could not start pytorch_reference.py")?;
+    let out =
+        cmd.stderr(Stdio::inherit()).output().context("could not start pytorch_reference.py")?;
     if !out.status.success() {
         bail!("pytorch_reference.py failed ({})", out.status);
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().unwrap_or_default();
-    let v: Value = serde_json::from_str(line).with_context(|| format!("pytorch_reference.py printed {line:?}"))?;
+    let v: Value = serde_json::from_str(line)
+        .with_context(|| format!("pytorch_reference.py printed {line:?}"))?;
     let b = &v["breakdown"];
     let get = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
     let train = get(&v["train_seconds"]);
-    let (data, fwd, bwd, opt) = (get(&b["data"]), get(&b["forward"]), get(&b["backward"]), get(&b["optimizer"]));
+    let (data, fwd, bwd, opt) =
+        (get(&b["data"]), get(&b["forward"]), get(&b["backward"]), get(&b["optimizer"]));
     Ok(Epoch {
         total: get(&v["epoch_seconds"]),
         parts: vec![
@@ -305,7 +464,11 @@ fn reference_epoch(cmd: &mut Command) -> Result<Epoch> {
 fn timed(cmd: &mut Command, what: &str) -> Result<f64> {
     cmd.env("RUST_LOG", "warn").env("NO_COLOR", "1");
     let started = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().with_context(|| format!("could not start {what}"))?;
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("could not start {what}"))?;
     if !out.status.success() {
         bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
@@ -313,7 +476,10 @@ fn timed(cmd: &mut Command, what: &str) -> Result<f64> {
 }
 
 fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(f64::NAN)
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn median(v: &[f64]) -> f64 {

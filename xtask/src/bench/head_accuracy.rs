@@ -26,7 +26,10 @@ struct Settings {
 fn flag<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
     match args.iter().position(|a| a == name) {
         None => Ok(default),
-        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).with_context(|| format!("{name} needs a value")),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} needs a value")),
     }
 }
 
@@ -34,7 +37,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let sizes: String = flag(args, "--sizes", "64,150".to_owned())?;
     let s = Settings {
         data: flag(args, "--data", "data/cats-vs-dogs-small".into())?,
-        sizes: sizes.split(',').map(|v| v.trim().parse().with_context(|| format!("--sizes: {v:?} is not a size"))).collect::<Result<_>>()?,
+        sizes: sizes
+            .split(',')
+            .map(|v| v.trim().parse().with_context(|| format!("--sizes: {v:?} is not a size")))
+            .collect::<Result<_>>()?,
         epochs: flag(args, "--epochs", 30)?,
         passes: flag(args, "--passes", 2)?,
         seed: flag(args, "--seed", 0)?,
@@ -54,7 +60,12 @@ pub fn run(args: &[String]) -> Result<()> {
     for (i, &size) in s.sizes.iter().enumerate() {
         // block4_pool first: extract-features then derives block5_pool from its cached entries,
         // running only block 5.
-        for (preprocessing, layer) in [("caffe", "block4_pool"), ("caffe", "block5_pool"), ("rescale", "block4_pool"), ("rescale", "block5_pool")] {
+        for (preprocessing, layer) in [
+            ("caffe", "block4_pool"),
+            ("caffe", "block5_pool"),
+            ("rescale", "block4_pool"),
+            ("rescale", "block5_pool"),
+        ] {
             variants.push((size, preprocessing, layer, "f32"));
         }
         if i == 0 {
@@ -66,21 +77,48 @@ pub fn run(args: &[String]) -> Result<()> {
         let extract_dir = out.join(format!("{size}-{preprocessing}-{layer}-{precision}"));
         let mut cmd = Command::new(bin("extract-features"));
         cmd.arg("--data").arg(&data).arg("--weights").arg(&weights).arg("--out").arg(&extract_dir);
-        cmd.args(["--layer", layer, "--preprocessing", preprocessing, "--precision", precision, "--device", "cpu"]);
+        cmd.args([
+            "--layer",
+            layer,
+            "--preprocessing",
+            preprocessing,
+            "--precision",
+            precision,
+            "--device",
+            "cpu",
+        ]);
         cmd.args(["--input-size", &size.to_string(), "--augment-passes", &s.passes.to_string()]);
         cmd.args(["--augment-seed", &s.seed.to_string()]);
         torch.configure(&mut cmd);
-        crate::run_checked(&mut cmd, &format!("extract-features ({preprocessing}, {layer}, {precision})"))?;
+        crate::run_checked(
+            &mut cmd,
+            &format!("extract-features ({preprocessing}, {layer}, {precision})"),
+        )?;
         for augmented in [false, true] {
             let head_dir = extract_dir.join(if augmented { "head-augmented" } else { "head" });
             let mut cmd = Command::new(bin("train-head"));
-            cmd.arg("--features").arg(extract_dir.join("features.json")).arg("--out").arg(&head_dir);
-            cmd.args(["--epochs", &s.epochs.to_string(), "--seed", &s.seed.to_string(), "--device", "cpu"]);
+            cmd.arg("--features")
+                .arg(extract_dir.join("features.json"))
+                .arg("--out")
+                .arg(&head_dir);
+            cmd.args([
+                "--epochs",
+                &s.epochs.to_string(),
+                "--seed",
+                &s.seed.to_string(),
+                "--device",
+                "cpu",
+            ]);
             if !augmented {
                 cmd.arg("--no-augmented-passes");
             }
             torch.configure(&mut cmd);
-            crate::run_checked(&mut cmd, &format!("train-head ({size}, {preprocessing}, {layer}, {precision}, augmented {augmented})"))?;
+            crate::run_checked(
+                &mut cmd,
+                &format!(
+                    "train-head ({size}, {preprocessing}, {layer}, {precision}, augmented {augmented})"
+                ),
+            )?;
             rows.push((size, preprocessing, layer, precision, augmented, accuracies(&head_dir)?));
         }
     }
@@ -89,11 +127,18 @@ pub fn run(args: &[String]) -> Result<()> {
         "\nDense head on {name} (demo weights), {} epochs, RMSprop lr 2e-5, batch 20, seed {}:\n",
         s.epochs, s.seed
     );
-    println!("| input | preprocessing | layer | precision | training features | validation acc | test acc |");
+    println!(
+        "| input | preprocessing | layer | precision | training features | validation acc | test acc |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (size, preprocessing, layer, precision, augmented, (val, test)) in rows {
-        let features = if augmented { format!("{} augmented passes", s.passes) } else { "plain".to_owned() };
-        println!("| {size}x{size} | {preprocessing} | {layer} | {precision} | {features} | {:.2}% | {:.2}% |", 100.0 * val, 100.0 * test);
+        let features =
+            if augmented { format!("{} augmented passes", s.passes) } else { "plain".to_owned() };
+        println!(
+            "| {size}x{size} | {preprocessing} | {layer} | {precision} | {features} | {:.2}% | {:.2}% |",
+            100.0 * val,
+            100.0 * test
+        );
     }
     Ok(())
 }
@@ -104,9 +149,6 @@ fn accuracies(dir: &Path) -> Result<(f64, f64)> {
     let acc = |split: &str| metrics[split]["acc"].as_f64();
     match (acc("validation"), acc("test")) {
         (Some(v), Some(t)) => Ok((v, t)),
-        _ => bail!(
-            "{} has no validation/test accuracy",
-            dir.join("metrics.json").display()
-        ),
+        _ => bail!("{} has no validation/test accuracy", dir.join("metrics.json").display()),
     }
 }

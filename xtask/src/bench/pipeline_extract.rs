@@ -44,7 +44,9 @@ struct Args {
 }
 
 pub fn run(args: &[String]) -> Result<()> {
-    let args = Args::try_parse_from(std::iter::once("pipeline-extract".to_owned()).chain(args.iter().cloned()))?;
+    let args = Args::try_parse_from(
+        std::iter::once("pipeline-extract".to_owned()).chain(args.iter().cloned()),
+    )?;
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
@@ -56,9 +58,30 @@ pub fn run(args: &[String]) -> Result<()> {
     // One stage: extract-features at `layer` with `passes` into `cache`; returns its wall time.
     let stage = |cache: &Path, out: &Path, layer: &str, passes: u32, derive: bool| -> Result<f64> {
         let mut cmd = Command::new(&bin);
-        cmd.arg("--data").arg(&data).arg("--weights").arg(&weights).arg("--cache-dir").arg(cache).arg("--out").arg(out);
-        cmd.args(["--layer", layer, "--input-size", &args.input_size.to_string(), "--augment-passes", &passes.to_string()]);
-        cmd.args(["--augment-seed", "0", "--device", "cpu", "--derive", if derive { "true" } else { "false" }]);
+        cmd.arg("--data")
+            .arg(&data)
+            .arg("--weights")
+            .arg(&weights)
+            .arg("--cache-dir")
+            .arg(cache)
+            .arg("--out")
+            .arg(out);
+        cmd.args([
+            "--layer",
+            layer,
+            "--input-size",
+            &args.input_size.to_string(),
+            "--augment-passes",
+            &passes.to_string(),
+        ]);
+        cmd.args([
+            "--augment-seed",
+            "0",
+            "--device",
+            "cpu",
+            "--derive",
+            if derive { "true" } else { "false" },
+        ]);
         cmd.stderr(std::process::Stdio::null());
         torch.configure(&mut cmd);
         let started = Instant::now();
@@ -87,7 +110,9 @@ pub fn run(args: &[String]) -> Result<()> {
             } else {
                 let reference = &separate.last().expect("separate ran first").1;
                 if &entries != reference {
-                    bail!("run {run}: the derived block5_pool entries differ from the separate extraction's (keys or bytes)");
+                    bail!(
+                        "run {run}: the derived block5_pool entries differ from the separate extraction's (keys or bytes)"
+                    );
                 }
                 derived.push((times, entries));
             }
@@ -99,7 +124,11 @@ pub fn run(args: &[String]) -> Result<()> {
         v[v.len() / 2]
     };
     let stats = |runs: &[Run]| {
-        (median(runs.iter().map(|r| r.0.0).collect()), median(runs.iter().map(|r| r.0.1).collect()), median(runs.iter().map(|r| r.0.0 + r.0.1).collect()))
+        (
+            median(runs.iter().map(|r| r.0.0).collect()),
+            median(runs.iter().map(|r| r.0.1).collect()),
+            median(runs.iter().map(|r| r.0.0 + r.0.1).collect()),
+        )
     };
     let (s_extract, s_trunk, s_total) = stats(&separate);
     let (d_extract, d_trunk, d_total) = stats(&derived);
@@ -108,8 +137,10 @@ pub fn run(args: &[String]) -> Result<()> {
     // trunk's likewise with its passes.
     let extract_images = train * (1 + args.passes as usize) + others;
     let trunk_images = train * (1 + args.trunk_passes as usize) + others;
-    let (blocks_1_4, block_5) = (vgg16_gflop(args.input_size, 0..10), vgg16_gflop(args.input_size, 10..13));
-    let separate_gflop = extract_images as f64 * (blocks_1_4 + block_5) + trunk_images as f64 * blocks_1_4;
+    let (blocks_1_4, block_5) =
+        (vgg16_gflop(args.input_size, 0..10), vgg16_gflop(args.input_size, 10..13));
+    let separate_gflop =
+        extract_images as f64 * (blocks_1_4 + block_5) + trunk_images as f64 * blocks_1_4;
     let derived_gflop = trunk_images as f64 * blocks_1_4 + extract_images as f64 * block_5;
     let name = data.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     println!(
@@ -118,8 +149,12 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     println!("| way | extract s | extract-trunk s | total s | GFLOP |");
     println!("| --- | --- | --- | --- | --- |");
-    println!("| separate (both from images) | {s_extract:.1} | {s_trunk:.1} | {s_total:.1} | {separate_gflop:.0} |");
-    println!("| derived (trunk first, block5_pool from block4_pool) | {d_extract:.1} | {d_trunk:.1} | {d_total:.1} | {derived_gflop:.0} |");
+    println!(
+        "| separate (both from images) | {s_extract:.1} | {s_trunk:.1} | {s_total:.1} | {separate_gflop:.0} |"
+    );
+    println!(
+        "| derived (trunk first, block5_pool from block4_pool) | {d_extract:.1} | {d_trunk:.1} | {d_total:.1} | {derived_gflop:.0} |"
+    );
     println!(
         "\nderived total / separate extract-trunk alone: {:.3} (target <= 1.1); derived / separate total: {:.3}; GFLOP ratio {:.3}; block5_pool entries identical (keys and bytes) in every run",
         d_total / s_trunk,
@@ -138,7 +173,9 @@ fn count_images(split: &Path) -> Result<usize> {
     for class in std::fs::read_dir(split).with_context(|| format!("reading {}", split.display()))? {
         let class = class?.path();
         if class.is_dir() {
-            n += std::fs::read_dir(&class)?.filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file())).count();
+            n += std::fs::read_dir(&class)?
+                .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_file()))
+                .count();
         }
     }
     Ok(n)
@@ -161,7 +198,10 @@ fn block5_entries(stage: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         .into_iter()
         .map(|e| {
             let path = record.cache_dir.join(&e.key).join("features.npy");
-            Ok((e.key, std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?))
+            Ok((
+                e.key,
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            ))
         })
         .collect()
 }

@@ -79,12 +79,7 @@ fn main() -> Result<()> {
         });
         let rate = args.images as f64 / start.elapsed().as_secs_f64();
         if run > 0 {
-            tracing::info!(
-                run,
-                threads = args.threads,
-                img_per_s = rate.round(),
-                "timed run"
-            );
+            tracing::info!(run, threads = args.threads, img_per_s = rate.round(), "timed run");
             rates.push(rate);
         }
     }

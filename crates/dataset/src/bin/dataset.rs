@@ -102,15 +102,31 @@ fn run(cli: Cli) -> Result<bool> {
                 }
             }
             if let (Some(out), true) = (out, report.is_ok()) {
-                let scan = dataset::ScanOptions { follow_links, allow_empty_classes, ..Default::default() };
-                let digest = dataset::tree_digest(&root, &scan).with_context(|| format!("hashing {}", root.display()))?;
+                let scan = dataset::ScanOptions {
+                    follow_links,
+                    allow_empty_classes,
+                    ..Default::default()
+                };
+                let digest = dataset::tree_digest(&root, &scan)
+                    .with_context(|| format!("hashing {}", root.display()))?;
                 let record = report.record(digest, dataset::check::readme_description(&root));
-                run_folder::write_json(&out.join(run_folder::CONFIG_FILE), &serde_json::json!({ "root": root, "follow_links": follow_links, "allow_empty_classes": allow_empty_classes }))?;
+                run_folder::write_json(
+                    &out.join(run_folder::CONFIG_FILE),
+                    &serde_json::json!({ "root": root, "follow_links": follow_links, "allow_empty_classes": allow_empty_classes }),
+                )?;
                 run_folder::write_json(&out.join(run_folder::DATASET_FILE), &record)?;
                 let inputs = [("dataset".to_owned(), record.digest.clone())].into();
                 let config = run_folder::json_sha256(&(&root, follow_links, allow_empty_classes));
                 let summary = serde_json::json!({ "classes": record.classes.len(), "images": record.splits.iter().map(|s| s.images()).sum::<usize>() });
-                run_folder::StageRecord::write(&out, "dataset", config, inputs, &[run_folder::CONFIG_FILE, run_folder::DATASET_FILE], started.elapsed().as_secs_f64(), summary)?;
+                run_folder::StageRecord::write(
+                    &out,
+                    "dataset",
+                    config,
+                    inputs,
+                    &[run_folder::CONFIG_FILE, run_folder::DATASET_FILE],
+                    started.elapsed().as_secs_f64(),
+                    summary,
+                )?;
             }
             Ok(report.is_ok())
         }

@@ -40,7 +40,11 @@ fn truncated_jpeg() {
 #[test]
 fn truncated_png_missing_data() {
     let png = png_noise(64, 64, 2);
-    check("cut.png", &png[..png.len() * 6 / 10], expect!["<tmp>/cut.png: truncated png (no IEND chunk)"]);
+    check(
+        "cut.png",
+        &png[..png.len() * 6 / 10],
+        expect!["<tmp>/cut.png: truncated png (no IEND chunk)"],
+    );
 }
 
 #[test]
@@ -51,7 +55,10 @@ fn truncated_png_idat_with_iend_kept() {
     cut.extend_from_slice(&png[png.len() - 12..]);
     let (dir, path) = one_file("cut2.png", &cut);
     let err = decode(&path, &DecodeOptions::default()).unwrap_err();
-    assert!(matches!(err.bad_image(), Some(BadImage::Corrupt { .. } | BadImage::Truncated(_))), "{err}");
+    assert!(
+        matches!(err.bad_image(), Some(BadImage::Corrupt { .. } | BadImage::Truncated(_))),
+        "{err}"
+    );
     assert!(err.to_string().starts_with(&format!("{}", dir.path().join("cut2.png").display())));
 }
 
@@ -60,7 +67,9 @@ fn corrupt_png_chunk() {
     check(
         "crc.png",
         &png_bad_crc(),
-        expect!["<tmp>/crc.png: corrupt png: Format error decoding Png: CRC error: expected 0x67891c1b have 0x67891ce4 while decoding ChunkType { type: IDAT, critical: true, private: false, reserved: false, safecopy: false } chunk."],
+        expect![
+            "<tmp>/crc.png: corrupt png: Format error decoding Png: CRC error: expected 0x67891c1b have 0x67891ce4 while decoding ChunkType { type: IDAT, critical: true, private: false, reserved: false, safecopy: false } chunk."
+        ],
     );
 }
 
@@ -69,7 +78,9 @@ fn corrupt_png_data() {
     check(
         "zlib.png",
         &png_bad_idat(),
-        expect!["<tmp>/zlib.png: corrupt png: Format error decoding Png: Corrupt deflate stream. InvalidUncompressedBlockLength"],
+        expect![
+            "<tmp>/zlib.png: corrupt png: Format error decoding Png: Corrupt deflate stream. InvalidUncompressedBlockLength"
+        ],
     );
 }
 
@@ -94,7 +105,9 @@ fn decompression_bomb_allocation_refused_from_header() {
     check(
         "bomb.png",
         &png_bomb(16_000, 16_000),
-        expect!["<tmp>/bomb.png: too large: 16000x16000 pixels need 1024000000 bytes, over the 536870912 byte limit"],
+        expect![
+            "<tmp>/bomb.png: too large: 16000x16000 pixels need 1024000000 bytes, over the 536870912 byte limit"
+        ],
     );
 }
 
@@ -144,7 +157,8 @@ fn empty_class_folder_is_an_error() {
 
 #[test]
 fn empty_class_folder_when_allowed() {
-    let dir = tree(&[("cats/a.png", Some(png_rgb(2, 2, 0))), ("dogs/readme.txt", Some(b"x".to_vec()))]);
+    let dir =
+        tree(&[("cats/a.png", Some(png_rgb(2, 2, 0))), ("dogs/readme.txt", Some(b"x".to_vec()))]);
     let opts = ScanOptions { allow_empty_classes: true, ..Default::default() };
     let index = scan_dir(dir.path(), &opts).unwrap();
     assert_eq!(index.classes, ["cats", "dogs"]);

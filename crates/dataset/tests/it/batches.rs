@@ -14,10 +14,16 @@ use crate::fixtures::*;
 /// A split with `n` distinct PNGs over two classes, plus `bad` (name, bytes) files in class `b`.
 fn split(n: usize, bad: &[(&str, Vec<u8>)]) -> (tempfile::TempDir, SplitIndex) {
     let mut entries: Vec<(String, Option<Vec<u8>>)> = (0..n)
-        .map(|i| (format!("{}/{i:03}.png", if i % 2 == 0 { "a" } else { "b" }), Some(png_rgb(6, 4, i as u8))))
+        .map(|i| {
+            (
+                format!("{}/{i:03}.png", if i % 2 == 0 { "a" } else { "b" }),
+                Some(png_rgb(6, 4, i as u8)),
+            )
+        })
         .collect();
     entries.extend(bad.iter().map(|(name, bytes)| (format!("b/{name}"), Some(bytes.clone()))));
-    let refs: Vec<(&str, Option<Vec<u8>>)> = entries.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    let refs: Vec<(&str, Option<Vec<u8>>)> =
+        entries.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
     let dir = tree(&refs);
     let opts = ScanOptions { class_mode: ClassMode::Binary, ..Default::default() };
     let index = scan_dir(dir.path(), &opts).unwrap();
@@ -65,7 +71,12 @@ fn drop_last_drops_the_short_batch() {
 #[test]
 fn inline_decoding_gives_the_same_batches() {
     let order: Vec<usize> = (0..7).collect();
-    check(7, BatchOptions { batch_size: 3, prefetch: 0, ..Default::default() }, &[3, 3, 1], Some(&order));
+    check(
+        7,
+        BatchOptions { batch_size: 3, prefetch: 0, ..Default::default() },
+        &[3, 3, 1],
+        Some(&order),
+    );
 }
 
 #[test]
@@ -86,7 +97,8 @@ fn shuffled_epoch_is_a_permutation_and_changes_with_the_epoch() {
 
 #[test]
 fn shuffle_algorithm_is_pinned() {
-    expect!["[9, 7, 2, 5, 0, 1, 4, 3, 8, 6]"].assert_eq(&format!("{:?}", epoch_order(10, Some(ShuffleSeed(42)), 0)));
+    expect!["[9, 7, 2, 5, 0, 1, 4, 3, 8, 6]"]
+        .assert_eq(&format!("{:?}", epoch_order(10, Some(ShuffleSeed(42)), 0)));
     expect!["[0, 1, 2, 3]"].assert_eq(&format!("{:?}", epoch_order(4, None, 3)));
 }
 
@@ -127,7 +139,8 @@ fn bad_image_fails_fast_naming_the_file() {
     let results: Vec<_> = batches(&index, &decode_opts(), &opts, 0).unwrap().collect();
     let err = results.last().unwrap().as_ref().unwrap_err();
     let msg = err.to_string().replace(&*dir.path().to_string_lossy(), "<tmp>");
-    expect!["<tmp>/b/broken.png: not an image (content matches no known image format)"].assert_eq(&msg);
+    expect!["<tmp>/b/broken.png: not an image (content matches no known image format)"]
+        .assert_eq(&msg);
     assert!(results[..results.len() - 1].iter().all(Result::is_ok));
 }
 
@@ -168,7 +181,9 @@ fn skip_bad_images_fails_above_the_fraction() {
     };
     let results: Vec<_> = batches(&index, &decode_opts(), &opts, 0).unwrap().collect();
     match results.last().unwrap() {
-        Err(Error::TooManySkipped { skipped, total, .. }) => assert_eq!((*skipped, *total), (3, 10)),
+        Err(Error::TooManySkipped { skipped, total, .. }) => {
+            assert_eq!((*skipped, *total), (3, 10))
+        }
         other => panic!("expected too many skipped, got {other:?}"),
     }
 }
@@ -177,5 +192,8 @@ fn skip_bad_images_fails_above_the_fraction() {
 fn batching_needs_a_target_size() {
     let (_dir, index) = split(2, &[]);
     let err = batches(&index, &DecodeOptions::default(), &BatchOptions::default(), 0).unwrap_err();
-    assert!(err.to_string().ends_with("invalid batch options: a target size is needed to batch images"), "{err}");
+    assert!(
+        err.to_string().ends_with("invalid batch options: a target size is needed to batch images"),
+        "{err}"
+    );
 }

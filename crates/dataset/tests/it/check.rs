@@ -98,11 +98,20 @@ fn check_binary(entries: &[(&str, Option<Vec<u8>>)], expect_ok: bool) {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.success(), expect_ok, "{stdout}");
-    assert!(stdout.lines().last().is_some_and(|l| l == if expect_ok { "ok" } else { "1 errors" }), "{stdout}");
+    assert!(
+        stdout.lines().last().is_some_and(|l| l == if expect_ok { "ok" } else { "1 errors" }),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn binary_exit_status() {
-    check_binary(&[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 2)))], true);
-    check_binary(&[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 1)))], false);
+    check_binary(
+        &[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 2)))],
+        true,
+    );
+    check_binary(
+        &[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 1)))],
+        false,
+    );
 }

@@ -13,7 +13,10 @@ fn check(name: &str, bytes: &[u8], expect: [u8; 3], tol: u8) {
     let img = decode(&path, &DecodeOptions::default()).unwrap();
     let got = img.get_pixel(0, 0).0;
     for c in 0..3 {
-        assert!(got[c].abs_diff(expect[c]) <= tol, "{name}: got {got:?}, expected {expect:?} +-{tol}");
+        assert!(
+            got[c].abs_diff(expect[c]) <= tol,
+            "{name}: got {got:?}, expected {expect:?} +-{tol}"
+        );
     }
 }
 
@@ -58,7 +61,14 @@ fn cmyk_jpeg_becomes_rgb() {
 fn gif_gives_its_first_frame() {
     use image::codecs::gif::GifEncoder;
     use image::{Delay, Frame, RgbaImage};
-    let frame = |px| Frame::from_parts(RgbaImage::from_pixel(4, 4, image::Rgba(px)), 0, 0, Delay::from_numer_denom_ms(100, 1));
+    let frame = |px| {
+        Frame::from_parts(
+            RgbaImage::from_pixel(4, 4, image::Rgba(px)),
+            0,
+            0,
+            Delay::from_numer_denom_ms(100, 1),
+        )
+    };
     let mut gif = Vec::new();
     GifEncoder::new(&mut gif)
         .encode_frames([frame([255, 0, 0, 255]), frame([0, 0, 255, 255])])
@@ -77,7 +87,8 @@ fn bmp_and_webp_decode_exactly() {
 fn exif_orientation_is_applied() {
     // 16x8, left half black, right half white; orientation 6 = rotate 90 degrees clockwise,
     // which puts the left half on top.
-    let img: RgbImage = ImageBuffer::from_fn(16, 8, |x, _| if x < 8 { Rgb([0, 0, 0]) } else { Rgb([255; 3]) });
+    let img: RgbImage =
+        ImageBuffer::from_fn(16, 8, |x, _| if x < 8 { Rgb([0, 0, 0]) } else { Rgb([255; 3]) });
     let jpeg = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Jpeg);
     let (_dir, path) = one_file("rot.jpg", &with_exif_orientation(&jpeg, 6));
     let out = decode(&path, &DecodeOptions::default()).unwrap();
@@ -155,7 +166,11 @@ fn bilinear_keeps_flat_images_flat_and_averages() {
 fn decode_resizes_to_target_size() {
     let (_dir, path) = one_file("a.png", &png_rgb(28, 28, 3));
     for interpolation in [Interpolation::Nearest, Interpolation::Bilinear] {
-        let opts = DecodeOptions { target_size: Some(Size::new(150, 120)), interpolation, ..Default::default() };
+        let opts = DecodeOptions {
+            target_size: Some(Size::new(150, 120)),
+            interpolation,
+            ..Default::default()
+        };
         let img = decode(&path, &opts).unwrap();
         assert_eq!(img.dimensions(), (120, 150));
     }

@@ -35,7 +35,8 @@ fn check_dataset(expect: Expect) {
     assert_eq!(listed, images + 2, "{}: every image, classes.json and README.md", expect.dir);
 
     // `cargo xtask data` records Keras' class mode: binary for two classes, else categorical.
-    let class_mode = if expect.classes.len() == 2 { ClassMode::Binary } else { ClassMode::Categorical };
+    let class_mode =
+        if expect.classes.len() == 2 { ClassMode::Binary } else { ClassMode::Categorical };
     let opts = ScanOptions { class_mode, ..Default::default() };
     for (split, n) in ["train", "validation", "test"].into_iter().zip(expect.per_class) {
         let index = scan(&root, split, &opts).unwrap();
@@ -58,7 +59,12 @@ fn check_dataset(expect: Expect) {
 
 #[test]
 fn cats_vs_dogs_small_is_every_photo_of_the_package() {
-    check_dataset(Expect { dir: "cats-vs-dogs-small", classes: &["cats", "dogs"], per_class: [500, 250, 250], size: "32x32" });
+    check_dataset(Expect {
+        dir: "cats-vs-dogs-small",
+        classes: &["cats", "dogs"],
+        per_class: [500, 250, 250],
+        size: "32x32",
+    });
 }
 
 #[test]
@@ -75,5 +81,10 @@ fn fashion_mnist_small_mirrors_the_seed_split() {
 fn mnist_small_has_ten_digits() {
     let digits: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     let digits: Vec<&str> = digits.iter().map(String::as_str).collect();
-    check_dataset(Expect { dir: "mnist-small", classes: &digits, per_class: [300, 100, 100], size: "28x28" });
+    check_dataset(Expect {
+        dir: "mnist-small",
+        classes: &digits,
+        per_class: [300, 100, 100],
+        size: "28x28",
+    });
 }

@@ -35,7 +35,14 @@ fn render(root: &std::path::Path, index: &SplitIndex) -> String {
 #[test]
 fn classes_are_sorted_folders_and_files_recursive_sorted() {
     check(
-        &["dogs/b.png", "dogs/a.png", "cats/z/deep.png", "cats/a.png", "cats/b/c.png", "birds/x.png"],
+        &[
+            "dogs/b.png",
+            "dogs/a.png",
+            "cats/z/deep.png",
+            "cats/a.png",
+            "cats/b/c.png",
+            "birds/x.png",
+        ],
         &ScanOptions::default(),
         expect![[r#"
             classes ["birds", "cats", "dogs"]
@@ -52,7 +59,10 @@ fn classes_are_sorted_folders_and_files_recursive_sorted() {
 #[test]
 fn extension_allow_list_is_case_insensitive() {
     check(
-        &["c/a.PNG", "c/b.JpEg", "c/c.jpg", "c/d.bmp", "c/e.gif", "c/f.WEBP", "c/g.tiff", "c/h.txt", "c/noext"],
+        &[
+            "c/a.PNG", "c/b.JpEg", "c/c.jpg", "c/d.bmp", "c/e.gif", "c/f.WEBP", "c/g.tiff",
+            "c/h.txt", "c/noext",
+        ],
         &ScanOptions::default(),
         expect![[r#"
             classes ["c"]
@@ -72,7 +82,13 @@ fn extension_allow_list_is_case_insensitive() {
 #[test]
 fn dot_files_and_dot_folders_are_skipped_and_reported() {
     check(
-        &[".ipynb_checkpoints/a.png", "cats/.DS_Store", "cats/.hidden/a.png", "cats/.b.png", "cats/a.png"],
+        &[
+            ".ipynb_checkpoints/a.png",
+            "cats/.DS_Store",
+            "cats/.hidden/a.png",
+            "cats/.b.png",
+            "cats/a.png",
+        ],
         &ScanOptions::default(),
         expect![[r#"
             classes ["cats"]
@@ -113,7 +129,8 @@ fn a_folder_named_like_an_image_is_walked_as_a_folder() {
 
 #[test]
 fn explicit_class_list_sets_order_and_leaves_others_out() {
-    let opts = ScanOptions { classes: Some(vec!["dogs".into(), "cats".into()]), ..Default::default() };
+    let opts =
+        ScanOptions { classes: Some(vec!["dogs".into(), "cats".into()]), ..Default::default() };
     check(
         &["cats/a.png", "dogs/b.png", "birds/c.png"],
         &opts,
@@ -129,7 +146,8 @@ fn explicit_class_list_sets_order_and_leaves_others_out() {
 #[test]
 fn explicit_class_without_folder_is_an_error() {
     let dir = tree(&[("cats/a.png", Some(png_rgb(2, 2, 0)))]);
-    let opts = ScanOptions { classes: Some(vec!["cats".into(), "dogs".into()]), ..Default::default() };
+    let opts =
+        ScanOptions { classes: Some(vec!["cats".into(), "dogs".into()]), ..Default::default() };
     let err = scan_dir(dir.path(), &opts).unwrap_err();
     assert!(matches!(err, Error::MissingClass { .. }), "{err}");
 }
@@ -140,7 +158,10 @@ mod symlinks {
     use std::os::unix::fs::symlink;
 
     fn linked_tree() -> tempfile::TempDir {
-        let dir = tree(&[("train/cats/a.png", Some(png_rgb(2, 2, 0))), ("elsewhere/b.png", Some(png_rgb(2, 2, 1)))]);
+        let dir = tree(&[
+            ("train/cats/a.png", Some(png_rgb(2, 2, 0))),
+            ("elsewhere/b.png", Some(png_rgb(2, 2, 1))),
+        ]);
         symlink(dir.path().join("elsewhere/b.png"), dir.path().join("train/cats/b.png")).unwrap();
         symlink(dir.path().join("elsewhere"), dir.path().join("train/dogs")).unwrap();
         dir
@@ -253,8 +274,14 @@ fn class_map_round_trips_through_classes_json() {
 fn inconsistent_class_map_is_refused() {
     let dir = tree(&[(
         "classes.json",
-        Some(br#"{"classes":["a","b"],"class_indices":{"a":1,"b":0},"class_mode":"sparse"}"#.to_vec()),
+        Some(
+            br#"{"classes":["a","b"],"class_indices":{"a":1,"b":0},"class_mode":"sparse"}"#
+                .to_vec(),
+        ),
     )]);
     let err = ClassMap::read(dir.path()).unwrap_err();
-    assert!(err.to_string().ends_with("invalid class map: classes and class_indices disagree"), "{err}");
+    assert!(
+        err.to_string().ends_with("invalid class map: classes and class_indices disagree"),
+        "{err}"
+    );
 }

@@ -55,7 +55,9 @@ enum Cmd {
 
 fn main() -> ExitCode {
     cli_support::init_logging();
-    cli_support::exit_code(run(Args::parse()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }))
+    cli_support::exit_code(
+        run(Args::parse()).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+    )
 }
 
 fn run(args: Args) -> Result<bool> {
@@ -65,13 +67,24 @@ fn run(args: Args) -> Result<bool> {
         Cmd::Ls => {
             for key in cache.keys()? {
                 let manifest_path = cache.entry_dir(&key).join(feature_cache::MANIFEST);
-                match std::fs::read(&manifest_path).ok().and_then(|b| serde_json::from_slice::<feature_cache::Manifest>(&b).ok()) {
+                match std::fs::read(&manifest_path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<feature_cache::Manifest>(&b).ok())
+                {
                     Some(m) => {
                         let c = &m.components;
-                        let aug = c.augmentation.as_ref().map_or("plain".to_owned(), |a| format!("aug pass {} seed {}", a.pass, a.seed));
+                        let aug = c.augmentation.as_ref().map_or("plain".to_owned(), |a| {
+                            format!("aug pass {} seed {}", a.pass, a.seed)
+                        });
                         println!(
                             "{key}  {:<10} {:<12} {}x{} {:<8} {:<8} {aug:<18} {:?}",
-                            c.dataset.split, c.layer, c.input_size[0], c.input_size[1], c.preprocessing, c.precision, m.feature_shape
+                            c.dataset.split,
+                            c.layer,
+                            c.input_size[0],
+                            c.input_size[1],
+                            c.preprocessing,
+                            c.precision,
+                            m.feature_shape
                         );
                     }
                     None => println!("{key}  (unreadable manifest: run verify)"),
@@ -140,7 +153,13 @@ fn synthetic_key(rows: u64) -> feature_cache::FeatureKey {
         dataset: DatasetKey {
             split: "debug".into(),
             classes: vec!["a".into(), "b".into()],
-            files: (0..rows).map(|i| FileKey { path: format!("{i}.png"), label: (i % 2) as u32, sha256: "0".repeat(64) }).collect(),
+            files: (0..rows)
+                .map(|i| FileKey {
+                    path: format!("{i}.png"),
+                    label: (i % 2) as u32,
+                    sha256: "0".repeat(64),
+                })
+                .collect(),
         },
     }
 }

@@ -34,7 +34,9 @@ struct Args {
 }
 
 fn parse_size(s: &str) -> Result<(i64, i64), String> {
-    let parse = |v: &str| v.trim().parse::<i64>().map_err(|_| format!("bad size {s:?}: expected 150 or 150x200"));
+    let parse = |v: &str| {
+        v.trim().parse::<i64>().map_err(|_| format!("bad size {s:?}: expected 150 or 150x200"))
+    };
     match s.split_once(['x', 'X']) {
         Some((h, w)) => Ok((parse(h)?, parse(w)?)),
         None => parse(s).map(|n| (n, n)),
@@ -50,7 +52,8 @@ fn run(args: Args) -> Result<()> {
     let device = args.device.resolve()?;
     let (_vs, base) = match &args.weights {
         Some(path) => {
-            let w = load_weights(path, device).with_context(|| format!("loading weights {}", path.display()))?;
+            let w = load_weights(path, device)
+                .with_context(|| format!("loading weights {}", path.display()))?;
             println!("weights: {}", path.display());
             println!("source: {}", w.meta.source);
             println!("source sha256: {}", w.meta.source_sha256.as_deref().unwrap_or("unknown"));
@@ -66,10 +69,14 @@ fn run(args: Args) -> Result<()> {
         }
     };
     let arch = base.arch();
-    arch.output_shape(height, width, arch.last()).with_context(|| format!("input size {height}x{width}"))?;
+    arch.output_shape(height, width, arch.last())
+        .with_context(|| format!("input size {height}x{width}"))?;
     let unfreeze_from = args.unfreeze_from.as_ref().map(|l| base.layer(l)).transpose()?;
 
-    println!("{:<14} {:<12} {:>16} {:>10}  state", "layer", "torchvision", "output (H,W,C)", "params");
+    println!(
+        "{:<14} {:<12} {:>16} {:>10}  state",
+        "layer", "torchvision", "output (H,W,C)", "params"
+    );
     let mut total = 0;
     let mut trainable = 0;
     for layer in arch.layers() {
@@ -97,7 +104,12 @@ fn run(args: Args) -> Result<()> {
     let xs = Tensor::zeros([1, 3, height, width], (Kind::Float, device));
     let ys = tch::no_grad(|| base.forward(&xs))?;
     let [c, h, w] = arch.output_shape(height, width, arch.last())?;
-    ensure!(ys.size() == [1, c, h, w], "forward pass gave {:?}, table says {:?}", ys.size(), [1, c, h, w]);
+    ensure!(
+        ys.size() == [1, c, h, w],
+        "forward pass gave {:?}, table says {:?}",
+        ys.size(),
+        [1, c, h, w]
+    );
     tracing::info!(?device, output = ?ys.size(), "forward pass on the device agrees with the table");
     Ok(())
 }

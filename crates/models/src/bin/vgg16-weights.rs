@@ -93,7 +93,9 @@ fn run(args: Args) -> Result<()> {
             let _base = models::Vgg16Base::new(&vs.root());
             let provenance = models::weights::Provenance {
                 preprocessing,
-                source: format!("random: tch default initialisation after tch::manual_seed({seed})"),
+                source: format!(
+                    "random: tch default initialisation after tch::manual_seed({seed})"
+                ),
                 source_sha256: String::new(),
                 source_format: "random".into(),
             };
