@@ -10,8 +10,10 @@
 //!   that is not done, never one that looks done.
 
 mod dataset;
+mod metrics;
 
 pub use dataset::{DATASET_FILE, DatasetRecord, SplitRecord};
+pub use metrics::{ClassMetrics, KeptEpoch, METRICS_FILE, SplitMetrics, StageMetrics};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -82,9 +84,15 @@ pub fn file_sha256(path: &Path) -> Result<FileDigest, RunError> {
     Ok(FileDigest { bytes, sha256: hex::encode(hasher.finalize()) })
 }
 
+/// Lower-case hex sha256 of `bytes`: the one digest spelling of the workspace (weights, cache
+/// keys, outputs, data files).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// sha256 of a JSON value's canonical (serde) form: the config digest.
 pub fn json_sha256<T: Serialize>(value: &T) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(value).expect("configs serialise")))
+    sha256_hex(&serde_json::to_vec(value).expect("configs serialise"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
