@@ -11,6 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::CacheError;
 use crate::cache::Cache;
 use crate::entry::{self, CHECKSUMS, FEATURES, LABELS, MANIFEST};
+use crate::folders::remove_dir_quietly;
 use crate::key::is_key;
 
 const ENTRY_FILES: [&str; 4] = [FEATURES, LABELS, MANIFEST, CHECKSUMS];
@@ -52,7 +53,7 @@ pub fn import(cache: &Cache, bundle: &Path) -> Result<Vec<String>, CacheError> {
     let staging = cache.tmp_dir();
     fs::create_dir(&staging).map_err(CacheError::io(&staging))?;
     let result = import_via(cache, bundle, &staging);
-    entry::remove_dir_quietly(&staging);
+    remove_dir_quietly(&staging);
     result
 }
 

@@ -8,10 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::CacheError;
 use crate::entry::{self, EntryWriter, LoadedEntry, Manifest};
+use crate::folders::{TMP_PREFIX, aside_name, hostname, remove_dir_quietly};
 use crate::key::{FeatureKey, is_key};
-
-/// Prefix of in-progress entries; never a valid key, so never mistaken for an entry.
-const TMP_PREFIX: &str = ".tmp-";
 /// Temp folders of other hosts (or whose owner we cannot check) are old leftovers after this long.
 const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
@@ -131,7 +129,7 @@ impl Cache {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some(rest) = name.strip_prefix(TMP_PREFIX) else { continue };
             if is_leftover(rest, &entry.path()) {
-                entry::remove_dir_quietly(&entry.path());
+                remove_dir_quietly(&entry.path());
                 removed.push(entry.path());
             }
         }
@@ -157,18 +155,12 @@ impl Cache {
     fn discard(&self, dir: &Path) {
         let aside = aside_name(dir, "trash");
         match fs::rename(dir, &aside) {
-            Ok(()) => entry::remove_dir_quietly(&aside),
+            Ok(()) => remove_dir_quietly(&aside),
             Err(err) => {
                 tracing::warn!(path = %dir.display(), %err, "could not remove a corrupt entry")
             }
         }
     }
-}
-
-/// A temp-prefixed sibling name for moving `dir` out of the way.
-pub(crate) fn aside_name(dir: &Path, what: &str) -> PathBuf {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    dir.with_file_name(format!("{TMP_PREFIX}{what}-{name}-{}-{}", hostname(), std::process::id()))
 }
 
 /// `rest` is `<host>-<pid>-...` (or `trash-...`): a leftover if its process is gone or it is old.
@@ -191,9 +183,4 @@ fn is_leftover(rest: &str, path: &Path) -> bool {
             pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
         });
     old || ours_and_dead
-}
-
-fn hostname() -> String {
-    let raw = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
-    raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }

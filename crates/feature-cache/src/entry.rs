@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::CacheError;
+use crate::folders::{aside_name, remove_dir_quietly, sync_dir};
 use crate::key::{FORMAT_VERSION, FeatureKey};
 use crate::npy::{self, Dtype};
 
@@ -258,7 +259,7 @@ pub(crate) fn publish(tmp_dir: &Path, final_dir: &Path) -> Result<(), CacheError
             }
             Err(err) => {
                 tracing::warn!(path = %final_dir.display(), %err, "replacing a corrupt cache entry");
-                let trash = crate::cache::aside_name(final_dir, "trash");
+                let trash = aside_name(final_dir, "trash");
                 fs::rename(final_dir, &trash).map_err(CacheError::io(final_dir))?;
                 remove_dir_quietly(&trash);
                 fs::rename(tmp_dir, final_dir).map_err(CacheError::io(final_dir))?;
@@ -270,12 +271,6 @@ pub(crate) fn publish(tmp_dir: &Path, final_dir: &Path) -> Result<(), CacheError
         sync_dir(parent)?;
     }
     Ok(())
-}
-
-pub(crate) fn remove_dir_quietly(dir: &Path) {
-    if let Err(err) = fs::remove_dir_all(dir) {
-        tracing::warn!(path = %dir.display(), %err, "could not remove a leftover folder");
-    }
 }
 
 /// Rewrites `features.npy` with the header of the rows actually written (the header length may
@@ -301,10 +296,6 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<FileDigest, CacheError> {
     file.write_all(bytes).map_err(CacheError::io(path))?;
     file.sync_all().map_err(CacheError::io(path))?;
     Ok(FileDigest { bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(bytes)) })
-}
-
-fn sync_dir(dir: &Path) -> Result<(), CacheError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(CacheError::io(dir))
 }
 
 /// Checks every byte of the entry in `dir` without keeping the data; returns its manifest.

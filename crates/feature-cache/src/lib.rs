@@ -13,6 +13,7 @@ mod cache;
 mod entry;
 mod error;
 mod extraction;
+mod folders;
 mod key;
 pub mod npy;
 
