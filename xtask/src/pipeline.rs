@@ -1425,3 +1425,496 @@ mod tests {
         assert_ne!(before, tree_fingerprint(dir.path()).unwrap(), "renamed");
     }
 }
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    /// The stage invocations `config` resolves to, one argument per line, the fixture's temp
+    /// folder written as `$TMP`.
+    pub(crate) fn render(steps: &[Step], tmp: &Path) -> String {
+        let tmp = tmp.display().to_string();
+        let mut out = String::new();
+        for s in steps {
+            out.push_str(&format!(
+                "{} = {}{}\n",
+                s.name,
+                s.binary,
+                if s.resumable { " (resumable)" } else { "" }
+            ));
+            for a in &s.args {
+                out.push_str(&format!("    {}\n", a.replace(&tmp, "$TMP")));
+            }
+            for (k, v) in &s.inputs {
+                out.push_str(&format!("  input {k}: {v}\n"));
+            }
+        }
+        out
+    }
+
+    fn fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("train/a")).unwrap();
+        std::fs::write(data.join("train/a/x.png"), b"1").unwrap();
+        let digits = dir.path().join("digits");
+        std::fs::create_dir_all(digits.join("train/0")).unwrap();
+        std::fs::write(digits.join("train/0/y.png"), b"2").unwrap();
+        let weights = dir.path().join("w.safetensors");
+        std::fs::write(&weights, b"w").unwrap();
+        (dir, data, digits, weights)
+    }
+
+    fn resolved(file: &str) -> Config {
+        resolved_with(file, Profile::Demo)
+    }
+
+    fn resolved_with(file: &str, profile: Profile) -> Config {
+        let args = PipelineArgs {
+            config: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(file)),
+            name: None,
+            data: None,
+            weights: None,
+            device: None,
+            cache_dir: None,
+            profile: Some(profile),
+            status: false,
+            without_scratch: false,
+        };
+        resolve_config(&args, Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn default_config_snapshot() {
+        let (dir, data, _, weights) = fixture();
+        let steps =
+            plan(&resolved("pipeline.toml"), &dir.path().join("run"), &data, &weights).unwrap();
+        expect_test::expect![[r#"
+            dataset = dataset
+                check
+                $TMP/data
+                --split
+                train
+                --split
+                validation
+                --split
+                test
+                --out
+                $TMP/run/dataset
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+            extract-trunk = extract-features
+                --data
+                $TMP/data
+                --weights
+                $TMP/w.safetensors
+                --out
+                $TMP/run/extract-trunk
+                --layer
+                block4_pool
+                --input-size
+                64
+                --pooling
+                none
+                --precision
+                f32
+                --batch-size
+                20
+                --augment-passes
+                5
+                --augment-seed
+                0
+                --device
+                auto
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+            extract = extract-features
+                --data
+                $TMP/data
+                --weights
+                $TMP/w.safetensors
+                --out
+                $TMP/run/extract
+                --layer
+                block5_pool
+                --input-size
+                64
+                --pooling
+                none
+                --precision
+                f32
+                --batch-size
+                20
+                --augment-passes
+                5
+                --augment-seed
+                0
+                --device
+                auto
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+            head = train-head
+                --features
+                $TMP/run/extract/features.json
+                --out
+                $TMP/run/head
+                --epochs
+                30
+                --batch-size
+                20
+                --lr
+                0.00002
+                --optimizer
+                rmsprop
+                --seed
+                0
+                --device
+                auto
+                --no-augmented-passes
+              input extract/features.json: absent
+            head-augmented = train-head
+                --features
+                $TMP/run/extract/features.json
+                --out
+                $TMP/run/head-augmented
+                --epochs
+                30
+                --batch-size
+                20
+                --lr
+                0.00002
+                --optimizer
+                rmsprop
+                --seed
+                0
+                --device
+                auto
+              input extract/features.json: absent
+            fine-tune = fine-tune (resumable)
+                --data
+                $TMP/data
+                --weights
+                $TMP/w.safetensors
+                --out
+                $TMP/run/fine-tune
+                --input-size
+                64
+                --unfreeze-from
+                block5_conv1
+                --epochs
+                15
+                --steps-per-epoch
+                100
+                --batch-size
+                20
+                --lr
+                0.00001
+                --seed
+                0
+                --device
+                auto
+                --head
+                $TMP/run/head/head.safetensors
+                --trunk-cache
+                $TMP/run/extract-trunk/features.json
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+              input extract-trunk/features.json: absent
+              input head/head.safetensors: absent
+              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+            scratch = pretrain
+                --data
+                $TMP/data
+                --out
+                $TMP/run/scratch
+                --input-size
+                64
+                --arch
+                small-convnet
+                --width
+                1
+                --epochs
+                150
+                --batch-size
+                20
+                --lr
+                0.0001
+                --seed
+                0
+                --device
+                auto
+                --augment
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        "#]].assert_eq(&render(&steps, dir.path()));
+    }
+
+    #[test]
+    fn homework_config_snapshot() {
+        let (dir, data, digits, _) = fixture();
+        let mut config = resolved("homework.toml");
+        config.pretrain.data = digits;
+        let run = dir.path().join("run");
+        let steps = plan(&config, &run, &data, &pretrained_base(&run)).unwrap();
+        expect_test::expect![[r#"
+            dataset = dataset
+                check
+                $TMP/data
+                --split
+                train
+                --split
+                validation
+                --split
+                test
+                --out
+                $TMP/run/dataset
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+            pretrain = pretrain
+                --data
+                $TMP/digits
+                --out
+                $TMP/run/pretrain
+                --input-size
+                48
+                --arch
+                small-convnet
+                --width
+                1
+                --epochs
+                8
+                --batch-size
+                20
+                --lr
+                0.0001
+                --seed
+                0
+                --device
+                auto
+              input pretrain dataset: 1 files, 2c0c6fb1d5e888f599069c35a55f843401f2f60c33de20f60060badef7329a39
+            extract = extract-features
+                --data
+                $TMP/data
+                --weights
+                $TMP/run/pretrain/base.safetensors
+                --out
+                $TMP/run/extract
+                --layer
+                max_pooling2d_4
+                --input-size
+                48
+                --pooling
+                none
+                --precision
+                f32
+                --batch-size
+                20
+                --augment-passes
+                0
+                --augment-seed
+                0
+                --device
+                auto
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+              input weights: absent
+            head = train-head
+                --features
+                $TMP/run/extract/features.json
+                --out
+                $TMP/run/head
+                --epochs
+                30
+                --batch-size
+                20
+                --lr
+                0.0001
+                --optimizer
+                rmsprop
+                --seed
+                0
+                --device
+                auto
+                --no-augmented-passes
+              input extract/features.json: absent
+            fine-tune = fine-tune (resumable)
+                --data
+                $TMP/data
+                --weights
+                $TMP/run/pretrain/base.safetensors
+                --out
+                $TMP/run/fine-tune
+                --input-size
+                48
+                --unfreeze-from
+                conv2d_3
+                --epochs
+                5
+                --steps-per-epoch
+                100
+                --batch-size
+                20
+                --lr
+                0.0001
+                --seed
+                0
+                --device
+                auto
+                --head
+                $TMP/run/head/head.safetensors
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+              input head/head.safetensors: absent
+              input weights: absent
+            scratch = pretrain
+                --data
+                $TMP/data
+                --out
+                $TMP/run/scratch
+                --input-size
+                48
+                --arch
+                small-convnet
+                --width
+                1
+                --epochs
+                8
+                --batch-size
+                20
+                --lr
+                0.0001
+                --seed
+                0
+                --device
+                auto
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        "#]].assert_eq(&render(&steps, dir.path()));
+    }
+
+    #[test]
+    fn seed_profile_snapshot() {
+        let (dir, data, _, weights) = fixture();
+        let config = resolved_with("pipeline.toml", Profile::Seed);
+        let steps = plan(&config, &dir.path().join("run"), &data, &weights).unwrap();
+        expect_test::expect![[r#"
+            dataset = dataset
+                check
+                $TMP/data
+                --split
+                train
+                --split
+                validation
+                --split
+                test
+                --out
+                $TMP/run/dataset
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+            extract = extract-features
+                --data
+                $TMP/data
+                --weights
+                $TMP/w.safetensors
+                --out
+                $TMP/run/extract
+                --layer
+                block5_pool
+                --input-size
+                150
+                --pooling
+                none
+                --precision
+                f32
+                --batch-size
+                20
+                --augment-passes
+                5
+                --augment-seed
+                0
+                --device
+                auto
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+            head = train-head
+                --features
+                $TMP/run/extract/features.json
+                --out
+                $TMP/run/head
+                --epochs
+                30
+                --batch-size
+                20
+                --lr
+                0.00002
+                --optimizer
+                rmsprop
+                --seed
+                0
+                --device
+                auto
+                --no-augmented-passes
+              input extract/features.json: absent
+            head-augmented = train-head
+                --features
+                $TMP/run/extract/features.json
+                --out
+                $TMP/run/head-augmented
+                --epochs
+                30
+                --batch-size
+                20
+                --lr
+                0.00002
+                --optimizer
+                rmsprop
+                --seed
+                0
+                --device
+                auto
+              input extract/features.json: absent
+            fine-tune = fine-tune (resumable)
+                --data
+                $TMP/data
+                --weights
+                $TMP/w.safetensors
+                --out
+                $TMP/run/fine-tune
+                --input-size
+                150
+                --unfreeze-from
+                block5_conv1
+                --epochs
+                100
+                --steps-per-epoch
+                100
+                --batch-size
+                20
+                --lr
+                0.00001
+                --seed
+                0
+                --device
+                auto
+                --head-epochs
+                30
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+            scratch = pretrain
+                --data
+                $TMP/data
+                --out
+                $TMP/run/scratch
+                --input-size
+                150
+                --arch
+                small-convnet
+                --width
+                1
+                --epochs
+                100
+                --batch-size
+                20
+                --lr
+                0.0001
+                --seed
+                0
+                --device
+                auto
+                --augment
+              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        "#]].assert_eq(&render(&steps, dir.path()));
+    }
+}
