@@ -58,6 +58,10 @@ pub enum ModelError {
         "cannot preprocess a {kind} batch of shape {shape:?}: expected uint8 [N, H, W, 3] or float [N, 3, H, W]"
     )]
     BadBatch { kind: String, shape: Vec<i64> },
+    #[error(
+        "head expects inputs of width {expected}, but the features have width {actual} (shape {shape:?})"
+    )]
+    WidthMismatch { expected: i64, actual: i64, shape: Vec<i64> },
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -16,13 +16,16 @@
 
 mod arch;
 mod base;
+pub mod classifier;
 mod device;
 mod error;
+pub mod head;
 pub mod import;
 mod onnx;
 mod pickle;
 mod pooling;
 mod preprocess;
+pub mod tensor_file;
 mod vgg16;
 pub mod weights;
 
@@ -30,8 +33,10 @@ pub use arch::{
     ConvArch, ConvLayer, Layer, LayerDef, LayerName, SMALL_CONVNET, ToLayer, VGG16_ARCHITECTURE,
 };
 pub use base::{ConvBase, Vgg16Base, run_conv, run_pool};
+pub use classifier::{Classifier, HEADER_KEY, MODEL_FORMAT_VERSION, ModelHeader};
 pub use device::DeviceChoice;
 pub use error::ModelError;
+pub use head::{DenseHead, HeadSpec};
 pub use import::{SourceFormat, import_weights};
 pub use pooling::{Pooling, feature_shape};
 pub use preprocess::{CAFFE_MEAN_BGR, Preprocessing, TORCH_MEAN_RGB, TORCH_STD_RGB, preprocess};

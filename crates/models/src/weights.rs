@@ -5,17 +5,12 @@
 //! as JSON, see [`ConvArch`]). A VGG16 file has no `layers` entry, so VGG16 files keep the bytes
 //! (and digests) they had before other architectures existed. Loading checks every name, shape
 //! and value and exposes the file's sha256, which the feature cache keys on.
-//!
-//! The writer is ours rather than the `safetensors` crate's because that one takes metadata as a
-//! `HashMap` and so writes it in a different order each run; ours sorts names and keys, so the
-//! same weights always give the same bytes (and the same digest).
+//! Bytes are written by [`crate::tensor_file`], so the same weights always give the same file.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::{ConvArch, ConvBase, ModelError, Pooling, Preprocessing, ToLayer, preprocess};
@@ -156,19 +151,13 @@ fn check_finite(path: &Path, name: &str, t: &Tensor) -> Result<(), ModelError> {
     Err(ModelError::NonFinite { path: path.to_owned(), name: name.to_owned(), value })
 }
 
-/// sha256 (hex) of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// sha256 (hex) of the file at `path`.
+/// sha256 (hex) of the file at `path` (streamed; `run_folder::file_sha256` with this crate's
+/// error).
 pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)
-        .map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    Ok(hex::encode(hasher.finalize()))
+    run_folder::file_sha256(path).map(|d| d.sha256).map_err(|e| match e {
+        run_folder::RunError::Io { path, source } => ModelError::Io { path, source },
+        other => ModelError::Weights { path: path.to_owned(), reason: other.to_string() },
+    })
 }
 
 /// Writes VGG16 conv-base tensors and their provenance to `path`: [`save_conv_base`] with
@@ -195,22 +184,24 @@ pub fn save_conv_base(
         arch,
         tensors.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
     )?;
-    let mut metadata = BTreeMap::from([
+    let mut metadata: BTreeMap<String, String> = [
         ("architecture", arch.name().to_owned()),
         ("format_version", FORMAT_VERSION.to_owned()),
         ("preprocessing", provenance.preprocessing.name().to_owned()),
         ("source", provenance.source.clone()),
         ("source_format", provenance.source_format.clone()),
         ("source_sha256", provenance.source_sha256.clone()),
-    ]);
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
     if !arch.is_vgg16() {
-        metadata.insert("layers", arch.to_json());
+        metadata.insert("layers".to_owned(), arch.to_json());
     }
-    let bytes = serialize(&checked, &metadata)?;
-    write_atomic(path, &bytes)?;
+    let digest = crate::tensor_file::save(path, &checked, &metadata)?;
     Ok(WeightsMeta {
         path: path.to_owned(),
-        digest: sha256_hex(&bytes),
+        digest,
         architecture: arch.name().to_owned(),
         preprocessing: provenance.preprocessing,
         source: provenance.source.clone(),
@@ -221,68 +212,12 @@ pub fn save_conv_base(
     })
 }
 
-/// safetensors bytes: 8-byte little-endian header length, JSON header (sorted keys, padded with
-/// spaces to a multiple of 8 so the data is aligned), then the tensors in name order.
-fn serialize(
-    tensors: &[(String, Tensor)],
-    metadata: &BTreeMap<&str, String>,
-) -> Result<Vec<u8>, ModelError> {
-    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut header = serde_json::Map::new();
-    header
-        .insert("__metadata__".into(), serde_json::to_value(metadata).expect("strings serialise"));
-    let mut data = Vec::new();
-    for (name, t) in sorted {
-        let values = Vec::<f32>::try_from(t.f_flatten(0, -1)?)?;
-        let start = data.len();
-        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": t.size(), "data_offsets": [start, data.len()]}));
-    }
-    // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
-    let mut json = serde_json::to_vec(&header).expect("header serialises");
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + data.len());
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    out.extend_from_slice(&data);
-    Ok(out)
-}
-
-/// Writes `bytes` to a temp file beside `path`, fsyncs it, renames it over `path`, and fsyncs the
-/// folder, so readers see the old file or the new one, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io { path: path.to_owned(), source };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| io(std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // A folder fsync makes the rename durable; not every platform allows opening a folder.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
-}
-
 /// Reads and checks our weights file: metadata (architecture, preprocessing, format version),
 /// then every tensor. Returns the checked tensors (CPU float32, layer order) and the metadata.
 pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta), ModelError> {
     let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
-    let bytes =
-        std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let get = |key: &str| metadata.get(key).cloned();
+    let loaded = crate::tensor_file::load(path)?;
+    let get = |key: &str| loaded.metadata.get(key).cloned();
     let hint = "import it with `vgg16-weights import` to record what it is";
     let architecture = get("architecture").ok_or_else(|| {
         err(format!("no architecture in the metadata: not one of our weights files ({hint})"))
@@ -307,20 +242,10 @@ pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta),
     let preprocessing = get("preprocessing")
         .ok_or_else(|| err(format!("no preprocessing in the metadata ({hint})")))?;
     let preprocessing = preprocessing.parse().map_err(|e: ModelError| err(e.to_string()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let mut tensors = Vec::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != safetensors::Dtype::F32 {
-            return Err(err(format!("tensor {name} is {:?}, expected F32", view.dtype())));
-        }
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.push((name, Tensor::f_from_data_size(view.data(), &shape, Kind::Float)?));
-    }
-    let tensors = check_tensors(path, &arch, tensors)?;
+    let tensors = check_tensors(path, &arch, loaded.tensors)?;
     let meta = WeightsMeta {
         path: path.to_owned(),
-        digest: sha256_hex(&bytes),
+        digest: loaded.sha256,
         architecture,
         preprocessing,
         source: get("source").unwrap_or_default(),
@@ -338,37 +263,9 @@ pub fn load_weights(path: &Path, device: Device) -> Result<LoadedWeights, ModelE
     let (tensors, meta) = read_weights(path)?;
     let vs = nn::VarStore::new(device);
     let base = ConvBase::with_arch(&vs.root(), meta.arch.clone());
-    copy_into(&vs, &tensors, path)?;
+    crate::tensor_file::copy_into(&vs, &tensors, path)?;
     tracing::info!(path = %path.display(), architecture = %meta.architecture, digest = %meta.digest, preprocessing = %meta.preprocessing, source = %meta.source, ?device, "loaded weights");
     Ok(LoadedWeights { vs, base, meta })
-}
-
-/// Copies checked tensors into the variables of `vs` with the same names (every variable must
-/// be there with its shape).
-pub fn copy_into(
-    vs: &nn::VarStore,
-    tensors: &[(String, Tensor)],
-    path: &Path,
-) -> Result<(), ModelError> {
-    let variables = vs.variables();
-    for (name, var) in &variables {
-        let (_, src) =
-            tensors.iter().find(|(n, _)| n == name).ok_or_else(|| ModelError::MissingTensor {
-                path: path.to_owned(),
-                name: name.clone(),
-                expected: var.size(),
-            })?;
-        if src.size() != var.size() {
-            return Err(ModelError::TensorShape {
-                path: path.to_owned(),
-                name: name.clone(),
-                expected: var.size(),
-                actual: src.size(),
-            });
-        }
-        tch::no_grad(|| var.shallow_clone().f_copy_(src))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -383,19 +280,5 @@ mod tests {
         assert_eq!(all[25], ("features.28.bias".to_owned(), vec![512]));
         let params: i64 = all.iter().map(|(_, s)| s.iter().product::<i64>()).sum();
         assert_eq!(params, 14_714_688);
-    }
-
-    #[test]
-    fn atomic_write_replaces_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.bin");
-        write_atomic(&path, b"one").unwrap();
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        let names: Vec<_> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, ["w.bin"]);
-        let err = write_atomic(&dir.path().join("missing/w.bin"), b"x").unwrap_err().to_string();
-        assert!(err.contains("missing/w.bin"), "{err}");
     }
 }

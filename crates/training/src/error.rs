@@ -12,14 +12,12 @@ pub enum TrainError {
     NonFinite { epoch: usize, step: usize, loss: f64 },
     #[error("{path}: {reason}")]
     Weights { path: PathBuf, reason: String },
-    #[error(
-        "head expects inputs of width {expected}, but the features have width {actual} (shape {shape:?})"
-    )]
-    WidthMismatch { expected: i64, actual: i64, shape: Vec<i64> },
     #[error("{0}")]
     Config(String),
     #[error("plot {path}: {reason}")]
     Plot { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Model(#[from] models::ModelError),
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
 }

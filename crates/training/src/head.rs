@@ -1,105 +1,16 @@
-//! The dense classifier head of the seed: Flatten -> Dense(256, relu) -> Dropout(0.5) ->
-//! Dense(1) for two classes (sigmoid in the loss) or Dense(N) for N classes (softmax in the loss).
-//!
-//! Initialised like Keras `Dense` (Glorot-uniform kernels, zero biases) so runs compare with the
-//! book's. Variables: `head.fc1.{weight,bias}`, `head.fc2.{weight,bias}` under the given path.
+//! The training side of the seed's dense head: its loss. The head itself (`DenseHead`,
+//! `HeadSpec`) and turning logits into classes or probabilities belong to the model
+//! (`models::head`); they are re-exported here for the stages that train it.
 
-use serde::{Deserialize, Serialize};
-use tch::nn::{self, Init, LinearConfig};
 use tch::{Kind, Tensor};
+
+pub use models::head::{DenseHead, HeadSpec, predicted_classes as predict};
 
 use crate::TrainError;
 
-/// The head's shape: what it takes and what it predicts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeadSpec {
-    /// Flattened input width (e.g. 4 * 4 * 512 = 8192 for block5_pool at 150x150).
-    pub input_width: i64,
-    pub hidden: i64,
-    /// Dropout rate after the hidden layer (0 disables it).
-    pub dropout: f64,
-    pub classes: usize,
-}
-
-impl HeadSpec {
-    /// The seed's head: 256 hidden units, dropout 0.5.
-    pub fn seed(input_width: i64, classes: usize) -> Self {
-        Self { input_width, hidden: 256, dropout: 0.5, classes }
-    }
-
-    /// Output units: 1 (sigmoid) for two classes, else one per class (softmax).
-    pub fn outputs(&self) -> i64 {
-        if self.classes == 2 { 1 } else { self.classes as i64 }
-    }
-}
-
-/// Flatten + two dense layers.
-#[derive(Debug)]
-pub struct DenseHead {
-    spec: HeadSpec,
-    fc1: nn::Linear,
-    fc2: nn::Linear,
-}
-
-fn glorot(fan_in: i64, fan_out: i64) -> LinearConfig {
-    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt();
-    LinearConfig {
-        ws_init: Init::Uniform { lo: -limit, up: limit },
-        bs_init: Some(Init::Const(0.0)),
-        bias: true,
-    }
-}
-
-impl DenseHead {
-    pub fn new(path: &nn::Path, spec: HeadSpec) -> Self {
-        let head = path / "head";
-        let fc1 = nn::linear(
-            &head / "fc1",
-            spec.input_width,
-            spec.hidden,
-            glorot(spec.input_width, spec.hidden),
-        );
-        let fc2 = nn::linear(
-            &head / "fc2",
-            spec.hidden,
-            spec.outputs(),
-            glorot(spec.hidden, spec.outputs()),
-        );
-        Self { spec, fc1, fc2 }
-    }
-
-    pub fn spec(&self) -> &HeadSpec {
-        &self.spec
-    }
-
-    /// Checks that features of `shape` `[N, ...]` fit this head, before any training starts.
-    pub fn check_input(&self, shape: &[i64]) -> Result<(), TrainError> {
-        let width: i64 = shape.iter().skip(1).product();
-        if shape.is_empty() || width != self.spec.input_width {
-            return Err(TrainError::WidthMismatch {
-                expected: self.spec.input_width,
-                actual: width,
-                shape: shape.to_vec(),
-            });
-        }
-        Ok(())
-    }
-
-    /// xs: `[N, ...]` features -> `[N, outputs]` logits (no sigmoid/softmax: the loss applies it).
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor, TrainError> {
-        let xs = xs.f_flatten(1, -1)?;
-        let hidden = xs.f_linear(&self.fc1.ws, self.fc1.bs.as_ref())?.f_relu()?;
-        let hidden = if self.spec.dropout > 0.0 {
-            hidden.f_dropout(self.spec.dropout, train)?
-        } else {
-            hidden
-        };
-        Ok(hidden.f_linear(&self.fc2.ws, self.fc2.bs.as_ref())?)
-    }
-}
-
-/// Mean loss of `logits` against class indices `labels` `[N]` (int64): binary cross-entropy on
-/// the single logit for two classes, softmax cross-entropy otherwise.
+/// Mean loss of `logits` `[N, 1 | classes]` against class indices `labels` `[N]` (int64): binary
+/// cross-entropy on the single logit for two classes (Keras `binary_crossentropy` after a
+/// sigmoid), softmax cross-entropy otherwise (`sparse_categorical_crossentropy`).
 pub fn loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor, TrainError> {
     if logits.size()[1] == 1 {
         let targets = labels.f_to_kind(Kind::Float)?;
@@ -111,14 +22,5 @@ pub fn loss(logits: &Tensor, labels: &Tensor) -> Result<Tensor, TrainError> {
         )?)
     } else {
         Ok(logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?)
-    }
-}
-
-/// Predicted class indices `[N]` (int64) from logits.
-pub fn predict(logits: &Tensor) -> Result<Tensor, TrainError> {
-    if logits.size()[1] == 1 {
-        Ok(logits.f_squeeze_dim(1)?.f_gt(0.0)?.f_to_kind(Kind::Int64)?)
-    } else {
-        Ok(logits.f_argmax(1, false)?)
     }
 }
