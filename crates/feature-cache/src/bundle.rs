@@ -21,6 +21,8 @@ pub fn export(cache: &Cache, keys: &[String], out: &Path) -> Result<(), CacheErr
     for key in keys {
         entry::verify(&cache.entry_dir(key))?;
     }
+    // Streamed to a temp file beside `out`, fsynced and renamed: `run_folder::write_atomic` does
+    // the same for bytes in memory, but a bundle can be larger than memory.
     let tmp = out.with_file_name(format!(
         ".{}.partial-{}",
         out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),

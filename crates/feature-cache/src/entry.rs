@@ -291,11 +291,11 @@ fn checksums_text(files: &[(&str, &str)]) -> String {
     files.iter().map(|(name, digest)| format!("{digest}  {name}\n")).collect()
 }
 
+/// Writes a whole file of the entry (`run_folder::write_atomic`: temp file, fsync, rename) and
+/// returns its length and sha256.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<FileDigest, CacheError> {
-    let mut file = File::create(path).map_err(CacheError::io(path))?;
-    file.write_all(bytes).map_err(CacheError::io(path))?;
-    file.sync_all().map_err(CacheError::io(path))?;
-    Ok(FileDigest { bytes: bytes.len() as u64, sha256: hex::encode(Sha256::digest(bytes)) })
+    run_folder::write_atomic(path, bytes)?;
+    Ok(FileDigest { bytes: bytes.len() as u64, sha256: run_folder::sha256_hex(bytes) })
 }
 
 /// Checks every byte of the entry in `dir` without keeping the data; returns its manifest.
@@ -329,7 +329,7 @@ fn read_entry(dir: &Path, keep: bool) -> Result<LoadedEntry, CacheError> {
 
     let manifest_path = dir.join(MANIFEST);
     let manifest_bytes = read_small(&manifest_path)?;
-    check(MANIFEST, &hex::encode(Sha256::digest(&manifest_bytes)))?;
+    check(MANIFEST, &run_folder::sha256_hex(&manifest_bytes))?;
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
         .map_err(|e| CacheError::corrupt(&manifest_path, format!("unreadable manifest: {e}")))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

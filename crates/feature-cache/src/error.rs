@@ -18,6 +18,16 @@ pub enum CacheError {
     Usage { path: PathBuf, reason: String },
 }
 
+/// `run_folder::write_atomic` names the file it failed on; keep that path.
+impl From<run_folder::RunError> for CacheError {
+    fn from(err: run_folder::RunError) -> Self {
+        match err {
+            run_folder::RunError::Io { path, source } => CacheError::Io { path, source },
+            run_folder::RunError::Invalid { path, reason } => CacheError::Corrupt { path, reason },
+        }
+    }
+}
+
 impl CacheError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();

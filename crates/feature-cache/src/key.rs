@@ -7,7 +7,6 @@
 //! of the key: they do not change the features.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Version of the entry layout and key schema; bump it when either changes meaning.
 pub const FORMAT_VERSION: u32 = 1;
@@ -76,10 +75,7 @@ impl FeatureKey {
     pub fn digest(&self) -> String {
         let json =
             serde_json::to_vec(self).expect("FeatureKey serialises: no maps, no non-string keys");
-        let mut hasher = Sha256::new();
-        hasher.update(DOMAIN);
-        hasher.update(&json);
-        hex::encode(hasher.finalize())
+        run_folder::sha256_hex(&[DOMAIN, &json].concat())
     }
 }
 
