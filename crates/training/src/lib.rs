@@ -1,6 +1,7 @@
 //! Training pieces shared by the stages that train (`train-head`, `fine-tune`): the seed's dense
 //! head, optimizers with Keras semantics and checkpointable state, the epoch loop on cached
-//! features, metrics, history CSV, PNG plots, and atomic writes of everything a run produces.
+//! features, the stage outputs (history CSV, plots, confusion matrices, `metrics.json`:
+//! [`outputs`]), and atomic writes of everything a run produces.
 
 mod atomic;
 pub mod checkpoint;
@@ -9,9 +10,8 @@ pub mod fit;
 mod fused;
 pub mod head;
 mod history;
-mod metrics;
 pub mod optim;
-pub mod plot;
+pub mod outputs;
 pub mod tensors_io;
 
 pub use atomic::write_atomic_ctx;
@@ -21,5 +21,5 @@ pub use head::{DenseHead, HeadSpec};
 pub use history::{
     EpochRecord, read_csv as read_history, to_csv as history_csv, write_csv as write_history,
 };
-pub use metrics::{ClassReport, ConfusionMatrix};
-pub use optim::{Optimizer, OptimizerSpec};
+pub use optim::{Optimizer, OptimizerChoice, OptimizerSpec};
+pub use outputs::ConfusionMatrix;

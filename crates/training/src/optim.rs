@@ -63,6 +63,27 @@ impl OptimizerSpec {
     }
 }
 
+/// The optimizer a stage's `--optimizer` flag names (`rmsprop` or `adam`, the same spelling in
+/// every stage), with Keras' default hyper-parameters at the learning rate given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerChoice {
+    /// Keras RMSprop (rho 0.9, epsilon 1e-7)
+    Rmsprop,
+    /// Keras Adam (beta1 0.9, beta2 0.999, epsilon 1e-7)
+    Adam,
+}
+
+impl OptimizerChoice {
+    /// The spec with Keras' defaults at learning rate `lr` (no weight decay).
+    pub fn spec(self, lr: f64) -> OptimizerSpec {
+        match self {
+            Self::Rmsprop => OptimizerSpec::rmsprop(lr),
+            Self::Adam => OptimizerSpec::adam(lr),
+        }
+    }
+}
+
 /// One trainable tensor: its handle (after [`Optimizer::new`], a view into its chunk's buffer)
 /// and views of the same element range in the chunk's gradient, slot and scratch buffers.
 #[derive(Debug)]

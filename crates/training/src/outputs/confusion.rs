@@ -1,27 +1,21 @@
-//! Classification metrics from predicted and true class indices: accuracy, confusion matrix,
-//! per-class precision and recall.
+//! The confusion matrix of predicted against true class indices, with the figures derived from
+//! it: accuracy and per-class precision, recall and F1 (as `metrics.json` records them).
 
+use run_folder::ClassMetrics;
 use serde::Serialize;
 
-/// Rows are true classes, columns predicted classes.
+/// Image counts: `counts[t][p]` is the number of images of class `t` predicted as class `p`
+/// (`classes.len()` rows of `classes.len()` columns).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfusionMatrix {
     pub classes: Vec<String>,
     pub counts: Vec<Vec<u64>>,
 }
 
-/// Precision and recall of one class (None when undefined: nothing predicted / no samples).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ClassReport {
-    pub class: String,
-    pub precision: Option<f64>,
-    pub recall: Option<f64>,
-    pub support: u64,
-}
-
 impl ConfusionMatrix {
-    /// Counts pairs; labels outside `0..classes.len()` are a caller bug and panic in debug only
-    /// through indexing, so callers pass labels validated by the cache reader.
+    /// Counts the pairs of `truth` and `predicted` (class indices, zipped); a pair with an index
+    /// outside `0..classes.len()` is not counted (callers validate indices first, as
+    /// `outputs::StageEvaluation::write` does).
     pub fn new(classes: &[String], truth: &[i64], predicted: &[i64]) -> Self {
         let n = classes.len();
         let mut counts = vec![vec![0u64; n]; n];
@@ -36,27 +30,32 @@ impl ConfusionMatrix {
         Self { classes: classes.to_vec(), counts }
     }
 
+    /// Number of pairs counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().flatten().sum()
     }
 
+    /// Fraction of counted pairs on the diagonal, 0..=1 (0 when nothing was counted).
     pub fn accuracy(&self) -> f64 {
         let correct: u64 = (0..self.classes.len()).map(|i| self.counts[i][i]).sum();
         correct as f64 / self.total().max(1) as f64
     }
 
-    pub fn per_class(&self) -> Vec<ClassReport> {
+    /// Precision, recall and F1 of every class, in class order. Each is `None` where it is
+    /// undefined: precision when nothing was predicted as the class, recall when the class has
+    /// no images, F1 when either of those is (else `2 TP / (2 TP + FP + FN)`, the harmonic mean
+    /// of the two, 0 when both are 0).
+    pub fn per_class(&self) -> Vec<ClassMetrics> {
         (0..self.classes.len())
             .map(|c| {
                 let tp = self.counts[c][c];
                 let predicted: u64 = self.counts.iter().map(|row| row[c]).sum();
                 let support: u64 = self.counts[c].iter().sum();
-                ClassReport {
-                    class: self.classes[c].clone(),
-                    precision: (predicted > 0).then(|| tp as f64 / predicted as f64),
-                    recall: (support > 0).then(|| tp as f64 / support as f64),
-                    support,
-                }
+                let precision = (predicted > 0).then(|| tp as f64 / predicted as f64);
+                let recall = (support > 0).then(|| tp as f64 / support as f64);
+                let f1 = (precision.is_some() && recall.is_some())
+                    .then(|| 2.0 * tp as f64 / (predicted + support) as f64);
+                ClassMetrics { class: self.classes[c].clone(), precision, recall, f1, support }
             })
             .collect()
     }
@@ -85,7 +84,9 @@ mod tests {
         let r = m.per_class();
         assert!((r[0].precision.unwrap() - 2.0 / 3.0).abs() < 1e-12);
         assert!((r[0].recall.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r[0].f1.unwrap() - 2.0 / 3.0).abs() < 1e-12);
         assert!((r[1].precision.unwrap() - 0.5).abs() < 1e-12);
+        assert!((r[1].f1.unwrap() - 0.5).abs() < 1e-12);
         assert_eq!(r[1].support, 2);
         assert_eq!(m.to_csv(), "true\\predicted,a,b\na,2,1\nb,1,1\n");
     }
@@ -97,6 +98,12 @@ mod tests {
         let r = m.per_class();
         assert_eq!(r[1].precision, None);
         assert_eq!(r[1].recall, Some(0.0));
+        assert_eq!(r[1].f1, None);
         assert_eq!(r[2].recall, None);
+        assert_eq!(r[2].f1, None);
+        // Both defined but 0: F1 is 0.
+        let m = ConfusionMatrix::new(&classes[..2], &[0, 1], &[1, 0]);
+        let r = m.per_class();
+        assert_eq!((r[0].precision, r[0].recall, r[0].f1), (Some(0.0), Some(0.0), Some(0.0)));
     }
 }
