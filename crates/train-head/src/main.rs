@@ -9,14 +9,14 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use feature_cache::{Cache, ExtractionRecord, LoadedEntry};
 use models::DeviceChoice;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
-use training::plot::{Metric, plot_confusion, plot_history};
+use training::outputs::{self, SplitEvaluation, StageEvaluation};
 use training::{
-    ConfusionMatrix, DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer,
+    DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerChoice,
     OptimizerSpec, evaluate, tensors_io,
 };
 
@@ -72,13 +72,6 @@ struct Args {
     device: DeviceChoice,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum OptimizerChoice {
-    Rmsprop,
-    Adam,
-}
-
 /// Everything that determines the result, written to config.json before training starts.
 #[derive(Debug, Serialize)]
 struct StageConfig<'a> {
@@ -94,13 +87,6 @@ struct StageConfig<'a> {
     restore_best: bool,
     seed: u64,
     device: String,
-}
-
-#[derive(Debug, Serialize)]
-struct SplitMetrics {
-    loss: f64,
-    acc: f64,
-    per_class: Vec<training::ClassReport>,
 }
 
 const WEIGHTS_FILE: &str = "head.safetensors";
@@ -136,11 +122,7 @@ fn run(args: Args) -> Result<()> {
         dropout: args.dropout,
         classes: classes.len(),
     };
-    let optimizer_spec = match args.optimizer {
-        OptimizerChoice::Rmsprop => OptimizerSpec::rmsprop(args.lr),
-        OptimizerChoice::Adam => OptimizerSpec::adam(args.lr),
-    }
-    .with_weight_decay(args.weight_decay);
+    let optimizer_spec = args.optimizer.spec(args.lr).with_weight_decay(args.weight_decay);
     let config = StageConfig {
         features: &args.features,
         train_keys: train_refs.iter().map(|e| e.key.clone()).collect(),
@@ -212,21 +194,7 @@ fn run(args: Args) -> Result<()> {
         training::write_history(&args.out.join("history.csv"), &so_far)
     })?;
 
-    // Outputs: plots, weights, evaluation.
-    let smoothing = (args.smoothing > 0.0).then_some(args.smoothing);
-    plot_history(&args.out.join("accuracy.png"), &history, Metric::Accuracy, None)?;
-    plot_history(&args.out.join("loss.png"), &history, Metric::Loss, None)?;
-    let mut outputs = vec!["history.csv", "accuracy.png", "loss.png", WEIGHTS_FILE, "metrics.json"];
-    if smoothing.is_some() {
-        plot_history(
-            &args.out.join("accuracy_smoothed.png"),
-            &history,
-            Metric::Accuracy,
-            smoothing,
-        )?;
-        plot_history(&args.out.join("loss_smoothed.png"), &history, Metric::Loss, smoothing)?;
-        outputs.extend(["accuracy_smoothed.png", "loss_smoothed.png"]);
-    }
+    // Outputs: weights, then the evaluation of the weights kept.
     let metadata = HashMap::from([
         ("architecture".to_owned(), "dense_head".to_owned()),
         ("head".to_owned(), serde_json::to_string(&head_spec)?),
@@ -238,50 +206,43 @@ fn run(args: Args) -> Result<()> {
     ]);
     tensors_io::save(&args.out.join(WEIGHTS_FILE), &tensors_io::named_variables(&vs), &metadata)?;
 
-    let mut metrics = BTreeMap::new();
-    let mut splits: Vec<(&str, &LoadedEntry)> = vec![("validation", &val_entry)];
-    if let Some(t) = &test_entry {
-        splits.push(("test", t));
-    }
-    for (split, entry) in splits {
-        let xs = to_tensor(entry, device)?;
-        let ys = labels(entry, device);
-        let eval = evaluate(&head, &xs, &ys, args.batch_size)?;
-        let truth: Vec<i64> = entry.labels.iter().map(|&l| l as i64).collect();
-        let matrix = ConfusionMatrix::new(&classes, &truth, &eval.predictions);
-        run_folder::write_atomic(
-            &args.out.join(format!("confusion_{split}.csv")),
-            matrix.to_csv().as_bytes(),
-        )?;
-        plot_confusion(
-            &args.out.join(format!("confusion_{split}.png")),
-            &matrix,
-            &format!("Confusion matrix ({split})"),
-        )?;
+    let eval_split = |split: &str, entry: &LoadedEntry| -> Result<(Vec<i64>, Vec<i64>, f64)> {
+        let eval =
+            evaluate(&head, &to_tensor(entry, device)?, &labels(entry, device), args.batch_size)?;
         tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
-        metrics.insert(
-            split.to_owned(),
-            SplitMetrics { loss: eval.loss, acc: eval.acc, per_class: matrix.per_class() },
-        );
+        let truth = entry.labels.iter().map(|&l| l as i64).collect();
+        Ok((truth, eval.predictions, eval.loss))
+    };
+    let val_eval = eval_split("validation", &val_entry)?;
+    let test_eval = test_entry.as_ref().map(|t| eval_split("test", t)).transpose()?;
+    fn split((truth, predicted, loss): &(Vec<i64>, Vec<i64>, f64)) -> SplitEvaluation<'_> {
+        SplitEvaluation { truth, predicted, loss: *loss, source: None }
     }
-    run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
-    let mut all_outputs: Vec<String> = outputs.iter().map(|s| (*s).to_owned()).collect();
-    for split in metrics.keys() {
-        all_outputs.push(format!("confusion_{split}.csv"));
-        all_outputs.push(format!("confusion_{split}.png"));
+    // Early stopping with restore puts back the best epoch's weights; otherwise the last stay.
+    let restored = args.restore_best && args.early_stopping_patience.is_some();
+    let kept_epoch = if restored { outputs::best_epoch(&history) } else { None };
+    let written = StageEvaluation {
+        classes: &classes,
+        history: &history,
+        kept_epoch: kept_epoch.unwrap_or(history.len()),
+        smoothing: (args.smoothing > 0.0).then_some(args.smoothing),
+        validation: split(&val_eval),
+        test: test_eval.as_ref().map(split),
     }
+    .write(&args.out)?;
+
+    let mut files = written.files;
+    files.push(WEIGHTS_FILE.to_owned());
     let inputs = BTreeMap::from([(
         "features.json".to_owned(),
         run_folder::file_sha256(&args.features)?.sha256,
     )]);
-    let summary = serde_json::json!({
-        "device": format!("{device:?}"),
-        "epochs_run": history.len(),
-        "validation_acc": metrics.get("validation").map(|m| m.acc),
-        "test_acc": metrics.get("test").map(|m| m.acc),
-        "augmented_passes": train.passes.len(),
-    });
-    let names: Vec<&str> = all_outputs.iter().map(String::as_str).collect();
+    let summary = outputs::stage_summary(
+        &written.metrics,
+        device,
+        serde_json::json!({ "augmented_passes": train.passes.len() }),
+    );
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
     run_folder::StageRecord::write(
         &args.out,
         "train-head",
@@ -292,9 +253,8 @@ fn run(args: Args) -> Result<()> {
         summary,
     )?;
     eprintln!(
-        "train-head: validation acc {:.4}{} in {:.1}s -> {}",
-        metrics["validation"].acc,
-        metrics.get("test").map(|m| format!(", test acc {:.4}", m.acc)).unwrap_or_default(),
+        "train-head: {} in {:.1}s -> {}",
+        outputs::accuracy_line(&written.metrics),
         started.elapsed().as_secs_f64(),
         args.out.display()
     );

@@ -112,17 +112,26 @@ fn writes_every_output_and_learns() {
         "metrics.json",
         "confusion_validation.csv",
         "confusion_test.png",
+        "confusion_test_normalised.png",
         "stage.json",
     ] {
         assert!(out.join(f).is_file(), "missing {f}");
     }
-    let metrics: serde_json::Value = run_folder::read_json(&out.join("metrics.json")).unwrap();
-    let test_acc = metrics["test"]["acc"].as_f64().unwrap();
-    assert!(test_acc > 0.8, "test acc {test_acc}");
+    let metrics = run_folder::StageMetrics::read(&out).unwrap();
+    let test = metrics.test.as_ref().expect("a test split");
+    assert!(test.acc > 0.8, "test acc {}", test.acc);
+    assert_eq!(test.per_class.len(), 2);
+    assert_eq!(test.images, test.per_class.iter().map(|c| c.support).sum::<u64>());
+    // No early stopping: the last epoch's weights are the ones evaluated and saved.
+    assert_eq!((metrics.kept.epoch, metrics.kept.of), (10, 10));
     let history = training::read_history(&out.join("history.csv")).unwrap();
     assert_eq!(history.len(), 10);
     let stage = run_folder::StageRecord::read(&out).unwrap();
     assert_eq!(stage.summary["augmented_passes"], 2);
+    assert_eq!(stage.summary["test_acc"], test.acc);
+    for f in ["confusion_validation_normalised.png", "loss_smoothed.png", "head.safetensors"] {
+        assert!(stage.outputs.contains_key(f), "{f} missing from stage.json");
+    }
     assert_eq!(stage.damaged_output(&out), None);
     let weights = training::tensors_io::load(&out.join("head.safetensors")).unwrap();
     assert_eq!(weights.metadata["class_names"], r#"["shirt","t-shirt_top"]"#);
@@ -144,6 +153,24 @@ fn same_seed_same_bytes() {
         training::history_csv(&h)
     };
     assert_eq!(strip_seconds(&a.join("history.csv")), strip_seconds(&b.join("history.csv")));
+}
+
+#[test]
+fn restored_best_epoch_is_the_kept_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let features = setup(dir.path(), 8, 8);
+    let out = dir.path().join("head");
+    let args = ["--early-stopping-patience", "3", "--restore-best"];
+    let result = train_head(&features, &out, &args);
+    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let metrics = run_folder::StageMetrics::read(&out).unwrap();
+    let history = training::read_history(&out.join("history.csv")).unwrap();
+    assert_eq!(metrics.kept.of, history.len());
+    // The kept epoch is the first with the lowest validation loss (history.csv rounds to 1e-6).
+    let best = history.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
+    let first = history.iter().find(|r| r.val_loss == best).unwrap();
+    assert_eq!(metrics.kept.epoch, first.epoch, "{history:?}");
+    assert!((metrics.kept.val_loss - best).abs() < 1e-6);
 }
 
 #[test]
