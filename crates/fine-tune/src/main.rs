@@ -18,12 +18,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use augment::{AugmentConfig, AugmentSpec};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use models::{DeviceChoice, LayerName, Preprocessing};
 use serde::Serialize;
 use training::checkpoint::CheckpointDir;
-use training::plot::{Metric, plot_confusion, plot_history};
-use training::{ConfusionMatrix, HeadSpec, OptimizerSpec, tensors_io};
+use training::outputs::{self, SplitEvaluation, StageEvaluation};
+use training::{HeadSpec, OptimizerChoice, tensors_io};
 
 use crate::data::{TrainSource, TrunkCache, TrunkExpect, TrunkSet};
 use crate::net::{Net, head_input_width, trunk_layer};
@@ -141,22 +141,6 @@ struct Args {
     stop_after_steps: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum OptimizerChoice {
-    Rmsprop,
-    Adam,
-}
-
-impl OptimizerChoice {
-    fn spec(self, lr: f64) -> OptimizerSpec {
-        match self {
-            Self::Rmsprop => OptimizerSpec::rmsprop(lr),
-            Self::Adam => OptimizerSpec::adam(lr),
-        }
-    }
-}
-
 /// Everything that determines the result, written to config.json before training starts; a
 /// checkpoint resumes only a run with the same digest.
 #[derive(Debug, Serialize)]
@@ -190,22 +174,6 @@ struct StageConfig {
 struct HeadInit {
     path: PathBuf,
     sha256: String,
-}
-
-/// The best epoch in metrics.json.
-#[derive(Debug, Serialize)]
-struct BestMetrics {
-    epoch: usize,
-    val_loss: f64,
-    val_acc: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct SplitMetrics {
-    loss: f64,
-    acc: f64,
-    source: String,
-    per_class: Vec<training::ClassReport>,
 }
 
 const MODEL_FILE: &str = "model.safetensors";
@@ -550,7 +518,7 @@ fn run(args: Args) -> Result<bool> {
         &net.export(),
         &model_meta("final", history.len())?,
     )?;
-    let mut outputs: Vec<String> = vec![MODEL_FILE.into(), "history.csv".into()];
+    let mut files: Vec<String> = vec![MODEL_FILE.into()];
     let mut best_summary = None;
     if let Some(best) = checkpoints.load::<TrainState>(train::BEST)? {
         let trained: HashMap<String, tch::Tensor> = best.tensors.into_iter().collect();
@@ -564,66 +532,39 @@ fn run(args: Args) -> Result<bool> {
             .collect();
         let b = best.state.best.context("the best checkpoint records no best epoch")?;
         tensors_io::save(&args.out.join(BEST_FILE), &tensors, &model_meta("best", b.epoch)?)?;
-        outputs.push(BEST_FILE.into());
+        files.push(BEST_FILE.into());
         best_summary = Some(b);
     }
-    if !history.is_empty() {
-        plot_history(&args.out.join("accuracy.png"), &history, Metric::Accuracy, None)?;
-        plot_history(&args.out.join("loss.png"), &history, Metric::Loss, None)?;
-        outputs.extend(["accuracy.png".into(), "loss.png".into()]);
-        if args.smoothing > 0.0 {
-            plot_history(
-                &args.out.join("accuracy_smoothed.png"),
-                &history,
-                Metric::Accuracy,
-                Some(args.smoothing),
-            )?;
-            plot_history(
-                &args.out.join("loss_smoothed.png"),
-                &history,
-                Metric::Loss,
-                Some(args.smoothing),
-            )?;
-            outputs.extend(["accuracy_smoothed.png".into(), "loss_smoothed.png".into()]);
+    // The final weights (model.safetensors) are the ones evaluated.
+    let evaluations = [("validation", Some(&validation)), ("test", test.as_ref())]
+        .into_iter()
+        .filter_map(|(split, set)| set.map(|set| (split, set)))
+        .map(|(split, set)| {
+            let eval = train::evaluate(&net, set, batch)?;
+            tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
+            Ok((set, eval.predictions, eval.loss))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    fn split<'a>((set, predicted, loss): &'a (&TrunkSet, Vec<i64>, f64)) -> SplitEvaluation<'a> {
+        SplitEvaluation {
+            truth: &set.truth,
+            predicted,
+            loss: *loss,
+            source: Some(set.source.clone()),
         }
     }
-    let mut metrics = BTreeMap::new();
-    for (split, set) in [("validation", Some(&validation)), ("test", test.as_ref())] {
-        let Some(set) = set else { continue };
-        let eval = train::evaluate(&net, set, batch)?;
-        let matrix = ConfusionMatrix::new(&classes, &set.truth, &eval.predictions);
-        run_folder::write_atomic(
-            &args.out.join(format!("confusion_{split}.csv")),
-            matrix.to_csv().as_bytes(),
-        )?;
-        plot_confusion(
-            &args.out.join(format!("confusion_{split}.png")),
-            &matrix,
-            &format!("Confusion matrix ({split})"),
-        )?;
-        outputs.extend([format!("confusion_{split}.csv"), format!("confusion_{split}.png")]);
-        tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
-        metrics.insert(
-            split.to_owned(),
-            serde_json::to_value(SplitMetrics {
-                loss: eval.loss,
-                acc: eval.acc,
-                source: set.source.clone(),
-                per_class: matrix.per_class(),
-            })?,
-        );
+    let written = StageEvaluation {
+        classes: &classes,
+        history: &history,
+        kept_epoch: history.len(),
+        smoothing: (args.smoothing > 0.0).then_some(args.smoothing),
+        validation: split(&evaluations[0]),
+        test: evaluations.get(1).map(split),
     }
-    let seconds: Vec<f64> = history.iter().map(|r| r.seconds).collect();
-    let median_epoch_seconds = median(&seconds);
-    let best_metrics = best_summary.as_ref().map(|b| BestMetrics {
-        epoch: b.epoch,
-        val_loss: b.val_loss,
-        val_acc: b.val_acc,
-    });
-    metrics.insert("best".to_owned(), serde_json::to_value(best_metrics)?);
-    metrics.insert("median_epoch_seconds".to_owned(), serde_json::to_value(median_epoch_seconds)?);
-    run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
-    outputs.push("metrics.json".into());
+    .write(&args.out)?;
+    files.extend(written.files);
+    let metrics = written.metrics;
+    let median_epoch_seconds = outputs::median_epoch_seconds(&history);
 
     let mut inputs = BTreeMap::from([
         ("weights".to_owned(), weights_sha256.clone()),
@@ -635,21 +576,20 @@ fn run(args: Args) -> Result<bool> {
     if let Some(info) = &config.trunk_cache {
         inputs.insert("trunk_cache".to_owned(), info.features_json_sha256.clone());
     }
-    let acc = |split: &str| metrics.get(split).and_then(|m| m.get("acc")).and_then(|a| a.as_f64());
-    let summary = serde_json::json!({
-        "device": format!("{device:?}"),
-        "mode": config.mode,
-        "epochs_run": history.len(),
-        "validation_acc": acc("validation"),
-        "test_acc": acc("test"),
-        "best_epoch": best_summary.as_ref().map(|b| b.epoch),
-        "median_epoch_seconds": median_epoch_seconds,
-        "train_images_per_second": median_epoch_seconds.map(|s| (args.steps_per_epoch * batch) as f64 / s),
-        "autocast": autocast,
-        // Seconds per part of each epoch this process ran (a resumed epoch counts its own steps).
-        "epoch_breakdown": breakdowns,
-    });
-    let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    let summary = outputs::stage_summary(
+        &metrics,
+        device,
+        serde_json::json!({
+            "mode": config.mode,
+            "best_epoch": best_summary.as_ref().map(|b| b.epoch),
+            "median_epoch_seconds": median_epoch_seconds,
+            "train_images_per_second": median_epoch_seconds.map(|s| (args.steps_per_epoch * batch) as f64 / s),
+            "autocast": autocast,
+            // Seconds per part of each epoch this process ran (a resumed epoch counts its own steps).
+            "epoch_breakdown": breakdowns,
+        }),
+    );
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
     run_folder::StageRecord::write(
         &args.out,
         "fine-tune",
@@ -660,21 +600,14 @@ fn run(args: Args) -> Result<bool> {
         summary,
     )?;
     eprintln!(
-        "fine-tune ({}): validation acc {:.4}{} after {} epochs in {:.1}s -> {}",
+        "fine-tune ({}): {} after {} epochs in {:.1}s -> {}",
         config.mode,
-        acc("validation").unwrap_or(f64::NAN),
-        acc("test").map(|a| format!(", test acc {a:.4}")).unwrap_or_default(),
+        outputs::accuracy_line(&metrics),
         history.len(),
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
     Ok(true)
-}
-
-fn median(values: &[f64]) -> Option<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    (!v.is_empty()).then(|| v[v.len() / 2])
 }
 
 /// The dataset as an input of this stage (see `dataset::tree_digest`).

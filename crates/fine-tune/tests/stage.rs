@@ -216,16 +216,21 @@ fn outputs_follow_the_stage_contract() {
         history[1].ends_with(",1e-3") && history[2].ends_with(",1e-4"),
         "learning rate per phase: {history:?}"
     );
-    let metrics: serde_json::Value = run_folder::read_json(&dir.join("metrics.json")).unwrap();
-    for split in ["validation", "test"] {
-        let acc = metrics[split]["acc"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&acc), "{split} acc {acc}");
-        assert_eq!(metrics[split]["source"], "images");
+    let metrics = run_folder::StageMetrics::read(dir).unwrap();
+    for (split, m) in
+        [("validation", &metrics.validation), ("test", metrics.test.as_ref().unwrap())]
+    {
+        assert!((0.0..=1.0).contains(&m.acc), "{split} acc {}", m.acc);
+        assert_eq!(m.source.as_deref(), Some("images"));
+        assert_eq!(m.images, 6, "{split}");
     }
+    // model.safetensors holds the last epoch, so that is the one evaluated; the best is in
+    // best.safetensors and the summary.
+    assert_eq!((metrics.kept.epoch, metrics.kept.of), (2, 2));
     assert!(
-        metrics["best"]["epoch"].as_u64().is_some_and(|e| (1..=2).contains(&e)),
+        record.summary["best_epoch"].as_u64().is_some_and(|e| (1..=2).contains(&e)),
         "{}",
-        metrics["best"]
+        record.summary["best_epoch"]
     );
     let csv = std::fs::read_to_string(dir.join("confusion_test.csv")).unwrap();
     assert!(csv.starts_with("true\\predicted,cat,dog\ncat,"), "{csv}");
@@ -429,13 +434,11 @@ fn cached_trunk_trains_like_the_plain_mode() {
     let record = run_folder::StageRecord::read(&cached).unwrap();
     assert_eq!(record.summary["mode"], "cached-trunk");
     assert!(record.inputs.contains_key("trunk_cache"));
-    let metrics: serde_json::Value = run_folder::read_json(&cached.join("metrics.json")).unwrap();
-    assert!(
-        metrics["validation"]["source"].as_str().unwrap().starts_with("cache "),
-        "{}",
-        metrics["validation"]
-    );
-    assert_eq!(metrics["test"]["source"], "images", "the record has no test entry");
+    let metrics = run_folder::StageMetrics::read(&cached).unwrap();
+    let source = metrics.validation.source.as_deref().unwrap();
+    assert!(source.starts_with("cache "), "{source}");
+    let test = metrics.test.as_ref().unwrap();
+    assert_eq!(test.source.as_deref(), Some("images"), "the record has no test entry");
 
     // Same batches, same dropout masks, trunk features computed elsewhere: the same training up
     // to float rounding (bit-identical on this machine). Compared against how far training moved
