@@ -11,15 +11,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use augment::{AugmentConfig, AugmentSpec};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use models::DeviceChoice;
 use models::weights::Provenance;
 use pretrain::data::{self, Images};
 use pretrain::net::{self, ArchChoice, ConvNet, PREPROCESSING};
 use pretrain::train::{self, TrainConfig};
 use serde::Serialize;
-use training::plot::{Metric, plot_confusion, plot_history};
-use training::{ConfusionMatrix, Optimizer, OptimizerSpec, tensors_io};
+use training::outputs::{self, SplitEvaluation, StageEvaluation};
+use training::{Optimizer, OptimizerChoice, OptimizerSpec, tensors_io};
 
 /// Train a convnet from scratch on an image-folder dataset (`train/`, `validation/`, optional
 /// `test/`, one folder per class) and save its conv base as weights for extract-features and
@@ -83,13 +83,6 @@ struct Args {
     device: DeviceChoice,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-enum OptimizerChoice {
-    Rmsprop,
-    Adam,
-}
-
 /// Everything that determines the result, written to config.json before training starts.
 #[derive(Debug, Serialize)]
 struct StageConfig<'a> {
@@ -109,13 +102,6 @@ struct StageConfig<'a> {
     restore_best: bool,
     seed: u64,
     device: String,
-}
-
-#[derive(Debug, Serialize)]
-struct SplitMetrics {
-    loss: f64,
-    acc: f64,
-    per_class: Vec<training::ClassReport>,
 }
 
 const BASE_FILE: &str = "base.safetensors";
@@ -153,10 +139,7 @@ fn run(args: Args) -> Result<()> {
         (None, true) => Some(AugmentConfig::new(AugmentSpec::seed_generator())?),
         (None, false) => None,
     };
-    let optimizer_spec = match args.optimizer {
-        OptimizerChoice::Rmsprop => OptimizerSpec::rmsprop(args.lr),
-        OptimizerChoice::Adam => OptimizerSpec::adam(args.lr),
-    };
+    let optimizer_spec = args.optimizer.spec(args.lr);
 
     let data_sha256 = data_digest(&args.data)?;
     let classes = data::scan(&args.data, "train")?.classes;
@@ -229,48 +212,33 @@ fn run(args: Args) -> Result<()> {
         })?;
     let history = &trained.history;
 
-    // Evaluation of the weights we keep, then the files.
-    let mut metrics = BTreeMap::new();
-    let mut outputs: Vec<String> =
-        ["history.csv", "accuracy.png", "loss.png", BASE_FILE, MODEL_FILE, "metrics.json"]
-            .map(String::from)
-            .to_vec();
-    for (split, images) in [("validation", Some(&val_set)), ("test", test_set.as_ref())] {
-        let Some(images) = images else { continue };
+    // Evaluation of the weights we keep and its files, then the weights.
+    let evaluate = |split: &str, images: &Images| -> Result<(Vec<i64>, f64)> {
         let eval = train::evaluate(&net, images, args.batch_size)?;
-        let matrix = ConfusionMatrix::new(&classes, &images.labels, &eval.predictions);
-        run_folder::write_atomic(
-            &args.out.join(format!("confusion_{split}.csv")),
-            matrix.to_csv().as_bytes(),
-        )?;
-        plot_confusion(
-            &args.out.join(format!("confusion_{split}.png")),
-            &matrix,
-            &format!("Confusion matrix ({split})"),
-        )?;
-        outputs.extend([format!("confusion_{split}.csv"), format!("confusion_{split}.png")]);
         tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
-        metrics.insert(
-            split.to_owned(),
-            SplitMetrics { loss: eval.loss, acc: eval.acc, per_class: matrix.per_class() },
-        );
+        Ok((eval.predictions, eval.loss))
+    };
+    let val_eval = evaluate("validation", &val_set)?;
+    let test_eval = test_set.as_ref().map(|t| anyhow::Ok((t, evaluate("test", t)?))).transpose()?;
+    fn split<'a>(
+        images: &'a Images,
+        (predicted, loss): &'a (Vec<i64>, f64),
+    ) -> SplitEvaluation<'a> {
+        SplitEvaluation { truth: &images.labels, predicted, loss: *loss, source: None }
     }
-
-    let smoothing = (args.smoothing > 0.0).then_some(args.smoothing);
-    plot_history(&args.out.join("accuracy.png"), history, Metric::Accuracy, None)?;
-    plot_history(&args.out.join("loss.png"), history, Metric::Loss, None)?;
-    if smoothing.is_some() {
-        plot_history(
-            &args.out.join("accuracy_smoothed.png"),
-            history,
-            Metric::Accuracy,
-            smoothing,
-        )?;
-        plot_history(&args.out.join("loss_smoothed.png"), history, Metric::Loss, smoothing)?;
-        outputs.extend(["accuracy_smoothed.png", "loss_smoothed.png"].map(String::from));
+    let written = StageEvaluation {
+        classes: &classes,
+        history,
+        kept_epoch: trained.kept_epoch,
+        smoothing: (args.smoothing > 0.0).then_some(args.smoothing),
+        validation: split(&val_set, &val_eval),
+        test: test_eval.as_ref().map(|(images, eval)| split(images, eval)),
     }
+    .write(&args.out)?;
+    let mut files = written.files;
+    let metrics = written.metrics;
 
-    let val_acc = metrics["validation"].acc;
+    let val_acc = metrics.validation.acc;
     let provenance = Provenance {
         preprocessing: PREPROCESSING,
         source: format!(
@@ -298,20 +266,19 @@ fn run(args: Args) -> Result<()> {
         ("base_sha256".to_owned(), base_meta.digest.clone()),
     ]);
     tensors_io::save(&args.out.join(MODEL_FILE), &net.variables(), &metadata)?;
-    run_folder::write_json(&args.out.join("metrics.json"), &metrics)?;
 
     let inputs = BTreeMap::from([("data".to_owned(), data_sha256.clone())]);
-    let summary = serde_json::json!({
-        "device": format!("{device:?}"),
-        "architecture": arch.name(),
-        "epochs_run": history.len(),
-        "kept_epoch": trained.kept_epoch,
-        "validation_acc": val_acc,
-        "test_acc": metrics.get("test").map(|m| m.acc),
-        "base_sha256": base_meta.digest,
-        "train_seconds": history.iter().map(|r| r.seconds).sum::<f64>(),
-    });
-    let names: Vec<&str> = outputs.iter().map(String::as_str).collect();
+    files.extend([BASE_FILE, MODEL_FILE].map(String::from));
+    let summary = outputs::stage_summary(
+        &metrics,
+        device,
+        serde_json::json!({
+            "architecture": arch.name(),
+            "base_sha256": base_meta.digest,
+            "train_seconds": history.iter().map(|r| r.seconds).sum::<f64>(),
+        }),
+    );
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
     run_folder::StageRecord::write(
         &args.out,
         "pretrain",
@@ -322,9 +289,9 @@ fn run(args: Args) -> Result<()> {
         summary,
     )?;
     eprintln!(
-        "pretrain: {} validation acc {val_acc:.4}{} (epoch {} of {}) in {:.1}s -> {}",
+        "pretrain: {} {} (epoch {} of {}) in {:.1}s -> {}",
         arch.name(),
-        metrics.get("test").map(|m| format!(", test acc {:.4}", m.acc)).unwrap_or_default(),
+        outputs::accuracy_line(&metrics),
         trained.kept_epoch,
         history.len(),
         started.elapsed().as_secs_f64(),

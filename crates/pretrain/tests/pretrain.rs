@@ -217,6 +217,14 @@ fn binary_writes_a_complete_stage() {
     assert!(w.meta.source.contains("small_convnet trained from scratch"), "{}", w.meta.source);
     let history = training::read_history(&out.join("history.csv")).unwrap();
     assert_eq!(history.len(), 2);
+    let metrics = run_folder::StageMetrics::read(&out).unwrap();
+    assert_eq!(metrics.kept.of, 2);
+    assert!((1..=2).contains(&metrics.kept.epoch), "{:?}", metrics.kept);
+    assert_eq!(record.summary["kept_epoch"], metrics.kept.epoch);
+    let test = metrics.test.as_ref().expect("the fixture has a test split");
+    assert_eq!(record.summary["test_acc"], test.acc);
+    assert_eq!(test.images, test.per_class.iter().map(|c| c.support).sum::<u64>());
+    assert!(record.outputs.contains_key("confusion_validation_normalised.png"));
 
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_pretrain"))
         .args(["--input-size", "40", "--device", "cpu", "--data"])
