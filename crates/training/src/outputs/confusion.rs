@@ -8,7 +8,9 @@ use serde::Serialize;
 /// (`classes.len()` rows of `classes.len()` columns).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConfusionMatrix {
+    /// Class names in class-index order.
     pub classes: Vec<String>,
+    /// `counts[true][predicted]`.
     pub counts: Vec<Vec<u64>>,
 }
 

@@ -50,7 +50,9 @@ pub struct StageEvaluation<'a> {
     pub kept_epoch: usize,
     /// Also draw Chollet's exponentially smoothed curves with this factor (e.g. 0.8).
     pub smoothing: Option<f64>,
+    /// The validation split (every training stage has one).
     pub validation: SplitEvaluation<'a>,
+    /// The test split, when the dataset has one.
     pub test: Option<SplitEvaluation<'a>>,
 }
 

@@ -45,7 +45,9 @@ pub fn smooth(points: &[f64], factor: f64) -> Vec<f64> {
 /// Which curve pair to draw.
 #[derive(Debug, Clone, Copy)]
 pub enum Metric {
+    /// `acc` and `val_acc`.
     Accuracy,
+    /// `loss` and `val_loss`.
     Loss,
 }
 
