@@ -60,17 +60,22 @@ impl Libtorch {
 
 /// Returns a libtorch of the right version, installing it if there is none.
 pub fn ensure() -> Result<Libtorch> {
+    match find()? {
+        Some(found) => Ok(found),
+        None => bootstrap(&venv_dir()?),
+    }
+}
+
+/// The libtorch `ensure` would use, without installing one: `LIBTORCH` (version-checked), else
+/// a finished venv; `None` when there is neither.
+pub fn find() -> Result<Option<Libtorch>> {
     if let Some(dir) = std::env::var_os("LIBTORCH").filter(|v| !v.is_empty()) {
         let torch_dir = PathBuf::from(dir);
         check_user_libtorch(&torch_dir)?;
         tracing::info!(path = %torch_dir.display(), "using libtorch from LIBTORCH");
-        return Ok(Libtorch { torch_dir, python: None });
+        return Ok(Some(Libtorch { torch_dir, python: None }));
     }
-    let venv = venv_dir()?;
-    if let Some(found) = finished_venv(&venv)? {
-        return Ok(found);
-    }
-    bootstrap(&venv)
+    finished_venv(&venv_dir()?)
 }
 
 /// Where the bootstrapped venv lives.

@@ -8,6 +8,7 @@ mod gpu_check;
 mod libtorch;
 mod pipeline;
 mod report;
+mod stage_args;
 mod weights;
 
 use std::process::{Command, ExitCode};
