@@ -8,7 +8,12 @@
 # without cuDNN benchmark, writes gpu-check.json and prints a table last. Without CUDA it says so,
 # runs its CPU half and exits 0. Python standard library only (no numpy needed).
 #
-# Usage (the bundle made by `cargo xtask gpu-check --prepare DIR` holds this file, bin/, data/):
+# The command lines of the binaries come from bundle.json (`commands`, written by xtask from the
+# same typed builders the pipeline uses), so no flag of theirs is spelled here: an argument
+# `{name}` in them is a value this script fills in.
+#
+# Usage (the bundle made by `cargo xtask gpu-check --prepare DIR` holds this file, bin/, data/,
+# bundle.json):
 #   python3 DIR/gpu_check.py --out RESULTS [--torch-lib TORCH/lib] [--cpu-only]
 # The torch library folder: --torch-lib, else $TORCH_LIB, else the `torch` package this Python
 # can import (located without importing it), else a bounded search of the usual venv places for
@@ -83,7 +88,7 @@ class Check:
 def torch_lib_dir(args):
     """The torch library folder and how it was found (None: use the binaries' RUNPATH)."""
     if args.torch_lib:
-        return args.torch_lib, "--torch-lib"
+        return args.torch_lib, "the --torch-lib option"
     if os.environ.get("TORCH_LIB"):
         return os.environ["TORCH_LIB"], "$TORCH_LIB"
     try:
@@ -147,6 +152,21 @@ def child_env(lib):
         if os.path.exists(cuda_lib):
             env["LD_PRELOAD"] = cuda_lib + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
     return env
+
+
+def command(ctx, key, **values):
+    """The argv of bundle.json's command `key` (its binary from --bin-dir), each `{name}`
+    argument replaced by values[name]."""
+    spec = ctx["commands"][key]
+    argv = [ctx["bin"][spec["binary"]]]
+    for arg in spec["args"]:
+        if len(arg) > 2 and arg[0] == "{" and arg[-1] == "}":
+            name = arg[1:-1]
+            if name not in values:
+                raise SystemExit(f"error: bundle.json's command {key} has a slot {arg} this script does not fill (a bundle from another version?)")
+            arg = str(values[name])
+        argv.append(arg)
+    return argv
 
 
 def run(check, name, argv, env, expect_fail=False):
@@ -273,15 +293,14 @@ def extract(check, ctx, name, device, precision, splits, batch, tf32=True, bench
     stage summary, or None when it failed."""
     run_dir = os.path.join(ctx["work"], "runs", name)
     cache_dir = os.path.join(ctx["work"], "caches", name)
-    argv = [
-        ctx["bin"]["extract-features"], "--data", ctx["data"], "--splits", ",".join(splits),
-        "--weights", ctx["weights"], "--out", run_dir, "--cache-dir", cache_dir,
-        "--input-size", str(check.args.size), "--batch-size", str(batch),
-        "--device", device, "--precision", precision,
-    ]
+    # On CUDA the command also sets cuDNN benchmark.
+    argv = command(
+        ctx, "extract" if device == "cpu" else "extract-gpu",
+        data=ctx["data"], splits=",".join(splits), weights=ctx["weights"], out=run_dir, cache_dir=cache_dir,
+        size=check.args.size, batch=batch, device=device, precision=precision, benchmark="true" if benchmark else "false",
+    )
     env = dict(ctx["env"])
     if device != "cpu":
-        argv += ["--cudnn-benchmark", "true" if benchmark else "false"]
         if not tf32:
             # NVIDIA's libraries (cuDNN, cuBLAS) honour this: 0 turns TF32 off whatever libtorch
             # asks for; libtorch itself allows TF32 in float32 convolutions by default.
@@ -330,15 +349,15 @@ def parity(check, name, variant, result, reference, split):
     return stats
 
 
-def fine_tune(check, ctx, name, device, data, steps, batch, epochs, extra=()):
-    """One fine-tune run (no head phase, block5 unfrozen); returns the timing row or None."""
+def fine_tune(check, ctx, name, device, data, steps, batch, epochs, variant="fine-tune"):
+    """One fine-tune run (no head phase, block5 unfrozen) with bundle.json's command `variant`;
+    returns the timing row or None."""
     run_dir = os.path.join(ctx["work"], "runs", name)
-    argv = [
-        ctx["bin"]["fine-tune"], "--data", data, "--weights", ctx["weights"], "--out", run_dir,
-        "--input-size", str(check.args.size), "--head-epochs", "0", "--epochs", str(epochs),
-        "--steps-per-epoch", str(steps), "--batch-size", str(batch), "--device", device, "--seed", "0",
-        *extra,
-    ]
+    values = dict(data=data, weights=ctx["weights"], out=run_dir, size=check.args.size, epochs=epochs, steps=steps, batch=batch, device=device)
+    argv = command(ctx, variant, **values)
+    # What the variant adds to the plain command, for the table.
+    base = command(ctx, "fine-tune", **values)
+    extra = argv[len(base):] if argv[: len(base)] == base else argv[1:]
     ok, seconds, _ = run(check, name, argv, ctx["env"])
     if not ok:
         check.fail(f"{name}: fine-tune failed (logs/{name}.log)")
@@ -439,21 +458,18 @@ def extraction(check, ctx, variants, reference, parity_split, bulk_split):
 
 def gpu_fine_tune(check, ctx):
     args = check.args
-    _, _, help_text = run(check, "fine-tune-help", [ctx["bin"]["fine-tune"], "--help"], ctx["env"])
-    runs = [("fine-tune-gpu-f32", [])]
-    # fine-tune sets cuDNN benchmark on CUDA; these variants run when it offers the switches.
-    if "--cudnn-benchmark" in help_text:
-        runs.append(("fine-tune-gpu-f32-nobench", ["--cudnn-benchmark", "false"]))
-    else:
-        check.notes.append("fine-tune has no --cudnn-benchmark switch: timed with benchmark on only")
-    if "--autocast" in help_text:
-        runs.append(("fine-tune-gpu-autocast", ["--autocast"]))
-    else:
-        check.notes.append("fine-tune has no --autocast switch: timed in float32 (TF32) only")
-    for name, extra in runs:
+    # fine-tune sets cuDNN benchmark on CUDA; the bundle has a command for each switch it offers.
+    runs = [("fine-tune-gpu-f32", "fine-tune")]
+    for variant, note in [("fine-tune-nobench", "no switch for cuDNN benchmark: timed with benchmark on only"),
+                          ("fine-tune-autocast", "no autocast switch: timed in float32 (TF32) only")]:
+        if variant in ctx["commands"]:
+            runs.append(("fine-tune-gpu-" + variant[len("fine-tune-"):], variant))
+        else:
+            check.notes.append(f"fine-tune has {note}")
+    for name, variant in runs:
         if check.over_budget(name):
             continue
-        row = fine_tune(check, ctx, name, args.device, ctx["fine_tune_data_gpu"], args.fine_tune_steps, args.fine_tune_batch, 2, extra)
+        row = fine_tune(check, ctx, name, args.device, ctx["fine_tune_data_gpu"], args.fine_tune_steps, args.fine_tune_batch, 2, variant)
         if row:
             check.fine_tune_rows.append(row)
 
@@ -535,16 +551,20 @@ def main():
     if lib and not os.path.isfile(os.path.join(lib, "libtorch_cpu.so")):
         raise SystemExit(f"error: {lib} (from {lib_source}) has no libtorch_cpu.so: give the torch/lib folder with --torch-lib")
     env = child_env(lib)
+    bundle_path = os.path.join(HERE, "bundle.json")
+    try:
+        with open(bundle_path) as f:
+            bundle = json.load(f)
+        commands = bundle["commands"]
+    except (OSError, ValueError, KeyError) as err:
+        raise SystemExit(f"error: {bundle_path} has no command lines ({err!r}): make the bundle with `cargo xtask gpu-check --prepare DIR`")
     bins = {}
-    for name in ("extract-features", "fine-tune", "vgg16-weights"):
+    for name in sorted({spec["binary"] for spec in commands.values()}):
         path = os.path.join(args.bin_dir, name)
         if not os.access(path, os.X_OK):
             raise SystemExit(f"error: {path} is missing or not executable (make the bundle with `cargo xtask gpu-check --prepare DIR`)")
         bins[name] = path
-    bundle = {}
-    if os.path.isfile(os.path.join(HERE, "bundle.json")):
-        with open(os.path.join(HERE, "bundle.json")) as f:
-            bundle = json.load(f)
+    ctx = {"bin": bins, "commands": commands, "env": env}
     log(f"python {platform.python_version()} at {sys.executable}; {os.cpu_count()} CPUs; glibc {'-'.join(platform.libc_ver())}")
     version = torch_version(lib) if lib else None
     log(f"torch library folder: {lib or '(binaries RUNPATH)'} (from {lib_source}), torch {version or 'version unknown'}")
@@ -568,7 +588,7 @@ def main():
               "torch_lib": lib, "torch_lib_source": lib_source, "torch_version": version, "ld_preload": env.get("LD_PRELOAD"), "bundle": bundle,
               "tolerance_rel_l2": TOLERANCE}
     try:
-        ok, _, out = run(check, "devices", [bins["vgg16-weights"], "devices"], env)
+        ok, _, out = run(check, "devices", command(ctx, "devices"), env)
         if not ok:
             raise SystemExit(f"error: the binaries do not start here (see {args.out}/logs/devices.log): {out.strip().splitlines()[-1:]}")
         devices = json.loads(out.strip().splitlines()[-1])
@@ -581,10 +601,10 @@ def main():
             if gpus:
                 check.fail("nvidia-smi lists a GPU but our binaries do not see CUDA (is --torch-lib the CUDA build of torch 2.11.0?)")
         if args.cpu_only and devices["cuda_available"]:
-            log("--cpu-only: running the CPU half only")
+            log("with --cpu-only: running the CPU half only")
 
         weights = os.path.join(work, "vgg16-random.safetensors")
-        ok, _, out = run(check, "weights", [bins["vgg16-weights"], "random", "--seed", str(args.seed), "--out", weights], env)
+        ok, _, out = run(check, "weights", command(ctx, "random-weights", seed=args.seed, out=weights), env)
         if not ok:
             raise SystemExit(f"error: could not write random weights (see {args.out}/logs/weights.log)")
         digest = out.strip().splitlines()[-1]
@@ -602,7 +622,7 @@ def main():
         ft_cpu = os.path.join(work, "fine-tune-cpu")
         make_split(os.path.join(ft_cpu, "train"), train, args.cpu_fine_tune_steps * args.cpu_fine_tune_batch)
         make_split(os.path.join(ft_cpu, "validation"), validation, 4)
-        ctx = {"work": work, "bin": bins, "env": env, "weights": weights, "data": data, "fine_tune_data_cpu": ft_cpu}
+        ctx.update({"work": work, "weights": weights, "data": data, "fine_tune_data_cpu": ft_cpu})
         if cuda:
             ft_gpu = os.path.join(work, "fine-tune-gpu")
             make_split(os.path.join(ft_gpu, "train"), train, args.fine_tune_images)

@@ -9,6 +9,10 @@
 //! command runs the check: `python3 DIR/gpu_check.py --out RESULTS` (it finds that machine's
 //! torch library folder from its Python, or `--torch-lib` / `$TORCH_LIB`).
 //!
+//! The script spells no flag of our binaries: `bundle.json` carries the command lines it runs
+//! (`commands`), made by the typed builders of [`crate::stage_args`] with `{name}` placeholders
+//! for the values the script picks (paths in its scratch folder, sizes, devices).
+//!
 //! With no `--prepare`, it prepares `target/gpu-check` and runs the script here; without CUDA
 //! the script runs its CPU half and exits 0. `cargo xtask test` runs that CPU half on the debug
 //! binaries the tests built ([`cpu_half`]), so the script is exercised in CI.
@@ -23,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::libtorch::Libtorch;
+use crate::stage_args::{self, ExtractFeatures, FineTune, StageArgs, Vgg16Weights, flag};
 
 /// The script, kept beside this file and written into every bundle.
 const SCRIPT: &str = include_str!("gpu_check.py");
@@ -30,9 +35,9 @@ const SCRIPT_NAME: &str = "gpu_check.py";
 const BUNDLE_FILE: &str = "bundle.json";
 /// The binaries the script runs, with their packages.
 const BINARIES: [(&str, &str); 3] = [
-    ("extract-features", "extract-features"),
-    ("fine-tune", "fine-tune"),
-    ("models", "vgg16-weights"),
+    ("extract-features", ExtractFeatures::BINARY),
+    ("fine-tune", FineTune::BINARY),
+    ("models", Vgg16Weights::BINARY),
 ];
 /// Demo images packed per class: the script repeats them to the counts it times.
 const TRAIN_PER_CLASS: usize = 32;
@@ -92,6 +97,15 @@ pub fn cpu_half(torch: &Libtorch, root: &Path) -> Result<()> {
     let target = crate::weights::target_dir(root);
     let script_path = target.join("gpu-check-ci").join(SCRIPT_NAME);
     write(&script_path, SCRIPT.as_bytes())?;
+    // The command lines only: no binaries or images travel here.
+    let manifest = serde_json::json!({
+        "made_by": "cargo xtask test (the CPU half)",
+        "commands": commands()?,
+    });
+    write(
+        &target.join("gpu-check-ci").join(BUNDLE_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
     let mut cmd = script(torch, &script_path, &target.join("gpu-check-ci").join("out"));
     cmd.arg("--cpu-only")
         .arg("--bin-dir")
@@ -123,7 +137,7 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
         strip_copy(&release.join(bin), &dest)?;
         let bytes = std::fs::read(&dest).with_context(|| format!("reading {}", dest.display()))?;
         glibc = glibc.max(max_glibc(&bytes));
-        binaries.insert(bin, sha256_hex(&bytes));
+        binaries.insert(bin, run_folder::sha256_hex(&bytes));
     }
     write(&dir.join(SCRIPT_NAME), SCRIPT.as_bytes())?;
     let images = copy_subset(
@@ -135,9 +149,8 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
     // The digest the script should get when it makes the same weights on the GPU machine.
     let scratch = tempfile::tempdir().context("creating a temporary folder")?;
     let weights = scratch.path().join("random.safetensors");
-    let output = Command::new(bin_dir.join("vgg16-weights"))
-        .args(["random", "--seed", &WEIGHTS_SEED.to_string(), "--out"])
-        .arg(&weights)
+    let output = Command::new(bin_dir.join(Vgg16Weights::BINARY))
+        .args(Vgg16Weights::Random { seed: WEIGHTS_SEED, out: weights }.to_args())
         .output()
         .context("running vgg16-weights random")?;
     if !output.status.success() {
@@ -154,6 +167,7 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
         "images": images,
         "weights_seed": WEIGHTS_SEED,
         "weights_sha256": weights_sha256,
+        "commands": commands()?,
     });
     write(&dir.join(BUNDLE_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     let size = folder_size(dir)?;
@@ -166,6 +180,68 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
         );
     }
     Ok(size)
+}
+
+/// The command lines gpu_check.py runs, by name: `{"binary": ..., "args": [...]}`, each made by
+/// the builder of its binary; an argument `{name}` is a value the script fills in. The script
+/// runs `fine-tune` with each `fine-tune-*` command that exists (the base command's arguments
+/// come first in each).
+fn commands() -> Result<serde_json::Value> {
+    let slot = |name: &str| format!("{{{name}}}");
+    let command =
+        |binary: &str, args: Vec<String>| serde_json::json!({ "binary": binary, "args": args });
+
+    let extract = ExtractFeatures {
+        splits: Some(vec![slot("splits")]),
+        cache_dir: Some(slot("cache_dir").into()),
+        input_size: Some(0),
+        batch_size: Some(0),
+        device: Some(slot("device")),
+        precision: Some(slot("precision")),
+        ..ExtractFeatures::new(slot("data"), slot("weights"), slot("out"))
+    };
+    let extract_slots = [(flag::INPUT_SIZE, "size"), (flag::BATCH_SIZE, "batch")];
+    let extract_gpu = ExtractFeatures { cudnn_benchmark: Some(true), ..extract.clone() };
+    let mut gpu_slots = extract_slots.to_vec();
+    gpu_slots.push((flag::CUDNN_BENCHMARK, "benchmark"));
+
+    // No head phase, the seed's block5 unfrozen; the numbers are the script's to choose.
+    let fine_tune = FineTune {
+        input_size: Some(0),
+        head_epochs: Some(0),
+        epochs: Some(0),
+        steps_per_epoch: Some(0),
+        batch_size: Some(0),
+        device: Some(slot("device")),
+        seed: Some(0),
+        ..FineTune::new(slot("data"), slot("weights"), slot("out"))
+    };
+    let fine_tune_slots = [
+        (flag::INPUT_SIZE, "size"),
+        (flag::EPOCHS, "epochs"),
+        (flag::STEPS_PER_EPOCH, "steps"),
+        (flag::BATCH_SIZE, "batch"),
+    ];
+    let autocast = FineTune { autocast: true, ..fine_tune.clone() };
+
+    let random = Vgg16Weights::Random { seed: 0, out: slot("out").into() };
+    Ok(serde_json::json!({
+        "devices": command(Vgg16Weights::BINARY, Vgg16Weights::Devices.to_strings()),
+        "random-weights": command(
+            Vgg16Weights::BINARY,
+            stage_args::template(&random, &[(flag::SEED, "seed")])?,
+        ),
+        "extract": command(ExtractFeatures::BINARY, stage_args::template(&extract, &extract_slots)?),
+        "extract-gpu": command(
+            ExtractFeatures::BINARY,
+            stage_args::template(&extract_gpu, &gpu_slots)?,
+        ),
+        "fine-tune": command(FineTune::BINARY, stage_args::template(&fine_tune, &fine_tune_slots)?),
+        "fine-tune-autocast": command(
+            FineTune::BINARY,
+            stage_args::template(&autocast, &fine_tune_slots)?,
+        ),
+    }))
 }
 
 /// Empties `dir` for a new bundle: absent, empty, or an earlier bundle (it has bundle.json).
@@ -285,11 +361,6 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
 /// `git rev-parse HEAD`, with `-dirty` when the tree has changes; None without git.
 fn git_commit(root: &Path) -> Option<String> {
     let out = Command::new("git").current_dir(root).args(["rev-parse", "HEAD"]).output().ok()?;
@@ -340,6 +411,30 @@ mod tests {
         }
         let err = copy_subset(src.path(), dest.path(), &[("validation", 2)]).unwrap_err();
         assert!(format!("{err:#}").contains("validation"), "{err:#}");
+    }
+
+    /// The script spells no flag of ours: every command line comes from the bundle.
+    #[test]
+    fn the_script_runs_the_bundled_command_lines() {
+        let commands = commands().unwrap();
+        let args = |name: &str| -> Vec<String> {
+            serde_json::from_value(commands[name]["args"].clone()).unwrap()
+        };
+        let extract = args("extract");
+        for placeholder in ["{data}", "{splits}", "{weights}", "{out}", "{cache_dir}", "{size}"] {
+            assert!(extract.iter().any(|a| a == placeholder), "{placeholder} in {extract:?}");
+        }
+        assert_eq!(args("extract-gpu")[..extract.len()], extract);
+        let fine_tune = args("fine-tune");
+        assert_eq!(args("fine-tune-autocast")[..fine_tune.len()], fine_tune);
+        assert_eq!(commands["devices"]["binary"], "vgg16-weights");
+        // Outside its own options (argparse) and comments, the script has no `--flag` literal.
+        for (n, line) in SCRIPT.lines().enumerate() {
+            let code = line.split('#').next().unwrap_or_default();
+            if !code.contains("add_argument") {
+                assert!(!code.contains("\"--"), "gpu_check.py:{}: {line}", n + 1);
+            }
+        }
     }
 
     #[test]
