@@ -11,6 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+use crate::stage_args::{ExtractFeatures, StageArgs};
+
 /// Options after `cargo xtask bench extract --`.
 #[derive(Parser)]
 #[command(name = "cargo xtask bench extract")]
@@ -68,7 +70,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
-    let ours = crate::build_release(&torch, &root)?.join("extract-features");
+    let ours = crate::build_release(&torch, &root)?.join(ExtractFeatures::BINARY);
     let python = torch.python.clone().unwrap_or_else(|| "python3".into());
     let data = if args.data.is_absolute() { args.data.clone() } else { root.join(&args.data) };
     let images = list_images(&data, &args.splits)?;
@@ -86,28 +88,16 @@ pub fn run(args: &[String]) -> Result<()> {
             eprintln!("size {size}: run {}/{}", run + 1, args.runs);
             for precision in ["f32", "bf16"] {
                 let out = scratch.path().join(format!("run-{size}-{run}-{precision}"));
+                let stage = ExtractFeatures {
+                    splits: Some(args.splits.split(',').map(String::from).collect()),
+                    input_size: Some(size),
+                    precision: Some(precision.into()),
+                    device: Some("cpu".into()),
+                    cache_dir: Some(out.join("cache")),
+                    ..ExtractFeatures::new(&data, &weights, &out)
+                };
                 let mut cmd = Command::new(&ours);
-                cmd.args([
-                    "--data",
-                    data.to_str().context("utf-8 path")?,
-                    "--weights",
-                    weights.to_str().context("utf-8 path")?,
-                ])
-                .args([
-                    "--splits",
-                    &args.splits,
-                    "--input-size",
-                    &size.to_string(),
-                    "--precision",
-                    precision,
-                    "--device",
-                    "cpu",
-                ])
-                .arg("--out")
-                .arg(&out)
-                .arg("--cache-dir")
-                .arg(out.join("cache"))
-                .env("NO_COLOR", "1");
+                cmd.args(stage.to_args()).env("NO_COLOR", "1");
                 torch.configure(&mut cmd);
                 let seconds = timed(&mut cmd, "extract-features")?;
                 let record: serde_json::Value = run_folder::read_json(&out.join("stage.json"))?;

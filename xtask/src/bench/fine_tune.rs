@@ -19,6 +19,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde_json::Value;
 
+use crate::stage_args::{ExtractFeatures, FineTune, StageArgs, TrainHead};
+
 /// torchvision release built against the pinned torch (for the reference's transforms).
 const TORCHVISION: &str = "torchvision==0.26.0";
 
@@ -56,10 +58,10 @@ struct Args {
     accuracy: bool,
     /// Accuracy runs: head epochs before fine-tuning (and train-head epochs x 10).
     #[arg(long, default_value_t = 1)]
-    head_epochs: usize,
+    head_epochs: u32,
     /// Accuracy runs: fine-tuning epochs.
     #[arg(long, default_value_t = 2)]
-    epochs: usize,
+    epochs: u32,
 }
 
 /// Our epoch from a fine-tune stage.json: total and breakdown (seconds).
@@ -109,8 +111,6 @@ pub fn run(args: &[String]) -> Result<()> {
         ensure_torchvision(&python)?;
     }
     let size = args.size.to_string();
-    let weights_arg = weights.to_str().context("weights path is not UTF-8")?;
-    let data_arg = data.to_str().context("data path is not UTF-8")?;
     let cache = out.join("cache");
 
     eprintln!(
@@ -118,75 +118,52 @@ pub fn run(args: &[String]) -> Result<()> {
         args.passes
     );
     let extract = out.join("extract-block4");
-    let mut cmd = Command::new(bin("extract-features"));
-    cmd.args([
-        "--data",
-        data_arg,
-        "--weights",
-        weights_arg,
-        "--layer",
-        "block4_pool",
-        "--input-size",
-        &size,
-        "--device",
-        "cpu",
-    ])
-    .args(["--augment-passes", &args.passes.to_string()])
-    .arg("--cache-dir")
-    .arg(&cache)
-    .arg("--out")
-    .arg(&extract);
+    let trunk = ExtractFeatures {
+        layer: Some("block4_pool".into()),
+        input_size: Some(args.size),
+        device: Some("cpu".into()),
+        augment_passes: Some(args.passes),
+        cache_dir: Some(cache.clone()),
+        ..ExtractFeatures::new(&data, &weights, &extract)
+    };
+    let mut cmd = Command::new(bin(ExtractFeatures::BINARY));
+    cmd.args(trunk.to_args());
     let seconds = timed(&mut cmd, "extract-features")?;
     eprintln!("extraction (or verified cache hit): {seconds:.1} s");
-    let features = extract.join("features.json");
+    let features = extract.join(feature_cache::EXTRACTION_FILE);
 
-    let common = |cmd: &mut Command| {
-        cmd.args([
-            "--data",
-            data_arg,
-            "--weights",
-            weights_arg,
-            "--input-size",
-            &size,
-            "--device",
-            "cpu",
-            "--seed",
-            "0",
-        ]);
+    // One epoch, no head phase, block5 and the head trained.
+    let epoch = |dir: &Path| FineTune {
+        input_size: Some(args.size),
+        device: Some("cpu".into()),
+        seed: Some(0),
+        head_epochs: Some(0),
+        epochs: Some(1),
+        ..FineTune::new(&data, &weights, dir)
     };
     let (mut plain, mut cached, mut reference, mut loads) = (vec![], vec![], vec![], vec![]);
     for run in 1..=args.runs {
         let load = loadavg();
         let dir = out.join(format!("epoch-plain-{run}"));
-        let mut cmd = Command::new(bin("fine-tune"));
-        common(&mut cmd);
-        cmd.args(["--head-epochs", "0", "--epochs", "1"]).arg("--out").arg(&dir);
+        let mut cmd = Command::new(bin(FineTune::BINARY));
+        cmd.args(epoch(&dir).to_args());
         timed(&mut cmd, "fine-tune (plain)")?;
         plain.push(our_epoch(&dir)?);
 
         if !args.no_reference {
             let mut cmd = Command::new(&python);
-            cmd.arg(root.join("crates/fine-tune/bench/pytorch_reference.py")).args([
-                "--weights",
-                weights_arg,
-                "--data",
-                data_arg,
-                "--size",
-                &size,
-                "--epochs",
-                "1",
-            ]);
+            cmd.arg(root.join("crates/fine-tune/bench/pytorch_reference.py"))
+                .arg("--weights")
+                .arg(&weights)
+                .arg("--data")
+                .arg(&data)
+                .args(["--size", &size, "--epochs", "1"]);
             reference.push(reference_epoch(&mut cmd)?);
         }
 
         let dir = out.join(format!("epoch-cached-{run}"));
-        let mut cmd = Command::new(bin("fine-tune"));
-        common(&mut cmd);
-        cmd.args(["--head-epochs", "0", "--epochs", "1"])
-            .arg("--trunk-cache")
-            .arg(&features)
-            .arg("--out")
-            .arg(&dir);
+        let mut cmd = Command::new(bin(FineTune::BINARY));
+        cmd.args(FineTune { trunk_cache: Some(features.clone()), ..epoch(&dir) }.to_args());
         timed(&mut cmd, "fine-tune (cached-trunk)")?;
         cached.push(our_epoch(&dir)?);
         loads.push((load + loadavg()) / 2.0);
@@ -207,7 +184,7 @@ pub fn run(args: &[String]) -> Result<()> {
         print_timings(&args, &size, &plain, &reference, &cached, &loads);
     }
     if args.accuracy {
-        accuracy(&args, &out, &cache, &features, data_arg, weights_arg, &bin)?;
+        accuracy(&args, &out, &cache, &features, &data, &weights, &bin)?;
     }
     Ok(())
 }
@@ -290,18 +267,19 @@ fn accuracy(
     out: &Path,
     cache: &Path,
     trunk: &Path,
-    data: &str,
-    weights: &str,
+    data: &Path,
+    weights: &Path,
     bin: &dyn Fn(&str) -> PathBuf,
 ) -> Result<()> {
-    let size = args.size.to_string();
-    let (he, e) = (args.head_epochs.to_string(), args.epochs.to_string());
-    let head_epochs = (10 * args.head_epochs.max(1)).to_string();
-    println!("\nAccuracy on {data} at {size}x{size}, seed 0, CPU\n");
+    let size = args.size;
+    let (he, e) = (args.head_epochs, args.epochs);
+    let head_epochs = 10 * args.head_epochs.max(1);
+    println!("\nAccuracy on {} at {size}x{size}, seed 0, CPU\n", data.display());
     println!("| set-up | budget | validation acc | test acc | stage s | command |");
     println!("|---|---|---|---|---|---|");
     let show = |name: &str, budget: &str, dir: &Path, cmd: &Command| -> Result<()> {
-        let record: Value = run_folder::read_json(&dir.join("stage.json"))?;
+        let record = run_folder::StageRecord::read(dir)?;
+        let metrics = run_folder::StageMetrics::read(dir)?;
         let line = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
             .map(|a| a.to_string_lossy().into_owned())
@@ -309,71 +287,53 @@ fn accuracy(
             .join(" ");
         println!(
             "| {name} | {budget} | {:.3} | {:.3} | {:.0} | `{line}` |",
-            record["summary"]["validation_acc"].as_f64().unwrap_or(f64::NAN),
-            record["summary"]["test_acc"].as_f64().unwrap_or(f64::NAN),
-            record["seconds"].as_f64().unwrap_or(f64::NAN)
+            metrics.validation.acc,
+            metrics.test.map_or(f64::NAN, |t| t.acc),
+            record.seconds
         );
         Ok(())
     };
 
     // Head on block5_pool features, without and with augmented passes of the training split.
     let extract = out.join("extract-block5");
-    let mut cmd = Command::new(bin("extract-features"));
-    cmd.args([
-        "--data",
-        data,
-        "--weights",
-        weights,
-        "--layer",
-        "block5_pool",
-        "--input-size",
-        &size,
-        "--device",
-        "cpu",
-    ])
-    .args(["--augment-passes", &args.passes.to_string()])
-    .arg("--cache-dir")
-    .arg(cache)
-    .arg("--out")
-    .arg(&extract);
+    let block5 = ExtractFeatures {
+        layer: Some("block5_pool".into()),
+        input_size: Some(size),
+        device: Some("cpu".into()),
+        augment_passes: Some(args.passes),
+        cache_dir: Some(cache.to_owned()),
+        ..ExtractFeatures::new(data, weights, &extract)
+    };
+    let mut cmd = Command::new(bin(ExtractFeatures::BINARY));
+    cmd.args(block5.to_args());
     timed(&mut cmd, "extract-features (block5_pool)")?;
-    for (name, extra) in
-        [("head only", &["--no-augmented-passes"][..]), ("head, augmented passes", &[][..])]
-    {
-        let dir = out.join(if extra.is_empty() { "acc-head-augmented" } else { "acc-head" });
-        let mut cmd = Command::new(bin("train-head"));
-        cmd.arg("--features")
-            .arg(extract.join("features.json"))
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("--out")
-            .arg(&dir)
-            .args(["--epochs", &head_epochs, "--device", "cpu"])
-            .args(extra);
+    for (name, augmented) in [("head only", false), ("head, augmented passes", true)] {
+        let dir = out.join(if augmented { "acc-head-augmented" } else { "acc-head" });
+        let head = TrainHead {
+            cache_dir: Some(cache.to_owned()),
+            epochs: Some(head_epochs),
+            device: Some("cpu".into()),
+            no_augmented_passes: !augmented,
+            ..TrainHead::new(extract.join(feature_cache::EXTRACTION_FILE), &dir)
+        };
+        let mut cmd = Command::new(bin(TrainHead::BINARY));
+        cmd.args(head.to_args());
         timed(&mut cmd, "train-head")?;
         show(name, &format!("{head_epochs} head epochs"), &dir, &cmd)?;
     }
     for (name, cached) in [("fine-tune, plain", false), ("fine-tune, cached-trunk", true)] {
         let dir = out.join(if cached { "acc-fine-tune-cached" } else { "acc-fine-tune-plain" });
-        let mut cmd = Command::new(bin("fine-tune"));
-        cmd.args([
-            "--data",
-            data,
-            "--weights",
-            weights,
-            "--input-size",
-            &size,
-            "--device",
-            "cpu",
-            "--seed",
-            "0",
-        ])
-        .args(["--head-epochs", &he, "--epochs", &e])
-        .arg("--out")
-        .arg(&dir);
-        if cached {
-            cmd.arg("--trunk-cache").arg(trunk);
-        }
+        let fine_tune = FineTune {
+            input_size: Some(size),
+            device: Some("cpu".into()),
+            seed: Some(0),
+            head_epochs: Some(he),
+            epochs: Some(e),
+            trunk_cache: cached.then(|| trunk.to_owned()),
+            ..FineTune::new(data, weights, &dir)
+        };
+        let mut cmd = Command::new(bin(FineTune::BINARY));
+        cmd.args(fine_tune.to_args());
         timed(&mut cmd, name)?;
         show(name, &format!("{he} head + {e} fine-tuning epochs"), &dir, &cmd)?;
     }

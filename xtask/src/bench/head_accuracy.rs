@@ -13,7 +13,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+
+use crate::stage_args::{ExtractFeatures, StageArgs, TrainHead};
 
 struct Settings {
     data: std::path::PathBuf,
@@ -75,20 +77,18 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for (size, preprocessing, layer, precision) in variants {
         let extract_dir = out.join(format!("{size}-{preprocessing}-{layer}-{precision}"));
-        let mut cmd = Command::new(bin("extract-features"));
-        cmd.arg("--data").arg(&data).arg("--weights").arg(&weights).arg("--out").arg(&extract_dir);
-        cmd.args([
-            "--layer",
-            layer,
-            "--preprocessing",
-            preprocessing,
-            "--precision",
-            precision,
-            "--device",
-            "cpu",
-        ]);
-        cmd.args(["--input-size", &size.to_string(), "--augment-passes", &s.passes.to_string()]);
-        cmd.args(["--augment-seed", &s.seed.to_string()]);
+        let extract = ExtractFeatures {
+            layer: Some(layer.into()),
+            preprocessing: Some(preprocessing.into()),
+            precision: Some(precision.into()),
+            device: Some("cpu".into()),
+            input_size: Some(size),
+            augment_passes: Some(s.passes),
+            augment_seed: Some(s.seed),
+            ..ExtractFeatures::new(&data, &weights, &extract_dir)
+        };
+        let mut cmd = Command::new(bin(ExtractFeatures::BINARY));
+        cmd.args(extract.to_args());
         torch.configure(&mut cmd);
         crate::run_checked(
             &mut cmd,
@@ -96,22 +96,15 @@ pub fn run(args: &[String]) -> Result<()> {
         )?;
         for augmented in [false, true] {
             let head_dir = extract_dir.join(if augmented { "head-augmented" } else { "head" });
-            let mut cmd = Command::new(bin("train-head"));
-            cmd.arg("--features")
-                .arg(extract_dir.join("features.json"))
-                .arg("--out")
-                .arg(&head_dir);
-            cmd.args([
-                "--epochs",
-                &s.epochs.to_string(),
-                "--seed",
-                &s.seed.to_string(),
-                "--device",
-                "cpu",
-            ]);
-            if !augmented {
-                cmd.arg("--no-augmented-passes");
-            }
+            let head = TrainHead {
+                epochs: Some(s.epochs),
+                seed: Some(s.seed),
+                device: Some("cpu".into()),
+                no_augmented_passes: !augmented,
+                ..TrainHead::new(extract_dir.join(feature_cache::EXTRACTION_FILE), &head_dir)
+            };
+            let mut cmd = Command::new(bin(TrainHead::BINARY));
+            cmd.args(head.to_args());
             torch.configure(&mut cmd);
             crate::run_checked(
                 &mut cmd,
@@ -145,10 +138,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
 /// Validation and test accuracy from a train-head stage folder's `metrics.json`.
 fn accuracies(dir: &Path) -> Result<(f64, f64)> {
-    let metrics: serde_json::Value = run_folder::read_json(&dir.join("metrics.json"))?;
-    let acc = |split: &str| metrics[split]["acc"].as_f64();
-    match (acc("validation"), acc("test")) {
-        (Some(v), Some(t)) => Ok((v, t)),
-        _ => bail!("{} has no validation/test accuracy", dir.join("metrics.json").display()),
-    }
+    let metrics = run_folder::StageMetrics::read(dir)?;
+    let test = metrics.test.with_context(|| {
+        format!("{}: no test accuracy", dir.join(run_folder::METRICS_FILE).display())
+    })?;
+    Ok((metrics.validation.acc, test.acc))
 }

@@ -23,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 
 use super::extract::vgg16_gflop;
+use crate::stage_args::{ExtractFeatures, StageArgs};
 
 /// Options after `cargo xtask bench pipeline-extract --`.
 #[derive(Parser)]
@@ -50,39 +51,25 @@ pub fn run(args: &[String]) -> Result<()> {
     let root = crate::workspace_root();
     let torch = crate::libtorch::ensure()?;
     let weights = crate::weights::ensure_demo(&torch, crate::weights::Build::Release)?;
-    let bin = crate::build_release(&torch, &root)?.join("extract-features");
+    let bin = crate::build_release(&torch, &root)?.join(ExtractFeatures::BINARY);
     let data = if args.data.is_absolute() { args.data.clone() } else { root.join(&args.data) };
     let count = |split: &str| count_images(&data.join(split));
     let (train, others) = (count("train")?, count("validation")? + count("test")?);
 
     // One stage: extract-features at `layer` with `passes` into `cache`; returns its wall time.
     let stage = |cache: &Path, out: &Path, layer: &str, passes: u32, derive: bool| -> Result<f64> {
+        let stage = ExtractFeatures {
+            cache_dir: Some(cache.to_owned()),
+            layer: Some(layer.into()),
+            input_size: Some(args.input_size),
+            augment_passes: Some(passes),
+            augment_seed: Some(0),
+            device: Some("cpu".into()),
+            derive: Some(derive),
+            ..ExtractFeatures::new(&data, &weights, out)
+        };
         let mut cmd = Command::new(&bin);
-        cmd.arg("--data")
-            .arg(&data)
-            .arg("--weights")
-            .arg(&weights)
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("--out")
-            .arg(out);
-        cmd.args([
-            "--layer",
-            layer,
-            "--input-size",
-            &args.input_size.to_string(),
-            "--augment-passes",
-            &passes.to_string(),
-        ]);
-        cmd.args([
-            "--augment-seed",
-            "0",
-            "--device",
-            "cpu",
-            "--derive",
-            if derive { "true" } else { "false" },
-        ]);
-        cmd.stderr(std::process::Stdio::null());
+        cmd.args(stage.to_args()).stderr(std::process::Stdio::null());
         torch.configure(&mut cmd);
         let started = Instant::now();
         crate::run_checked(&mut cmd, &format!("extract-features --layer {layer}"))?;
@@ -183,21 +170,13 @@ fn count_images(split: &Path) -> Result<usize> {
 
 /// `(key, features.npy bytes)` of every entry an extraction stage recorded.
 fn block5_entries(stage: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    #[derive(serde::Deserialize)]
-    struct Record {
-        cache_dir: PathBuf,
-        entries: Vec<Entry>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        key: String,
-    }
-    let record: Record = run_folder::read_json(&stage.join("features.json"))?;
+    let record: feature_cache::ExtractionRecord =
+        run_folder::read_json(&stage.join(feature_cache::EXTRACTION_FILE))?;
     record
         .entries
         .into_iter()
         .map(|e| {
-            let path = record.cache_dir.join(&e.key).join("features.npy");
+            let path = record.cache_dir.join(&e.key).join(feature_cache::FEATURES);
             Ok((
                 e.key,
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,

@@ -10,6 +10,7 @@ use super::config::{self, Config, FineTuneMode, Profile};
 use super::layers::{self, Derived, Tables};
 use super::plan::{Step, plan, pretrained_base, tree_fingerprint};
 use super::state::{PENDING, Pending, Status, status};
+use crate::stage_args::flag;
 
 /// What `layers::check` derives for `config` from tables `vgg16-layers --json` printed: VGG16
 /// at 64, or the small convnet at 48 for a run that transfers the base it pretrains.
@@ -63,25 +64,25 @@ fn default_plan_fine_tunes_from_the_head_on_the_cached_trunk() {
         ["dataset", "extract-trunk", "extract", "head", "head-augmented", "fine-tune", "scratch"]
     );
     let trunk = step(&steps, "extract-trunk");
-    assert_eq!(arg(trunk, "--layer"), Some("block4_pool"));
-    assert_eq!(arg(trunk, "--augment-passes"), Some("5"));
+    assert_eq!(arg(trunk, flag::LAYER), Some("block4_pool"));
+    assert_eq!(arg(trunk, flag::AUGMENT_PASSES), Some("5"));
     // The trunk's passes are the head's passes at a lower layer (same seed, at least as many),
     // so extract derives all of its entries from them.
     let extract = step(&steps, "extract");
-    assert_eq!(arg(trunk, "--augment-seed"), arg(extract, "--augment-seed"));
+    assert_eq!(arg(trunk, flag::AUGMENT_SEED), arg(extract, flag::AUGMENT_SEED));
     assert!(
-        arg(trunk, "--augment-passes").unwrap().parse::<u32>().unwrap()
-            >= arg(extract, "--augment-passes").unwrap().parse().unwrap()
+        arg(trunk, flag::AUGMENT_PASSES).unwrap().parse::<u32>().unwrap()
+            >= arg(extract, flag::AUGMENT_PASSES).unwrap().parse().unwrap()
     );
-    assert_eq!(arg(trunk, "--out").map(PathBuf::from), Some(run.join("extract-trunk")));
+    assert_eq!(arg(trunk, flag::OUT).map(PathBuf::from), Some(run.join("extract-trunk")));
     let fine_tune = step(&steps, "fine-tune");
-    assert_eq!(arg(fine_tune, "--input-size"), arg(extract, "--input-size"));
+    assert_eq!(arg(fine_tune, flag::INPUT_SIZE), arg(extract, flag::INPUT_SIZE));
     assert_eq!(
-        arg(fine_tune, "--trunk-cache").map(PathBuf::from),
+        arg(fine_tune, flag::TRUNK_CACHE).map(PathBuf::from),
         Some(run.join("extract-trunk/features.json"))
     );
     assert_eq!(
-        arg(fine_tune, "--head").map(PathBuf::from),
+        arg(fine_tune, flag::HEAD).map(PathBuf::from),
         Some(run.join("head/head.safetensors"))
     );
     assert_eq!(fine_tune.inputs["head/head.safetensors"], "absent");
@@ -89,7 +90,7 @@ fn default_plan_fine_tunes_from_the_head_on_the_cached_trunk() {
     let dataset = step(&steps, "dataset");
     assert_eq!(dataset.args[..2], ["check".to_owned(), data.display().to_string()]);
     assert_eq!(
-        dataset.args.iter().filter(|a| *a == "--split").count(),
+        dataset.args.iter().filter(|a| *a == flag::SPLIT).count(),
         3,
         "train, validation and test are required"
     );
@@ -114,8 +115,8 @@ fn plain_mode_and_head_phase_need_no_trunk_extraction() {
         names(&steps),
         ["dataset", "extract", "head", "head-augmented", "fine-tune", "scratch"]
     );
-    assert_eq!(arg(step(&steps, "fine-tune"), "--trunk-cache"), None);
-    assert_eq!(arg(step(&steps, "fine-tune"), "--head-epochs"), Some("30"));
+    assert_eq!(arg(step(&steps, "fine-tune"), flag::TRUNK_CACHE), None);
+    assert_eq!(arg(step(&steps, "fine-tune"), flag::HEAD_EPOCHS), Some("30"));
     config.fine_tune.enabled = false;
     assert_eq!(
         names(&planned(&config, &dir.path().join("run"), &data, &weights)),
@@ -146,16 +147,16 @@ fn homework_pretrains_first_and_transfers_that_base() {
     assert_eq!(steps.last().map(|s| s.name), Some("scratch"));
     let pretrain = step(&steps, "pretrain");
     let extract = step(&steps, "extract");
-    assert_eq!(arg(pretrain, "--data").map(PathBuf::from), Some(digits));
+    assert_eq!(arg(pretrain, flag::DATA).map(PathBuf::from), Some(digits));
     assert_eq!(
-        arg(pretrain, "--input-size"),
-        arg(extract, "--input-size"),
+        arg(pretrain, flag::INPUT_SIZE),
+        arg(extract, flag::INPUT_SIZE),
         "one input size for the whole run"
     );
-    assert_eq!(arg(extract, "--weights").map(PathBuf::from), Some(base.clone()));
+    assert_eq!(arg(extract, flag::WEIGHTS).map(PathBuf::from), Some(base.clone()));
     assert_eq!(extract.inputs["weights"], "absent", "digest of the base once pretrain wrote it");
     let scratch = steps.last().unwrap();
-    assert_eq!(arg(scratch, "--data").map(PathBuf::from), Some(data.clone()));
+    assert_eq!(arg(scratch, flag::DATA).map(PathBuf::from), Some(data.clone()));
 
     // The base appearing (pretrain ran) makes extraction's invocation change.
     std::fs::create_dir_all(base.parent().unwrap()).unwrap();
@@ -252,7 +253,7 @@ fn render(steps: &[Step], tmp: &Path) -> String {
                 "{} resumes with the same arguments",
                 s.name
             );
-            assert_eq!(resume[s.args.len()..], ["--resume"]);
+            assert_eq!(resume[s.args.len()..], [flag::RESUME]);
         }
         out.push_str(&format!(
             "{} = {}{}\n",
