@@ -33,8 +33,11 @@ pub enum Lookup {
 /// One line of `ls` / `verify`.
 #[derive(Debug)]
 pub struct EntryStatus {
+    /// The entry name (64 hex digits).
     pub key: String,
+    /// The entry folder, `<root>/<key>`.
     pub path: PathBuf,
+    /// Its manifest when every byte verified, else the first problem found.
     pub result: Result<Manifest, CacheError>,
 }
 
@@ -46,10 +49,12 @@ impl Cache {
         Ok(Self { root })
     }
 
+    /// The cache root folder.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The folder of entry `key`, `<root>/<key>` (whether or not it exists).
     pub fn entry_dir(&self, key: &str) -> PathBuf {
         self.root.join(key)
     }

@@ -15,6 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use ndarray::{Array1, ArrayD, ArrayView, ArrayView1, ArrayViewD, Dimension, IxDyn};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -23,9 +24,13 @@ use crate::folders::{aside_name, remove_dir_quietly, sync_dir};
 use crate::key::{FORMAT_VERSION, FeatureKey};
 use crate::npy::{self, Dtype};
 
+/// The features file of an entry: `<f4`, C order, `[N, ...]`.
 pub const FEATURES: &str = "features.npy";
+/// The labels file of an entry: `<i4`, `[N]`.
 pub const LABELS: &str = "labels.npy";
+/// The manifest of an entry ([`Manifest`], pretty JSON).
 pub const MANIFEST: &str = "manifest.json";
+/// The `sha256sum` lines of an entry's three other files.
 pub const CHECKSUMS: &str = "checksums.sha256";
 /// Manifests and checksum lists are small; anything bigger is not ours.
 const MAX_SMALL_FILE: u64 = 64 << 20;
@@ -34,9 +39,11 @@ const MAX_SMALL_FILE: u64 = 64 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// [`FORMAT_VERSION`] of the tool that wrote the entry.
     pub format_version: u32,
     /// The entry name; equals `components.digest()`.
     pub key: String,
+    /// Every input that determined the features, in clear.
     pub components: FeatureKey,
     /// Full shape of `features.npy`, `[N, ...]`.
     pub feature_shape: Vec<u64>,
@@ -44,6 +51,7 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileDigest>,
     /// Program that wrote the entry, e.g. `extract-features 0.0.0`.
     pub tool: String,
+    /// When the entry was written, seconds since the Unix epoch (not part of the key).
     pub created_unix_s: u64,
     /// Files of the key's list that could not be decoded and were skipped (`--skip-bad-images`);
     /// their rows are absent, so `feature_shape[0]` is the file count minus these.
@@ -56,25 +64,72 @@ pub struct Manifest {
     pub derived_from: Option<String>,
 }
 
+/// Length and digest of one file of an entry, as the manifest records them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDigest {
+    /// Length in bytes.
     pub bytes: u64,
+    /// Lower-case hex sha256 of the whole file.
     pub sha256: String,
 }
 
 /// Features and labels of a verified entry, in memory.
+///
+/// The arrays: [`LoadedEntry::features_view`] / [`LoadedEntry::labels_view`] borrow them as
+/// `ndarray` views, [`LoadedEntry::into_arrays`] moves them into owned arrays (no copy). The flat
+/// fields are what the tch stages read (`Tensor::from_slice`).
 #[derive(Debug, Clone)]
 pub struct LoadedEntry {
+    /// The entry's verified manifest.
     pub manifest: Manifest,
+    /// All feature values, C order, in the stored layout [`LoadedEntry::shape`]:
+    /// `[N, H, W, C]` (channels last, as Keras) without pooling, `[N, C]` with it.
     pub features: Vec<f32>,
+    /// `[N]` class indices into `manifest.components.dataset.classes`, each in `0..classes`.
     pub labels: Vec<i32>,
 }
 
 impl LoadedEntry {
-    /// `[N, ...]`.
+    /// Shape of the features, `[N, ...]` (`manifest.feature_shape`).
     pub fn shape(&self) -> &[u64] {
         &self.manifest.feature_shape
+    }
+
+    /// The features as an array view of shape [`LoadedEntry::shape`] (`[N, H, W, C]` or `[N, C]`),
+    /// C order.
+    ///
+    /// # Panics
+    /// If `features` was changed to a length other than the product of the shape (a loaded
+    /// entry always matches: the loader checks it).
+    pub fn features_view(&self) -> ArrayViewD<'_, f32> {
+        ArrayViewD::from_shape(self.dim(), &self.features)
+            .expect("features hold exactly the manifest's shape (checked when loaded)")
+    }
+
+    /// The labels as a `[N]` array view.
+    pub fn labels_view(&self) -> ArrayView1<'_, i32> {
+        ArrayView1::from(&self.labels)
+    }
+
+    /// Features (`[N, ...]`, the stored layout) and labels (`[N]`) as owned arrays; the values
+    /// are moved, not copied.
+    ///
+    /// # Panics
+    /// As [`LoadedEntry::features_view`].
+    pub fn into_arrays(self) -> (ArrayD<f32>, Array1<i32>) {
+        let features = ArrayD::from_shape_vec(self.dim(), self.features)
+            .expect("features hold exactly the manifest's shape (checked when loaded)");
+        (features, Array1::from(self.labels))
+    }
+
+    fn dim(&self) -> IxDyn {
+        let dims: Vec<usize> = self
+            .shape()
+            .iter()
+            .map(|&d| usize::try_from(d).expect("a loaded shape fits in memory"))
+            .collect();
+        IxDyn(&dims)
     }
 }
 
@@ -96,7 +151,8 @@ pub struct EntryWriter {
 
 impl EntryWriter {
     /// Starts an entry of `rows` rows of `row_shape` each. `tmp_dir` must be a fresh folder on
-    /// the same file system as `final_dir` (the cache puts it beside).
+    /// the same file system as `final_dir` (the cache puts it beside). A shape whose size in
+    /// bytes does not fit in memory is refused (the reader would refuse it too).
     pub(crate) fn create(
         tmp_dir: PathBuf,
         final_dir: PathBuf,
@@ -105,10 +161,19 @@ impl EntryWriter {
         rows: u64,
         row_shape: &[u64],
     ) -> Result<Self, CacheError> {
-        fs::create_dir(&tmp_dir).map_err(CacheError::io(&tmp_dir))?;
         let mut feature_shape = vec![rows];
         feature_shape.extend_from_slice(row_shape);
-        let row_len = row_shape.iter().product::<u64>() as usize;
+        let row_len = row_shape
+            .iter()
+            .filter(|&&d| d != 0)
+            .try_fold(4u64, |acc, &d| acc.checked_mul(d))
+            .filter(|&bytes| bytes <= isize::MAX as u64)
+            .map(|_| row_shape.iter().product::<u64>() as usize)
+            .ok_or_else(|| CacheError::Usage {
+                path: final_dir.clone(),
+                reason: format!("rows of shape {row_shape:?} are too large to address"),
+            })?;
+        fs::create_dir(&tmp_dir).map_err(CacheError::io(&tmp_dir))?;
         let path = tmp_dir.join(FEATURES);
         let file = File::create(&path).map_err(CacheError::io(&path))?;
         let mut features = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
@@ -128,6 +193,34 @@ impl EntryWriter {
             skipped: Vec::new(),
             derived_from: None,
         })
+    }
+
+    /// Appends rows given as arrays: `features` of shape `[n, ...row_shape]` (any memory
+    /// layout; written in logical C order) and `labels` of shape `[n]`. The row shape must equal
+    /// the one the entry was started with, axis by axis.
+    pub fn append_array<D: Dimension>(
+        &mut self,
+        features: ArrayView<'_, f32, D>,
+        labels: ArrayView1<'_, i32>,
+    ) -> Result<(), CacheError> {
+        let shape = features.shape();
+        let row_shape_ok = shape.len() == self.feature_shape.len()
+            && shape[1..].iter().zip(&self.feature_shape[1..]).all(|(&a, &b)| a as u64 == b);
+        if !row_shape_ok || shape[0] != labels.len() {
+            return Err(CacheError::Usage {
+                path: self.tmp_dir.join(FEATURES),
+                reason: format!(
+                    "features of shape {shape:?} with {} labels, rows have shape {:?}",
+                    labels.len(),
+                    &self.feature_shape[1..]
+                ),
+            });
+        }
+        let labels = labels.to_vec();
+        match features.as_slice() {
+            Some(values) => self.append(values, &labels),
+            None => self.append(&features.iter().copied().collect::<Vec<_>>(), &labels),
+        }
     }
 
     /// Appends rows: `features.len()` must be `labels.len()` times the row size.
@@ -209,11 +302,10 @@ impl EntryWriter {
             features_digest = rewrite_header(&features_path, &announced, &feature_shape)?;
         }
 
+        let labels_path = tmp_dir.join(LABELS);
         let mut label_bytes = npy::header(Dtype::I32, &[labels.len() as u64]);
-        for l in &labels {
-            label_bytes.extend_from_slice(&l.to_le_bytes());
-        }
-        let labels_digest = write_synced(&tmp_dir.join(LABELS), &label_bytes)?;
+        npy::write_i32s(&mut label_bytes, &labels).map_err(CacheError::io(&labels_path))?;
+        let labels_digest = write_synced(&labels_path, &label_bytes)?;
 
         let entry_key = key.digest();
         let manifest = Manifest {
@@ -298,12 +390,43 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<FileDigest, CacheError> {
     Ok(FileDigest { bytes: bytes.len() as u64, sha256: run_folder::sha256_hex(bytes) })
 }
 
-/// Checks every byte of the entry in `dir` without keeping the data; returns its manifest.
+/// Checks every byte of the entry folder `dir` without keeping the data; returns its manifest.
+/// The checks are those of [`verify_entry`], which takes a cache root and a key instead.
 pub fn verify(dir: &Path) -> Result<Manifest, CacheError> {
     read_entry(dir, false).map(|loaded| loaded.manifest)
 }
 
-/// Reads the entry in `dir`, checking every byte on the way.
+/// Verifies the entry `key` of the cache rooted at `root` completely, as a lookup does before
+/// using one, and returns its manifest. Checked: `checksums.sha256` is exactly the three
+/// `sha256sum` lines this tool writes; the sha256 of `manifest.json`, `features.npy` and
+/// `labels.npy` each equals its line, and the manifest lists the same digests and each file's
+/// exact length; the manifest's components hash to `key`, which is also the folder's name; its
+/// format version is [`FORMAT_VERSION`]; both `.npy` files have exactly the header (dtype, C
+/// order, rank, shape) and length the manifest implies; every label is an index into the
+/// manifest's classes. Every byte is read and none kept. Nothing is created, changed or removed,
+/// so it is safe on a shared or read-only cache, and needs no libtorch.
+///
+/// Errors (each names the file): [`CacheError::Usage`] when `key` is not an entry name (64
+/// lowercase hex digits); [`CacheError::Missing`] when `root` has no folder `key`; otherwise the
+/// first problem found, for which [`CacheError::is_corruption`] tells a damaged entry (recompute
+/// it) from a cache that could not be read.
+pub fn verify_entry(root: &Path, key: &str) -> Result<Manifest, CacheError> {
+    let dir = root.join(key);
+    if !crate::is_key(key) {
+        return Err(CacheError::Usage {
+            path: dir,
+            reason: "not a cache key (64 lowercase hex digits)".into(),
+        });
+    }
+    match fs::symlink_metadata(&dir) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Err(CacheError::Missing { path: dir }),
+        Err(err) => Err(CacheError::Io { path: dir, source: err }),
+        Ok(_) => verify(&dir),
+    }
+}
+
+/// Reads the entry folder `dir`, checking every byte on the way (the checks of
+/// [`verify_entry`]); the features and labels are kept.
 pub fn load(dir: &Path) -> Result<LoadedEntry, CacheError> {
     read_entry(dir, true)
 }
@@ -366,21 +489,34 @@ fn read_entry(dir: &Path, keep: bool) -> Result<LoadedEntry, CacheError> {
     if rank < 1 {
         return Err(CacheError::corrupt(&manifest_path, "empty feature shape"));
     }
-    let (header, data) = read_npy(dir, FEATURES, Dtype::F32, rank, keep, &check)?;
+    let (header, features) = read_npy(
+        dir,
+        FEATURES,
+        (Dtype::F32, rank),
+        &manifest,
+        keep.then_some(|r: &mut NpyReader, h: &npy::NpyHeader| npy::read_f32s(r, h)),
+        &check,
+    )?;
     if header.shape != manifest.feature_shape {
         return Err(CacheError::corrupt(
             dir.join(FEATURES),
             format!("shape {:?}, manifest says {:?}", header.shape, manifest.feature_shape),
         ));
     }
-    let (label_header, label_data) = read_npy(dir, LABELS, Dtype::I32, 1, true, &check)?;
+    let (label_header, labels) = read_npy(
+        dir,
+        LABELS,
+        (Dtype::I32, 1),
+        &manifest,
+        Some(|r: &mut NpyReader, h: &npy::NpyHeader| npy::read_i32s(r, h)),
+        &check,
+    )?;
     if label_header.shape[0] != header.shape[0] {
         return Err(CacheError::corrupt(
             dir.join(LABELS),
             format!("{} labels for {} feature rows", label_header.shape[0], header.shape[0]),
         ));
     }
-    let labels = npy::decode_i32s(&label_data);
     let classes = manifest.components.dataset.classes.len() as i32;
     if let Some(bad) = labels.iter().find(|&&l| l < 0 || l >= classes) {
         return Err(CacheError::corrupt(
@@ -388,35 +524,47 @@ fn read_entry(dir: &Path, keep: bool) -> Result<LoadedEntry, CacheError> {
             format!("label {bad} outside the {classes} classes"),
         ));
     }
-    Ok(LoadedEntry { manifest, features: npy::decode_f32s(&data), labels })
+    Ok(LoadedEntry { manifest, features, labels })
 }
 
-/// Reads a `.npy` file of the entry, hashing every byte and checking the header; the data is
-/// returned only when `keep` (verification alone streams it).
-fn read_npy(
+/// How an entry's `.npy` file is read: buffered above the hasher, so every byte is hashed once,
+/// in large blocks, whatever the parser's read sizes.
+type NpyReader = io::BufReader<HashingReader<File>>;
+
+/// Reads a `.npy` file of the entry: checks its header (`(dtype, rank)`), decodes the data with
+/// `decode` when given (verification alone streams it), and checks the file's sha256 against
+/// `checksums.sha256` (`check`) and its length against the manifest.
+fn read_npy<T>(
     dir: &Path,
     name: &str,
-    dtype: Dtype,
-    rank: usize,
-    keep: bool,
+    (dtype, rank): (Dtype, usize),
+    manifest: &Manifest,
+    decode: Option<impl FnOnce(&mut NpyReader, &npy::NpyHeader) -> Result<Vec<T>, npy::ReadError>>,
     check: &dyn Fn(&str, &str) -> Result<(), CacheError>,
-) -> Result<(npy::NpyHeader, Vec<u8>), CacheError> {
+) -> Result<(npy::NpyHeader, Vec<T>), CacheError> {
     let path = dir.join(name);
     let file = File::open(&path).map_err(CacheError::io(&path))?;
     let len = file.metadata().map_err(CacheError::io(&path))?.len();
-    let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, file));
+    let mut reader = io::BufReader::with_capacity(1 << 20, HashingReader::new(file));
     let header = npy::read_header(&mut reader, len, dtype, rank)
         .map_err(|e| CacheError::from_read(&path, e))?;
-    let mut data = Vec::new();
-    if keep {
-        data.try_reserve_exact(header.data_len as usize)
-            .map_err(|_| CacheError::corrupt(&path, "too large to load"))?;
-        reader.read_to_end(&mut data).map_err(CacheError::io(&path))?;
-    } else {
-        io::copy(&mut reader, &mut io::sink()).map_err(CacheError::io(&path))?;
+    let values = match decode {
+        Some(decode) => decode(&mut reader, &header).map_err(|e| match e {
+            npy::ReadError::Io(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                CacheError::corrupt(&path, format!("too large to load: {e}"))
+            }
+            e => CacheError::from_read(&path, e),
+        })?,
+        None => Vec::new(),
+    };
+    // Whatever is left (nothing, unless the file grew since its length was taken) is hashed too.
+    io::copy(&mut reader, &mut io::sink()).map_err(CacheError::io(&path))?;
+    check(name, &reader.into_inner().hex_digest())?;
+    let listed = manifest.files.get(name).map_or(0, |d| d.bytes);
+    if listed != len {
+        return Err(CacheError::corrupt(&path, format!("{len} bytes, the manifest says {listed}")));
     }
-    check(name, &reader.hex_digest())?;
-    Ok((header, data))
+    Ok((header, values))
 }
 
 fn read_small(path: &Path) -> Result<Vec<u8>, CacheError> {

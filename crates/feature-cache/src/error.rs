@@ -4,18 +4,27 @@ use std::path::PathBuf;
 
 use crate::npy::{NpyError, ReadError};
 
+/// Everything that can go wrong with a cache, its entries and bundles.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// Reading or writing `path` failed (a missing file inside an entry counts as corruption).
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// The `.npy` file `path` is not one this tool writes (or expects here).
     #[error("{path}: {source}")]
     Npy { path: PathBuf, source: NpyError },
+    /// The entry file (or bundle) `path` is damaged or inconsistent, for `reason`.
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// The sha256 of `file` (at `path`) is not the one `checksums.sha256` records.
     #[error("{path}: digest mismatch for {file}: recorded {recorded}, actual {actual}")]
     Digest { path: PathBuf, file: String, recorded: String, actual: String },
+    /// The caller asked for something impossible (wrong row count or shape, a non-key name).
     #[error("{path}: {reason}")]
     Usage { path: PathBuf, reason: String },
+    /// There is no entry folder at `path` (gone, never written, or removed by `gc`).
+    #[error("{path}: no such cache entry")]
+    Missing { path: PathBuf },
 }
 
 /// `run_folder::write_atomic` names the file it failed on; keep that path.

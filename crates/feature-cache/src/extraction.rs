@@ -7,27 +7,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Cache, CacheError, LoadedEntry};
 
+/// File name of the [`ExtractionRecord`] in the extraction stage's run folder.
 pub const EXTRACTION_FILE: &str = "features.json";
 
 /// What an extraction run produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExtractionRecord {
+    /// The cache root the entries were written to (or found in).
     pub cache_dir: PathBuf,
+    /// Class names; label `i` is `classes[i]`.
     pub classes: Vec<String>,
     /// Per-sample feature shape, e.g. `[4, 4, 512]` (channels last, as Keras).
     pub feature_shape: Vec<u64>,
+    /// Keras layer name the features were taken at, e.g. `block5_pool`.
     pub layer: String,
+    /// sha256 of the weights file the features were computed with.
     pub weights_sha256: String,
+    /// One entry per (split, augmented pass).
     pub entries: Vec<EntryRef>,
 }
 
 /// One cache entry of the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryRef {
+    /// `train`, `validation`, `test`, ...
     pub split: String,
     /// `None` for plain features, `Some(p)` for augmented pass `p`.
     pub pass: Option<u32>,
+    /// The entry's name in the cache (64 hex digits).
     pub key: String,
+    /// Feature rows in the entry (`N`).
     pub rows: u64,
     /// Set when the entry lives in a private cache (the run folder's) because the shared one
     /// could not be written; `None` means the record's `cache_dir`.
@@ -48,7 +57,12 @@ pub enum Origin {
     Images,
     /// Computed from the cached entry of a lower layer (this key), running only the layers
     /// between.
-    Derived { from_key: String, from_layer: String },
+    Derived {
+        /// Key of the lower-layer entry.
+        from_key: String,
+        /// Its layer, e.g. `block4_pool`.
+        from_layer: String,
+    },
 }
 
 impl ExtractionRecord {

@@ -17,6 +17,7 @@ const DOMAIN: &[u8] = b"transfer-kit feature cache key\n";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureKey {
+    /// [`FORMAT_VERSION`] at the time of writing.
     pub format_version: u32,
     /// sha256 of the weights file the extractor ran (our safetensors).
     pub weights_sha256: String,
@@ -36,6 +37,7 @@ pub struct FeatureKey {
     pub precision: String,
     /// `None` for the plain (unaugmented) features.
     pub augmentation: Option<AugmentationKey>,
+    /// The split, its classes and every input file.
     pub dataset: DatasetKey,
 }
 
@@ -45,6 +47,7 @@ pub struct FeatureKey {
 pub struct AugmentationKey {
     /// The augmentation spec in its canonical JSON form.
     pub spec: serde_json::Value,
+    /// Seed of the augmentation stream.
     pub seed: u64,
     /// Pass number, 0-based: pass p uses epoch p of the augmentation stream.
     pub pass: u32,
@@ -58,6 +61,7 @@ pub struct DatasetKey {
     pub split: String,
     /// Class names; a file's label is its position here.
     pub classes: Vec<String>,
+    /// Every input file, in dataset (row) order.
     pub files: Vec<FileKey>,
 }
 
@@ -65,8 +69,11 @@ pub struct DatasetKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileKey {
+    /// Path relative to the split folder, `/`-separated.
     pub path: String,
+    /// Class index into [`DatasetKey::classes`].
     pub label: u32,
+    /// Lower-case hex sha256 of the file's bytes.
     pub sha256: String,
 }
 

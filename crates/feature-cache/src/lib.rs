@@ -6,7 +6,23 @@
 //! corrupt entry is removed and recomputed, never used. See `entry.rs` for the on-disk layout.
 //!
 //! Use: `Cache::open(root)`, then `cache.lookup(&key)` -> `Hit(LoadedEntry)` / `Miss` /
-//! `Corrupt`; on a miss `cache.writer(key, tool, rows, row_shape)`, `append` batches, `finish`.
+//! `Corrupt`; on a miss `cache.writer(key, tool, rows, row_shape)`, `append` (flat slices) or
+//! `append_array` (ndarray) batches, `finish`. [`verify_entry`] checks one entry by root and key.
+//!
+//! No libtorch here: a plain Rust program reads a team's cache as `ndarray` arrays, features in
+//! the stored layout (`[N, H, W, C]`, channels last, or `[N, C]` when pooled) and labels `[N]`:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use feature_cache::{Cache, ExtractionRecord};
+//! let path = std::path::Path::new("runs/demo/extract/features.json");
+//! let record: ExtractionRecord = serde_json::from_slice(&std::fs::read(path)?)?;
+//! let cache = Cache::open(&record.cache_dir)?;
+//! let train = ExtractionRecord::load(&cache, record.plain("train").unwrap(), path)?;
+//! let (x, y) = train.into_arrays(); // ArrayD<f32> [N, 4, 4, 512], Array1<i32> [N]
+//! assert_eq!(x.shape()[0], y.len());
+//! # Ok(()) }
+//! ```
 
 mod bundle;
 mod cache;
@@ -21,7 +37,7 @@ pub use bundle::{export, import};
 pub use cache::{Cache, EntryStatus, Lookup};
 pub use entry::{
     CHECKSUMS, EntryWriter, FEATURES, FileDigest, LABELS, LoadedEntry, MANIFEST, Manifest, load,
-    verify,
+    verify, verify_entry,
 };
 pub use error::CacheError;
 pub use extraction::{EXTRACTION_FILE, EntryRef, ExtractionRecord, Origin};

@@ -302,3 +302,84 @@ fn skipped_rows_shrink_the_entry() {
     assert_eq!(e.features, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     assert_eq!(e.manifest.skipped, vec!["x/1.png".to_owned()]);
 }
+
+#[test]
+fn loaded_entries_hand_out_ndarray_arrays_in_the_stored_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 4);
+    write_entry(&cache, &k);
+    let e = hit(&cache, &k);
+    let view = e.features_view();
+    assert_eq!(view.shape(), &[4, 1, 1, 3]);
+    assert_eq!(view[[2, 0, 0, 1]], -2.0);
+    assert_eq!(e.labels_view().to_vec(), vec![0, 1, 0, 1]);
+    let flat = e.features.clone();
+    let (features, labels) = e.into_arrays();
+    assert_eq!(features.shape(), &[4, 1, 1, 3]);
+    assert_eq!(features.as_slice().unwrap(), &flat[..]);
+    assert_eq!(labels.to_vec(), vec![0, 1, 0, 1]);
+}
+
+#[test]
+fn rows_appended_as_arrays_are_written_in_c_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 3);
+    let mut w = cache.writer(k.clone(), "test", 3, &[2, 3]).unwrap();
+    let rows =
+        ndarray::Array::from_shape_vec((2, 2, 3), (0..12).map(|v| v as f32).collect()).unwrap();
+    w.append_array(rows.view(), ndarray::aview1(&[0, 1])).unwrap();
+    // A non-contiguous view (the transpose of a [3, 2] block) is written in logical order.
+    let block =
+        ndarray::Array::from_shape_vec((3, 2), (20..26).map(|v| v as f32).collect()).unwrap();
+    let last = block.t().insert_axis(ndarray::Axis(0));
+    assert!(last.as_slice().is_none());
+    let err = w.append_array(last.view(), ndarray::aview1(&[0, 1])).unwrap_err().to_string();
+    assert!(err.contains("with 2 labels, rows have shape [2, 3]"), "{err}");
+    let wrong_row = ndarray::Array::<f32, _>::zeros((1, 3, 2));
+    let err = w.append_array(wrong_row.view(), ndarray::aview1(&[0])).unwrap_err().to_string();
+    assert!(err.contains("features of shape [1, 3, 2]"), "{err}");
+    w.append_array(last.view(), ndarray::aview1(&[1])).unwrap();
+    w.finish().unwrap();
+    let e = hit(&cache, &k);
+    assert_eq!(e.shape(), &[3, 2, 3]);
+    assert_eq!(&e.features[..12], &(0..12).map(|v| v as f32).collect::<Vec<_>>()[..]);
+    assert_eq!(&e.features[12..], &[20.0, 22.0, 24.0, 21.0, 23.0, 25.0]);
+    assert_eq!(e.labels, vec![0, 1, 1]);
+}
+
+#[test]
+fn rows_too_large_to_address_are_refused_when_the_writer_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let err = cache.writer(key("train", 0), "t", 0, &[1 << 40, 1 << 40]).unwrap_err().to_string();
+    assert!(err.contains("too large to address"), "{err}");
+    assert!(fs::read_dir(dir.path()).unwrap().next().is_none(), "a refused writer left a folder");
+}
+
+#[test]
+fn verify_entry_checks_one_entry_by_root_and_key_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = key("train", 3);
+    let path = write_entry(&cache, &k);
+    let manifest = feature_cache::verify_entry(dir.path(), &k.digest()).unwrap();
+    assert_eq!(manifest.components, k);
+
+    let absent = key("test", 3).digest();
+    let err = feature_cache::verify_entry(dir.path(), &absent).unwrap_err();
+    assert!(matches!(err, feature_cache::CacheError::Missing { .. }), "{err:?}");
+    assert!(err.to_string().contains(&absent), "{err}");
+    let err = feature_cache::verify_entry(dir.path(), "../elsewhere").unwrap_err().to_string();
+    assert!(err.contains("not a cache key"), "{err}");
+
+    let mut bytes = fs::read(path.join(LABELS)).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    fs::write(path.join(LABELS), &bytes).unwrap();
+    let err = feature_cache::verify_entry(dir.path(), &k.digest()).unwrap_err();
+    assert!(err.is_corruption(), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(LABELS) && msg.contains("recorded") && msg.contains(&k.digest()), "{msg}");
+    assert!(path.exists(), "verify_entry must not remove what it checks");
+}
