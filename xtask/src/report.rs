@@ -1,12 +1,15 @@
 //! The pipeline report: `report.md` and `report.html` in the run folder, built only from what
 //! the stages of this run recorded (`dataset/dataset.json`, `stage.json`, `metrics.json`, plots).
+//! Both records are read through their typed schemas (`run_folder::DatasetRecord`,
+//! `run_folder::StageMetrics`), so a renamed field is a compile error here, not a blank cell;
+//! everything the report says about the data comes from the dataset record.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use run_folder::DatasetRecord;
+use run_folder::{DatasetRecord, StageMetrics};
 
 /// Chollet's figures on real cats vs dogs (DESIGN.md §3; *Deep Learning with Python* 5.2 for the
 /// convnet from scratch), shown beside ours.
@@ -146,34 +149,33 @@ fn seed_comparison(record: &DatasetRecord, input_size: u32) -> String {
     }
 }
 
-/// `| label | validation | test | reference |` rows for every approach `run_dir` has metrics for.
+/// `| label | validation | test | reference |` rows for every planned approach `run_dir` has
+/// metrics for; a `metrics.json` that does not read as [`StageMetrics`] gives a row of `-` and a
+/// line in `problems`.
 fn accuracy_rows(
     md: &mut String,
+    problems: &mut Vec<String>,
     run_dir: &Path,
     stages: &[String],
     base: &str,
     prefix: &str,
 ) -> Result<()> {
     for &(stage, label) in APPROACHES {
-        if !stages.iter().any(|s| s == stage) {
+        let dir = run_dir.join(stage);
+        if !stages.iter().any(|s| s == stage) || !dir.join(run_folder::METRICS_FILE).exists() {
             continue;
         }
-        let Ok(m) =
-            run_folder::read_json::<serde_json::Value>(&run_dir.join(stage).join("metrics.json"))
-        else {
-            continue;
-        };
-        let pct = |split: &str| {
-            m[split]["acc"].as_f64().map_or("-".into(), |a| format!("{:.2}%", 100.0 * a))
+        let pct = |acc: Option<f64>| acc.map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
+        let (validation, test) = match StageMetrics::read(&dir) {
+            Ok(m) => (pct(Some(m.validation.acc)), pct(m.test.map(|t| t.acc))),
+            Err(err) => {
+                problems.push(format!("{prefix}{stage}: {}", escape(&err.to_string())));
+                (pct(None), pct(None))
+            }
         };
         let reference = SEED_REFERENCE.iter().find(|(s, _)| *s == stage).map_or("", |(_, r)| r);
         let label = label.replace("{base}", base);
-        writeln!(
-            md,
-            "| {prefix}{label} | {} | {} | {reference} |",
-            pct("validation"),
-            pct("test")
-        )?;
+        writeln!(md, "| {prefix}{label} | {validation} | {test} | {reference} |")?;
     }
     Ok(())
 }
@@ -188,16 +190,22 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
     writeln!(md, "| approach | validation acc | test acc | seed reference (cats vs dogs) |")?;
     writeln!(md, "| --- | --- | --- | --- |")?;
     let planned: Vec<String> = timings.iter().map(|t| t.0.to_owned()).collect();
-    accuracy_rows(&mut md, run_dir, &planned, &context.base, "")?;
+    let mut problems = Vec::new();
+    accuracy_rows(&mut md, &mut problems, run_dir, &planned, &context.base, "")?;
     let mut not_compared = None;
     if let Some(Compared { base, dir: other, stages }) = &context.compare_with {
         let other_name =
             other.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let other_record = dataset_record(other);
         match (&record, &other_record) {
-            (Some(a), Some(b)) if a.digest == b.digest => {
-                accuracy_rows(&mut md, other, stages, base, &format!("run `{other_name}`: "))?
-            }
+            (Some(a), Some(b)) if a.digest == b.digest => accuracy_rows(
+                &mut md,
+                &mut problems,
+                other,
+                stages,
+                base,
+                &format!("run `{other_name}`: "),
+            )?,
             (_, Some(b)) => {
                 not_compared = Some(format!(
                     "Run `{other_name}` is not set beside this one: it trained on {} (digest `{}`), not on this run's data.",
@@ -213,6 +221,9 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
         }
     }
     writeln!(md)?;
+    for problem in &problems {
+        writeln!(md, "Unreadable metrics, {problem}\n")?;
+    }
     if let Some(why) = not_compared {
         writeln!(md, "{why}\n")?;
     }
@@ -289,20 +300,17 @@ fn summary_text(summary: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use run_folder::{KeptEpoch, SplitMetrics};
+
     use super::*;
 
-    /// A run folder with a dataset record and one head stage's metrics.
-    fn fixture_run(
-        dir: &Path,
-        digest: &str,
-        classes: &[&str],
-        train_per_class: usize,
-        test_acc: f64,
-    ) {
-        let record = DatasetRecord {
-            name: "pets".into(),
-            root: "/data/pets".into(),
-            description: Some("Small photos of pets.".into()),
+    /// A dataset record: `name`, its description, `classes`, `train_per_class` training images
+    /// per class (250 in validation and test), 32x32 PNGs.
+    fn record(name: &str, digest: &str, classes: &[&str], train_per_class: usize) -> DatasetRecord {
+        DatasetRecord {
+            name: name.into(),
+            root: format!("/data/{name}").into(),
+            description: Some(format!("Small photos of {name}.")),
             digest: digest.into(),
             classes: classes.iter().map(|c| (*c).to_owned()).collect(),
             splits: ["train", "validation", "test"]
@@ -317,12 +325,31 @@ mod tests {
                     omitted: 0,
                 })
                 .collect(),
-        };
-        run_folder::write_json(&dir.join("dataset").join(run_folder::DATASET_FILE), &record)
+        }
+    }
+
+    /// `metrics.json` as the training stages write it: 80% validation accuracy, `test_acc` on
+    /// the test split when there is one.
+    fn metrics(test_acc: Option<f64>) -> StageMetrics {
+        let split =
+            |acc| SplitMetrics { loss: 0.5, acc, images: 500, source: None, per_class: vec![] };
+        StageMetrics {
+            validation: split(0.8),
+            test: test_acc.map(split),
+            kept: KeptEpoch { epoch: 3, of: 5, val_loss: 0.5, val_acc: 0.8 },
+            median_epoch_seconds: 1.0,
+        }
+    }
+
+    /// A run folder with a dataset record and the head stage's metrics.
+    fn fixture_run(dir: &Path, record: &DatasetRecord, test_acc: Option<f64>) {
+        run_folder::write_json(&dir.join("dataset").join(run_folder::DATASET_FILE), record)
             .unwrap();
-        let metrics =
-            serde_json::json!({ "validation": { "acc": 0.8 }, "test": { "acc": test_acc } });
-        run_folder::write_json(&dir.join("head/metrics.json"), &metrics).unwrap();
+        metrics(test_acc).write(&dir.join("head")).unwrap();
+    }
+
+    fn pets(digest: &str, test_acc: f64) -> (DatasetRecord, Option<f64>) {
+        (record("pets", digest, &["cats", "dogs"], 500), Some(test_acc))
     }
 
     fn render(run: &Path, other: Option<&Path>) -> String {
@@ -341,39 +368,97 @@ mod tests {
         std::fs::read_to_string(run.join("report.md")).unwrap()
     }
 
+    /// The lines of the section `## title`, up to the next section.
+    fn section<'a>(md: &'a str, title: &str) -> Vec<&'a str> {
+        let heading = format!("## {title}");
+        md.lines()
+            .skip_while(|l| *l != heading)
+            .skip(1)
+            .take_while(|l| !l.starts_with("## "))
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
     #[test]
-    fn dataset_is_described_from_its_record() {
+    fn tables_are_rendered_from_the_typed_records() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
-        fixture_run(&run, "aaaa", &["cats", "dogs"], 500, 0.77);
+        let (pets, test_acc) = pets("aaaa", 0.77);
+        fixture_run(&run, &pets, test_acc);
         let md = render(&run, None);
-        assert!(md.contains("**pets** (`/data/pets`"), "{md}");
-        assert!(md.contains("> Small photos of pets."), "{md}");
-        assert!(
-            md.contains("| train | 500 | 500 | 1000 | 32x32 (1000) | png (1000) | 0 |"),
-            "{md}"
-        );
-        assert!(md.contains("1000 training images instead of 2,000"), "{md}");
-        assert!(md.contains("32x32 images upscaled to 64x64"), "{md}");
-        assert!(!md.contains("another task"), "{md}");
-        assert!(
-            md.contains("| dense head on cached features of ImageNet VGG16 | 80.00% | 77.00% |"),
-            "{md}"
-        );
-        assert!(!md.contains("Fashion"), "no fixed sentence about other data: {md}");
+        expect_test::expect![[r#"
+            | approach | validation acc | test acc | seed reference (cats vs dogs) |
+            | --- | --- | --- | --- |
+            | dense head on cached features of ImageNet VGG16 | 80.00% | 77.00% | ~90% validation (cached features, no augmentation) |"#]]
+        .assert_eq(&section(&md, "Accuracy").join("\n"));
+        expect_test::expect![[r#"
+            **pets** (`/data/pets`, digest `aaaa`)
+            > Small photos of pets.
+            Classes (index order): cats = 0, dogs = 1.
+            | split | cats | dogs | total | image sizes | formats | left out |
+            | --- | --- | --- | --- | --- | --- | --- |
+            | train | 500 | 500 | 1000 | 32x32 (1000) | png (1000) | 0 |
+            | validation | 250 | 250 | 500 | 32x32 (500) | png (500) | 0 |
+            | test | 250 | 250 | 500 | 32x32 (500) | png (500) | 0 |
+            The seed's reference figures are Chollet's on 2,000 cats-vs-dogs photos resized to 150x150; this run differs: 1000 training images instead of 2,000; 32x32 images upscaled to 64x64 where the book's photos are several hundred pixels a side."#]]
+        .assert_eq(&section(&md, "Dataset").join("\n"));
+        expect_test::expect![[r#"
+            | stage | this run | recorded time | facts |
+            | --- | --- | --- | --- |
+            | dataset | ran, 1.0s | - |  |
+            | head | ran, 1.0s | - |  |"#]]
+        .assert_eq(&section(&md, "Stages").join("\n"));
 
-        fixture_run(&run, "aaaa", &["shirt", "t-shirt_top"], 1000, 0.77);
+        // No test split: its cell is `-`, the row stays.
+        metrics(None).write(&run.join("head")).unwrap();
         let md = render(&run, None);
-        assert!(md.contains("another task (2 classes: shirt, t-shirt_top)"), "{md}");
-        assert!(!md.contains("training images instead"), "{md}");
+        assert!(md.contains("| dense head on cached features of ImageNet VGG16 | 80.00% | - |"));
+    }
+
+    /// Every line of the Dataset section but its heading changes with the record: nothing in it
+    /// is a fixed sentence about some dataset.
+    #[test]
+    fn dataset_is_described_only_from_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fixture_run(&a, &record("pets", "aaaa", &["cats", "dogs"], 1000), Some(0.7));
+        fixture_run(&b, &record("clothes", "bbbb", &["shirt", "shoe", "sock"], 300), Some(0.7));
+        let (md_a, md_b) = (render(&a, None), render(&b, None));
+        let (section_a, section_b) = (section(&md_a, "Dataset"), section(&md_b, "Dataset"));
+        assert_eq!(section_a.len(), section_b.len());
+        for (la, lb) in section_a.iter().zip(&section_b) {
+            assert_ne!(la, lb, "a line that does not come from the record");
+        }
+        assert!(
+            section_b.iter().any(|l| l.contains("another task (3 classes: shirt, shoe, sock)"))
+        );
+        assert!(section_b.iter().any(|l| l.contains("900 training images instead of 2,000")));
+        assert!(!md_b.contains("pets") && !md_a.contains("clothes"));
 
         // Markup in a dataset's own words stays text.
-        fixture_run(&run, "aaaa", &["c|a", "<b>"], 500, 0.77);
-        let md = render(&run, None);
+        fixture_run(&a, &record("pets", "aaaa", &["c|a", "<b>"], 500), Some(0.7));
+        let md = render(&a, None);
         assert!(
             md.contains("| train | 500 | 500 |") && md.contains("| split | c\\|a | &lt;b&gt; |"),
             "{md}"
         );
+    }
+
+    /// A `metrics.json` of another shape (an older stage's) is named, not a blank cell.
+    #[test]
+    fn unreadable_metrics_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let (pets, test_acc) = pets("aaaa", 0.77);
+        fixture_run(&run, &pets, test_acc);
+        run_folder::write_json(
+            &run.join("head").join(run_folder::METRICS_FILE),
+            &serde_json::json!({ "validation": { "acc": 0.5 } }),
+        )
+        .unwrap();
+        let md = render(&run, None);
+        assert!(md.contains("| dense head on cached features of ImageNet VGG16 | - | - |"), "{md}");
+        assert!(md.contains("Unreadable metrics, head: ") && md.contains("metrics.json"), "{md}");
     }
 
     /// A stage folder left from an earlier run with other settings (here `scratch`, not in this
@@ -382,14 +467,11 @@ mod tests {
     fn only_the_planned_stages_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let (run, other) = (dir.path().join("run"), dir.path().join("other"));
-        fixture_run(&run, "same", &["cats", "dogs"], 500, 0.77);
-        fixture_run(&other, "same", &["cats", "dogs"], 500, 0.61);
+        let ((a, a_test), (b, b_test)) = (pets("same", 0.77), pets("same", 0.61));
+        fixture_run(&run, &a, a_test);
+        fixture_run(&other, &b, b_test);
         for r in [&run, &other] {
-            run_folder::write_json(
-                &r.join("scratch/metrics.json"),
-                &serde_json::json!({ "validation": { "acc": 0.5 }, "test": { "acc": 0.5 } }),
-            )
-            .unwrap();
+            metrics(Some(0.5)).write(&r.join("scratch")).unwrap();
         }
         let md = render(&run, Some(&other));
         assert!(md.contains("61.00%") && !md.contains("50.00%"), "{md}");
@@ -399,17 +481,19 @@ mod tests {
     fn another_run_is_set_beside_only_on_the_same_data() {
         let dir = tempfile::tempdir().unwrap();
         let (run, other) = (dir.path().join("run"), dir.path().join("other"));
-        fixture_run(&run, "same", &["cats", "dogs"], 500, 0.77);
-        fixture_run(&other, "same", &["cats", "dogs"], 500, 0.61);
+        let ((a, a_test), (b, b_test)) = (pets("same", 0.77), pets("same", 0.61));
+        fixture_run(&run, &a, a_test);
+        fixture_run(&other, &b, b_test);
         let md = render(&run, Some(&other));
-        assert!(
-            md.contains(
-                "| run `other`: dense head on cached features of small convnet | 80.00% | 61.00% |"
-            ),
-            "{md}"
-        );
+        expect_test::expect![[r#"
+            | approach | validation acc | test acc | seed reference (cats vs dogs) |
+            | --- | --- | --- | --- |
+            | dense head on cached features of ImageNet VGG16 | 80.00% | 77.00% | ~90% validation (cached features, no augmentation) |
+            | run `other`: dense head on cached features of small convnet | 80.00% | 61.00% | ~90% validation (cached features, no augmentation) |"#]]
+        .assert_eq(&section(&md, "Accuracy").join("\n"));
 
-        fixture_run(&other, "different", &["cats", "dogs"], 500, 0.61);
+        let (b, b_test) = pets("different", 0.61);
+        fixture_run(&other, &b, b_test);
         let md = render(&run, Some(&other));
         assert!(!md.contains("61.00%"), "{md}");
         assert!(
