@@ -96,13 +96,13 @@ pub fn cpu_half(torch: &Libtorch, root: &Path) -> Result<()> {
     crate::run_checked(&mut build, "cargo build (gpu-check binaries)")?;
     let target = crate::weights::target_dir(root);
     let script_path = target.join("gpu-check-ci").join(SCRIPT_NAME);
-    write(&script_path, SCRIPT.as_bytes())?;
+    run_folder::write_atomic(&script_path, SCRIPT.as_bytes())?;
     // The command lines only: no binaries or images travel here.
     let manifest = serde_json::json!({
         "made_by": "cargo xtask test (the CPU half)",
         "commands": commands()?,
     });
-    write(
+    run_folder::write_atomic(
         &target.join("gpu-check-ci").join(BUNDLE_FILE),
         serde_json::to_string_pretty(&manifest)?.as_bytes(),
     )?;
@@ -139,7 +139,7 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
         glibc = glibc.max(max_glibc(&bytes));
         binaries.insert(bin, run_folder::sha256_hex(&bytes));
     }
-    write(&dir.join(SCRIPT_NAME), SCRIPT.as_bytes())?;
+    run_folder::write_atomic(&dir.join(SCRIPT_NAME), SCRIPT.as_bytes())?;
     let images = copy_subset(
         &root.join(DEMO_DATA),
         &dir.join("data"),
@@ -169,7 +169,10 @@ pub fn prepare(torch: &Libtorch, root: &Path, dir: &Path) -> Result<u64> {
         "weights_sha256": weights_sha256,
         "commands": commands()?,
     });
-    write(&dir.join(BUNDLE_FILE), serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+    run_folder::write_atomic(
+        &dir.join(BUNDLE_FILE),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )?;
     let size = folder_size(dir)?;
     if size > MAX_BUNDLE_BYTES {
         bail!(
@@ -351,14 +354,6 @@ fn folder_size(dir: &Path) -> Result<u64> {
         };
     }
     Ok(total)
-}
-
-fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `git rev-parse HEAD`, with `-dirty` when the tree has changes; None without git.
