@@ -4,7 +4,7 @@
 //! output for the validation and test splits, computed once.
 //!
 //! Every random choice is a pure function of `(seed, epoch, step)`: the batch order comes from
-//! `training::fit::epoch_permutation`, the augmentation from `AugmentConfig::sample`, the cached
+//! `training::order::epoch_permutation`, the augmentation from `AugmentConfig::sample`, the cached
 //! pass from [`mix`]. A resumed run therefore needs only `(epoch, step)` to continue exactly.
 
 use std::path::{Path, PathBuf};
@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::net::Net;
+use models::Classifier as Net;
 
 /// SplitMix64 over the words: a cheap, well-mixed, platform-independent hash for seeds.
 pub fn mix(words: &[u64]) -> u64 {
@@ -83,7 +83,8 @@ impl EpochPlan {
             self.rounds.resize(round + 1, None);
         }
         let (n, seed, stream) = (self.n, self.seed, ((self.epoch as u64) << 20) | round as u64);
-        self.rounds[round].get_or_insert_with(|| training::fit::epoch_permutation(n, seed, stream))
+        self.rounds[round]
+            .get_or_insert_with(|| training::order::epoch_permutation(n, seed, stream))
     }
 }
 

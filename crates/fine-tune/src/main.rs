@@ -8,7 +8,6 @@
 //! those of `train-head` (weights, history, plots, confusion matrices, metrics, stage.json).
 
 mod data;
-mod net;
 mod train;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,8 +25,9 @@ use training::outputs::{self, SplitEvaluation, StageEvaluation};
 use training::{HeadSpec, OptimizerChoice, tensors_io};
 
 use crate::data::{TrainSource, TrunkCache, TrunkExpect, TrunkSet};
-use crate::net::{Net, head_input_width, trunk_layer};
-use crate::train::{Loop, Optimizers, Outcome, TrainState};
+use crate::train::{FineTuneTask, Optimizers};
+use models::classifier::{Classifier, ModelHeader, head_input_width, trunk_layer};
+use training::fit_loop::{self, Checkpointing, FitConfig, Outcome, TrainState};
 
 /// Fine-tune the top of VGG16 together with the dense head (the seed's last experiment).
 /// Defaults are the seed's: 150x150, 30 epochs of head training with the base frozen (RMSprop
@@ -253,7 +253,7 @@ fn run(args: Args) -> Result<bool> {
         .with_context(|| format!("loading weights {}", args.weights.display()))?;
     let arch = weights.base.arch().clone();
     let unfreeze_from = weights.base.layer(&args.unfreeze_from).context("--unfreeze-from")?;
-    let input_width = head_input_width(&arch, size)
+    let input_width = head_input_width(&arch, arch.last(), models::Pooling::None, size)
         .with_context(|| format!("--input-size {}", args.input_size))?;
     let trunk_until = trunk_layer(&arch, unfreeze_from);
 
@@ -364,31 +364,8 @@ fn run(args: Args) -> Result<bool> {
 
     // Resume, or start afresh.
     let checkpoints = CheckpointDir::new(args.out.join(CHECKPOINTS));
-    let resumed = if args.resume {
-        match checkpoints
-            .load::<TrainState>(train::LATEST)
-            .context("reading the checkpoint to resume")?
-        {
-            Some(ckpt) => Some(ckpt),
-            None => {
-                tracing::warn!(dir = %checkpoints.dir().display(), "--resume: no checkpoint, starting afresh");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let checkpoint_path = checkpoints.pointer_path(train::LATEST);
-    if let Some(ckpt) = &resumed {
-        if ckpt.state.version != train::STATE_VERSION || ckpt.state.config_sha256 != config_sha256 {
-            bail!(
-                "{}: the checkpoint belongs to a run with other settings (config sha256 {}, now {config_sha256}): run with the same flags, or without --resume to start afresh",
-                checkpoint_path.display(),
-                ckpt.state.config_sha256
-            );
-        }
-        tracing::info!(epoch = ckpt.state.epoch + 1, step = ckpt.state.step, "resuming");
-    }
+    let resumed = fit_loop::resume_point(&checkpoints, &config_sha256, args.resume)?;
+    let checkpoint_path = checkpoints.pointer_path(fit_loop::LATEST);
     // Only now, so a refused resume leaves the run's config.json as it was.
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -398,7 +375,25 @@ fn run(args: Args) -> Result<bool> {
     }
 
     tch::manual_seed(args.seed as i64);
-    let net = Net::new(weights, preprocessing, unfreeze_from, head_spec.clone())?;
+    let header = ModelHeader {
+        format_version: models::MODEL_FORMAT_VERSION,
+        architecture: arch.name().to_owned(),
+        layers: arch.defs().to_vec(),
+        cut: arch.name_of(arch.last()).to_owned(),
+        pooling: models::Pooling::None,
+        head: head_spec.clone(),
+        class_names: classes.clone(),
+        preprocessing,
+        input_size: [size, size],
+        resize: "nearest".to_owned(),
+        base_weights_sha256: weights_sha256.clone(),
+        trained_on: BTreeMap::from([
+            ("data".to_owned(), data_digest(&args.data)?),
+            ("config".to_owned(), config_sha256.clone()),
+        ]),
+        stage: "fine-tune".to_owned(),
+    };
+    let net = Classifier::on_base(weights, header, Some(unfreeze_from))?;
     if let (Some(head), None) = (&head_init, &resumed) {
         net.load_trainable(
             &head.tensors,
@@ -452,39 +447,48 @@ fn run(args: Args) -> Result<bool> {
     );
 
     let metadata = HashMap::from([
-        ("architecture".to_owned(), "vgg16_fine_tune_checkpoint".to_owned()),
+        ("architecture".to_owned(), "fine_tune_checkpoint".to_owned()),
         ("config_sha256".to_owned(), config_sha256.clone()),
     ]);
     let history_path = args.out.join("history.csv");
-    let on_epoch = |history: &[training::EpochRecord]| -> Result<()> {
-        Ok(training::write_history(&history_path, history)?)
+    let fit = FitConfig {
+        phases: train::phases(head_epochs, args.epochs),
+        early_stopping: None,
+        restore_best: false,
+        checkpoints: Some(Checkpointing {
+            dir: &checkpoints,
+            metadata: &metadata,
+            every_steps: args.checkpoint_every,
+        }),
+        stop_after_steps: args.stop_after_steps,
+        autocast,
     };
-    let training_loop = Loop {
+    let mut task = FineTuneTask {
+        net: &net,
         source: &source,
         validation: &validation,
-        head_epochs,
-        epochs: args.epochs,
         steps_per_epoch: args.steps_per_epoch,
         batch_size: batch,
+        seed: args.seed,
         optimizers,
-        checkpoints: &checkpoints,
-        metadata: &metadata,
-        checkpoint_every: args.checkpoint_every,
-        stop_after_steps: args.stop_after_steps,
-        on_epoch: &on_epoch,
-        autocast,
+        plan: None,
     };
     let (state, resume_tensors) = match resumed {
         Some(ckpt) => (ckpt.state, Some(ckpt.tensors)),
-        None => (TrainState::new(config_sha256.clone(), args.seed), None),
+        None => (TrainState::new(config_sha256.clone()), None),
     };
-    let (state, breakdowns) = match training_loop.run(
-        &net,
-        state,
-        resume_tensors.as_deref(),
-        &checkpoint_path,
-    )? {
-        Outcome::Finished(state, breakdowns) => (state, breakdowns),
+    let outcome = fit
+        .run(
+            &mut task,
+            state,
+            resume_tensors.as_deref().map(|t| (t, checkpoint_path.as_path())),
+            |history| Ok(training::write_history(&history_path, history)?),
+        )
+        .with_context(|| {
+            format!("the last good checkpoint is kept in {}", checkpoints.dir().display())
+        })?;
+    let (state, breakdowns) = match outcome {
+        Outcome::Finished(fitted) => (fitted.state, fitted.breakdowns),
         Outcome::Stopped(state) => {
             eprintln!(
                 "fine-tune: stopped after {} steps as asked (epoch {}, step {}); continue with --resume",
@@ -499,31 +503,13 @@ fn run(args: Args) -> Result<bool> {
     training::write_history(&history_path, &history)?;
 
     // Outputs: weights (final and best), plots, evaluation, stage record.
-    let model_meta = |which: &str, epoch: usize| -> Result<HashMap<String, String>> {
-        Ok(HashMap::from([
-            ("architecture".to_owned(), "vgg16_fine_tuned".to_owned()),
-            ("weights".to_owned(), which.to_owned()),
-            ("epoch".to_owned(), epoch.to_string()),
-            ("head".to_owned(), serde_json::to_string(&head_spec)?),
-            ("preprocessing".to_owned(), preprocessing.name().to_owned()),
-            ("input_size".to_owned(), args.input_size.to_string()),
-            ("unfreeze_from".to_owned(), arch.name_of(unfreeze_from).to_owned()),
-            ("base_weights_sha256".to_owned(), weights_sha256.clone()),
-            ("class_names".to_owned(), serde_json::to_string(&classes)?),
-            ("config_sha256".to_owned(), config_sha256.clone()),
-        ]))
-    };
-    tensors_io::save(
-        &args.out.join(MODEL_FILE),
-        &net.export(),
-        &model_meta("final", history.len())?,
-    )?;
+    net.save(&args.out.join(MODEL_FILE))?;
     let mut files: Vec<String> = vec![MODEL_FILE.into()];
     let mut best_summary = None;
-    if let Some(best) = checkpoints.load::<TrainState>(train::BEST)? {
+    if let Some(best) = checkpoints.load::<TrainState>(fit_loop::BEST)? {
         let trained: HashMap<String, tch::Tensor> = best.tensors.into_iter().collect();
         let tensors: Vec<(String, tch::Tensor)> = net
-            .export()
+            .variables()
             .into_iter()
             .map(|(n, t)| match trained.get(&n) {
                 Some(b) => (n, b.shallow_clone()),
@@ -531,7 +517,7 @@ fn run(args: Args) -> Result<bool> {
             })
             .collect();
         let b = best.state.best.context("the best checkpoint records no best epoch")?;
-        tensors_io::save(&args.out.join(BEST_FILE), &tensors, &model_meta("best", b.epoch)?)?;
+        net.save_variables(&args.out.join(BEST_FILE), &tensors)?;
         files.push(BEST_FILE.into());
         best_summary = Some(b);
     }

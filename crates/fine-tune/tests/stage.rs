@@ -243,12 +243,16 @@ fn outputs_follow_the_stage_contract() {
     assert_eq!(counts, 6);
     assert_eq!(image::open(dir.join("accuracy.png")).unwrap().width(), 800);
 
-    let meta = tensors_io::load(&dir.join("model.safetensors")).unwrap().metadata;
-    assert_eq!(meta["architecture"], "vgg16_fine_tuned");
-    assert_eq!(meta["unfreeze_from"], "block5_conv1");
-    assert_eq!(meta["preprocessing"], "rescale");
-    assert_eq!(meta["class_names"], r#"["cat","dog"]"#);
-    assert_eq!(meta["config_sha256"], record.config_sha256);
+    // The model file rebuilds the classifier on its own, described by its typed header.
+    let model = models::Classifier::load(&dir.join("model.safetensors"), Device::Cpu, None::<&str>)
+        .unwrap();
+    let header = model.header();
+    assert_eq!(header.stage, "fine-tune");
+    assert_eq!(header.architecture, "vgg16_conv_base");
+    assert_eq!(header.cut, "block5_pool");
+    assert_eq!(header.preprocessing, models::Preprocessing::Rescale);
+    assert_eq!(header.class_names, ["cat", "dog"]);
+    assert_eq!(header.trained_on["config"], record.config_sha256);
 
     // One time breakdown per epoch, every part present.
     let breakdown = record.summary["epoch_breakdown"].as_array().unwrap();

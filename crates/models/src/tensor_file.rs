@@ -109,9 +109,19 @@ pub fn copy_into(
     tensors: &[(String, Tensor)],
     path: &Path,
 ) -> Result<(), ModelError> {
-    for (name, var) in named_variables(vs) {
+    copy_into_named(&named_variables(vs), tensors, path)
+}
+
+/// Copies `tensors` into `variables` by name (no gradient recorded); every variable must be in
+/// `tensors` with its shape (`path` names where they came from). Extra tensors are ignored.
+pub fn copy_into_named(
+    variables: &[(String, Tensor)],
+    tensors: &[(String, Tensor)],
+    path: &Path,
+) -> Result<(), ModelError> {
+    for (name, var) in variables {
         let (_, src) =
-            tensors.iter().find(|(n, _)| *n == name).ok_or_else(|| ModelError::MissingTensor {
+            tensors.iter().find(|(n, _)| n == name).ok_or_else(|| ModelError::MissingTensor {
                 path: path.to_owned(),
                 name: name.clone(),
                 expected: var.size(),
@@ -119,7 +129,7 @@ pub fn copy_into(
         if src.size() != var.size() {
             return Err(ModelError::TensorShape {
                 path: path.to_owned(),
-                name,
+                name: name.clone(),
                 expected: var.size(),
                 actual: src.size(),
             });

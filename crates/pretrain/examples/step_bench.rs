@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use models::ConvArch;
-use pretrain::net::ConvNet;
+use pretrain::net::new_model;
 use tch::{Device, Kind, Tensor};
 use training::{Optimizer, OptimizerSpec};
 
@@ -13,8 +13,10 @@ fn main() -> anyhow::Result<()> {
     let size: i64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(64);
     let steps = 10;
     tch::manual_seed(0);
-    let net = ConvNet::new(ConvArch::small_convnet(), size, 10, 512, 0.5, Device::Cpu)?;
-    let mut opt = Optimizer::new(OptimizerSpec::rmsprop(1e-4), net.variables());
+    let classes: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+    let arch = ConvArch::small_convnet();
+    let net = new_model(&arch, size, &classes, (512, 0.5), Default::default(), Device::Cpu)?;
+    let mut opt = Optimizer::new(OptimizerSpec::rmsprop(1e-4), net.trainable());
     let images =
         Tensor::randint(256, [20, size, size, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
     let labels = Tensor::randint(10, [20], (Kind::Int64, Device::Cpu));
@@ -24,8 +26,7 @@ fn main() -> anyhow::Result<()> {
             let xs = models::preprocess(&images, models::Preprocessing::Rescale)?;
             let xs = if contiguous { xs.contiguous() } else { xs };
             opt.zero_grad();
-            let ys = net.base.forward(&xs)?;
-            let logits = net.head.forward_t(&ys.permute([0, 2, 3, 1]), true)?;
+            let logits = net.forward_from_trunk(&xs, true, true)?;
             let loss = training::head::loss(&logits, &labels)?;
             loss.backward();
             opt.step();
@@ -35,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             for _ in 0..steps {
                 let xs = models::preprocess(&images, models::Preprocessing::Rescale)?;
                 let xs = if contiguous { xs.contiguous() } else { xs };
-                let _ = net.base.forward(&xs)?;
+                let _ = net.forward_from_trunk(&xs, false, false)?;
             }
             Ok(())
         })?;
@@ -49,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     run("warm-up", false)?;
     run("channels-last view input", false)?;
     run("contiguous NCHW input", true)?;
-    for (_, mut var) in net.vs.variables() {
+    for (_, mut var) in net.trainable() {
         if var.dim() == 4 {
             let nhwc = var.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
             tch::no_grad(|| var.set_data(&nhwc));

@@ -15,11 +15,13 @@ use clap::Parser;
 use models::DeviceChoice;
 use models::weights::Provenance;
 use pretrain::data::{self, Images};
-use pretrain::net::{self, ArchChoice, ConvNet, PREPROCESSING};
-use pretrain::train::{self, TrainConfig};
+use pretrain::net::{self, ArchChoice, PREPROCESSING};
+use pretrain::train::{self, PretrainTask};
 use serde::Serialize;
+use training::checkpoint::CheckpointDir;
+use training::fit_loop::{self, Checkpointing, FitConfig, Outcome, TrainState};
 use training::outputs::{self, SplitEvaluation, StageEvaluation};
-use training::{Optimizer, OptimizerChoice, OptimizerSpec, tensors_io};
+use training::{OptimizerChoice, OptimizerSpec, PhasePlan};
 
 /// Train a convnet from scratch on an image-folder dataset (`train/`, `validation/`, optional
 /// `test/`, one folder per class) and save its conv base as weights for extract-features and
@@ -81,6 +83,16 @@ struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Continue from OUT/checkpoints (the weights, optimizer state and position of the last
+    /// checkpoint); a checkpoint of other settings is refused. Without one, starts afresh.
+    #[arg(long)]
+    resume: bool,
+    /// Also checkpoint every N steps inside an epoch (0: at the end of every epoch only).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Stop after this many steps, checkpointed, with exit status 3 (to test --resume).
+    #[arg(long, hide = true)]
+    stop_after_steps: Option<usize>,
 }
 
 /// Everything that determines the result, written to config.json before training starts.
@@ -106,13 +118,21 @@ struct StageConfig<'a> {
 
 const BASE_FILE: &str = "base.safetensors";
 const MODEL_FILE: &str = "model.safetensors";
+const CHECKPOINTS: &str = "checkpoints";
+/// Exit status of `--stop-after-steps`, distinct from errors (1).
+const STOPPED: u8 = 3;
 
 fn main() -> ExitCode {
     cpu_runtime::init();
-    cli_support::main(|| run(Args::parse()))
+    cli_support::init_logging();
+    cli_support::exit_code(
+        run(Args::parse())
+            .map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }),
+    )
 }
 
-fn run(args: Args) -> Result<()> {
+/// Trains and writes the stage's outputs; `false` when `--stop-after-steps` stopped it.
+fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
@@ -161,10 +181,16 @@ fn run(args: Args) -> Result<()> {
         seed: args.seed,
         device: format!("{device:?}"),
     };
+    let config_sha256 = run_folder::json_sha256(&config);
+    let checkpoints = CheckpointDir::new(args.out.join(CHECKPOINTS));
+    let resumed = fit_loop::resume_point(&checkpoints, &config_sha256, args.resume)?;
+    // Only now, so a refused resume leaves the run's config.json as it was.
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
-    let config_sha256 = run_folder::json_sha256(&config);
+    if resumed.is_none() {
+        checkpoints.clear()?;
+    }
 
     let load = |split: &str| -> Result<Images> {
         let images = data::load(&args.data, split, args.input_size as usize)?;
@@ -190,27 +216,68 @@ fn run(args: Args) -> Result<()> {
     );
 
     tch::manual_seed(args.seed as i64);
-    let net = ConvNet::new(arch.clone(), size, classes.len(), args.hidden, args.dropout, device)?;
+    let trained_on = BTreeMap::from([
+        ("data".to_owned(), data_sha256.clone()),
+        ("config".to_owned(), config_sha256.clone()),
+    ]);
+    let mut net =
+        net::new_model(&arch, size, &classes, (args.hidden, args.dropout), trained_on, device)?;
     tracing::info!(
         architecture = arch.name(),
-        params = models::parameter_count(&net.vs),
+        params = net.trainable().iter().map(|(_, t)| t.numel() as i64).sum::<i64>(),
         "network built"
     );
-    let mut optimizer = Optimizer::new(optimizer_spec, net.variables());
-    let train_config = TrainConfig {
-        epochs: args.epochs,
+    let metadata = HashMap::from([
+        ("architecture".to_owned(), "pretrain_checkpoint".to_owned()),
+        ("config_sha256".to_owned(), config_sha256.clone()),
+    ]);
+    let fit = FitConfig {
+        phases: vec![PhasePlan { name: "scratch".into(), epochs: args.epochs }],
+        early_stopping: None,
+        restore_best: !args.keep_last,
+        checkpoints: Some(Checkpointing {
+            dir: &checkpoints,
+            metadata: &metadata,
+            every_steps: args.checkpoint_every,
+        }),
+        stop_after_steps: args.stop_after_steps,
+        autocast: false,
+    };
+    let mut task = PretrainTask {
+        net: &net,
+        train: &train_set,
+        val: &val_set,
+        optimizer: optimizer_spec,
         batch_size: args.batch_size,
         seed: args.seed,
-        augment,
-        restore_best: !args.keep_last,
+        augment: augment.as_ref(),
+        order: Vec::new(),
     };
-    let mut so_far = Vec::new();
-    let trained =
-        train::fit(&net, &mut optimizer, &train_set, &val_set, &train_config, |record| {
-            so_far.push(record.clone());
-            Ok(training::write_history(&args.out.join("history.csv"), &so_far)?)
-        })?;
-    let history = &trained.history;
+    let checkpoint_path = checkpoints.pointer_path(fit_loop::LATEST);
+    let (state, resume_tensors) = match resumed {
+        Some(ckpt) => (ckpt.state, Some(ckpt.tensors)),
+        None => (TrainState::new(config_sha256.clone()), None),
+    };
+    let history_path = args.out.join("history.csv");
+    let outcome = fit.run(
+        &mut task,
+        state,
+        resume_tensors.as_deref().map(|t| (t, checkpoint_path.as_path())),
+        |history| Ok(training::write_history(&history_path, history)?),
+    )?;
+    let trained = match outcome {
+        Outcome::Finished(fitted) => fitted,
+        Outcome::Stopped(state) => {
+            eprintln!(
+                "pretrain: stopped after {} steps as asked (epoch {}, step {}); continue with --resume",
+                args.stop_after_steps.unwrap_or_default(),
+                state.epoch + 1,
+                state.step
+            );
+            return Ok(false);
+        }
+    };
+    let history = &trained.state.history;
 
     // Evaluation of the weights we keep and its files, then the weights.
     let evaluate = |split: &str, images: &Images| -> Result<(Vec<i64>, f64)> {
@@ -255,17 +322,8 @@ fn run(args: Args) -> Result<()> {
         source_sha256: config_sha256.clone(),
         source_format: "pretrain".to_owned(),
     };
-    let base_meta = net.save_base(&args.out.join(BASE_FILE), &provenance)?;
-    let metadata = HashMap::from([
-        ("architecture".to_owned(), format!("{}+dense_head", arch.name())),
-        ("layers".to_owned(), arch.to_json()),
-        ("head".to_owned(), serde_json::to_string(net.head.spec())?),
-        ("input_size".to_owned(), args.input_size.to_string()),
-        ("preprocessing".to_owned(), PREPROCESSING.name().to_owned()),
-        ("class_names".to_owned(), serde_json::to_string(&classes)?),
-        ("base_sha256".to_owned(), base_meta.digest.clone()),
-    ]);
-    tensors_io::save(&args.out.join(MODEL_FILE), &net.variables(), &metadata)?;
+    let base_meta = net::save_base(&mut net, &args.out.join(BASE_FILE), &provenance)?;
+    net.save(&args.out.join(MODEL_FILE))?;
 
     let inputs = BTreeMap::from([("data".to_owned(), data_sha256.clone())]);
     files.extend([BASE_FILE, MODEL_FILE].map(String::from));
@@ -297,7 +355,7 @@ fn run(args: Args) -> Result<()> {
         started.elapsed().as_secs_f64(),
         args.out.join(BASE_FILE).display()
     );
-    Ok(())
+    Ok(true)
 }
 
 /// The dataset as an input of this stage (see `dataset::tree_digest`).

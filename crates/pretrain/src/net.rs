@@ -1,20 +1,21 @@
-//! The network trained from scratch: a conv base of any [`ConvArch`] (variables
-//! `features.N.weight|bias`, as in every weights file) and the dense top of the training crate
-//! (`head.fc1`, `head.fc2`) in one `VarStore`.
+//! The network trained from scratch: a [`Classifier`] with every layer trainable, a conv base of
+//! any [`ConvArch`] (variables `features.N.weight|bias`, as in every weights file) and the seed's
+//! dense head (`head.fc1`, `head.fc2`).
 //!
 //! Input: RGB8 `[N, H, W, 3]`, scaled to [0, 1] (Keras `rescale=1./255`, recorded as the base's
 //! preprocessing). The base's output is flattened channels-last, as Keras' `Flatten` does, so a
 //! head trained later by `train-head` on cached features of this base is laid out the same way.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use clap::ValueEnum;
+use models::classifier::{ModelHeader, head_input_width};
 use models::weights::{Provenance, WeightsMeta, save_conv_base};
-use models::{ConvArch, ConvBase, LayerKind, Preprocessing};
+use models::{Classifier, ConvArch, HeadSpec, Pooling, Preprocessing};
 use serde::Serialize;
-use tch::{Device, Tensor, nn};
-use training::{DenseHead, HeadSpec, tensors_io};
+use tch::{Device, Tensor};
 
 /// The preprocessing the network is trained with, and so the one its weights record.
 pub const PREPROCESSING: Preprocessing = Preprocessing::Rescale;
@@ -40,80 +41,53 @@ pub fn arch(choice: ArchChoice, width: f64) -> Result<ConvArch> {
     })
 }
 
-/// Conv base + dense top.
-pub struct ConvNet {
-    pub vs: nn::VarStore,
-    pub base: ConvBase,
-    pub head: DenseHead,
-    pub input_size: i64,
+/// A fresh classifier of `arch` for `classes` classes at `input_size`, initialised like Keras
+/// (Glorot-uniform kernels, zero biases) from the current libtorch seed: the whole base up to
+/// its last layer, flattened channels-last, then Dense(`hidden`, relu), dropout, Dense(1 | N).
+/// `trained_on` goes into the model file's header. Fails when `input_size` does not survive the
+/// base's pools.
+pub fn new_model(
+    arch: &ConvArch,
+    input_size: i64,
+    classes: &[String],
+    (hidden, dropout): (i64, f64),
+    trained_on: BTreeMap<String, String>,
+    device: Device,
+) -> Result<Classifier> {
+    anyhow::ensure!(classes.len() >= 2, "training needs at least 2 classes, got {}", classes.len());
+    let input_width = head_input_width(arch, arch.last(), Pooling::None, input_size)
+        .with_context(|| format!("--input-size {input_size}"))?;
+    let header = ModelHeader {
+        format_version: models::MODEL_FORMAT_VERSION,
+        architecture: arch.name().to_owned(),
+        layers: arch.defs().to_vec(),
+        cut: arch.name_of(arch.last()).to_owned(),
+        pooling: Pooling::None,
+        head: HeadSpec { input_width, hidden, dropout, classes: classes.len() },
+        class_names: classes.to_vec(),
+        preprocessing: PREPROCESSING,
+        input_size: [input_size, input_size],
+        resize: "nearest".to_owned(),
+        // Set once the base is written (`save_base`): the model's base is the one it trained.
+        base_weights_sha256: String::new(),
+        trained_on,
+        stage: "pretrain".to_owned(),
+    };
+    Ok(Classifier::from_scratch(header, device)?)
 }
 
-impl ConvNet {
-    /// A fresh network initialised like Keras (Glorot-uniform kernels, zero biases) from the
-    /// current libtorch seed. Fails when `input_size` does not survive the base's pools.
-    pub fn new(
-        arch: ConvArch,
-        input_size: i64,
-        classes: usize,
-        hidden: i64,
-        dropout: f64,
-        device: Device,
-    ) -> Result<Self> {
-        anyhow::ensure!(classes >= 2, "training needs at least 2 classes, got {classes}");
-        let [c, h, w] = arch
-            .output_shape(input_size, input_size, arch.last())
-            .with_context(|| format!("--input-size {input_size}"))?;
-        let vs = nn::VarStore::new(device);
-        let base = ConvBase::with_arch(&vs.root(), arch);
-        keras_conv_init(&vs, &base)?;
-        let head = DenseHead::new(
-            &vs.root(),
-            HeadSpec { input_width: c * h * w, hidden, dropout, classes },
-        );
-        Ok(Self { vs, base, head, input_size })
-    }
-
-    /// batch: RGB8 `[N, H, W, 3]` on the device -> logits `[N, 1 | classes]`. `train` turns
-    /// dropout on.
-    pub fn forward_t(&self, batch: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = models::preprocess(batch, PREPROCESSING)?;
-        let ys = self.base.forward(&xs)?;
-        Ok(self.head.forward_t(&ys.f_permute([0, 2, 3, 1])?, train)?)
-    }
-
-    /// Every variable, sorted by name: what an optimizer gets and what `model.safetensors` holds.
-    pub fn variables(&self) -> Vec<(String, Tensor)> {
-        tensors_io::named_variables(&self.vs)
-    }
-
-    /// Writes the conv base (no head) as our weights file.
-    pub fn save_base(&self, path: &Path, provenance: &Provenance) -> Result<WeightsMeta> {
-        let base: Vec<(String, Tensor)> =
-            self.variables().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
-        save_conv_base(path, self.base.arch(), &base, provenance)
-            .with_context(|| format!("writing {}", path.display()))
-    }
-}
-
-/// Keras' `Conv2D` defaults: kernel Glorot-uniform over fan_in = in * k * k and
-/// fan_out = out * k * k, bias zero (libtorch's own default is Kaiming-uniform with a random bias).
-fn keras_conv_init(vs: &nn::VarStore, base: &ConvBase) -> Result<()> {
-    let vars = vs.variables();
-    let arch = base.arch();
-    for layer in arch.layers() {
-        let spec = arch.spec(layer);
-        let LayerKind::Conv { in_channels, out_channels, kernel, .. } = spec.kind else { continue };
-        let limit = (6.0 / ((in_channels + out_channels) * kernel * kernel) as f64).sqrt();
-        let name = |what: &str| format!("features.{}.{what}", spec.torch_index);
-        let weight =
-            vars.get(&name("weight")).with_context(|| format!("no variable {}", name("weight")))?;
-        let bias =
-            vars.get(&name("bias")).with_context(|| format!("no variable {}", name("bias")))?;
-        tch::no_grad(|| -> Result<()> {
-            let _ = weight.shallow_clone().f_uniform_(-limit, limit)?;
-            let _ = bias.shallow_clone().f_zero_()?;
-            Ok(())
-        })?;
-    }
-    Ok(())
+/// Writes the conv base of `model` (no head) as our weights file, which `extract-features` and
+/// `fine-tune` take like VGG16's, and records its digest in the model's header.
+pub fn save_base(
+    model: &mut Classifier,
+    path: &Path,
+    provenance: &Provenance,
+) -> Result<WeightsMeta> {
+    let arch = model.header().arch()?;
+    let base: Vec<(String, Tensor)> =
+        model.variables().into_iter().filter(|(n, _)| n.starts_with("features.")).collect();
+    let meta = save_conv_base(path, &arch, &base, provenance)
+        .with_context(|| format!("writing {}", path.display()))?;
+    model.header_mut().base_weights_sha256 = meta.digest.clone();
+    Ok(meta)
 }

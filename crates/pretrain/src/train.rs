@@ -1,44 +1,73 @@
-//! The epoch loop of training from scratch, Keras `model.fit` style: each epoch visits every
-//! training image once in the order `training::fit::epoch_permutation(seed, epoch)`, each image
-//! augmented (when asked) by `AugmentConfig::sample(seed, epoch, index)`, libtorch reseeded from
-//! `(seed, epoch, step)` before each step (dropout), then one validation pass. A non-finite loss
-//! stops training with the epoch and step named. With `restore_best`, the weights of the epoch
-//! with the lowest validation loss are put back at the end.
+//! Training from scratch as a task of the one training loop (`training::fit_loop`): each epoch
+//! visits every training image once in the order `training::order::epoch_permutation(seed,
+//! epoch)`, each image augmented (when asked) by `AugmentConfig::sample(seed, epoch, index)`,
+//! libtorch reseeded from `(seed, epoch, step)` before each step (dropout), so the loop's
+//! checkpoints resume exactly. The loop validates after every epoch, stops on a non-finite loss
+//! naming the epoch and step, and (unless `--keep-last`) puts back the weights of the epoch with
+//! the lowest validation loss.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use augment::AugmentConfig;
 use rayon::prelude::*;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
+use training::OptimizerSpec;
+use training::fit_loop::{Batch, BoxError, Evaluation, Task};
 use training::head::{loss, predict};
-use training::{EpochRecord, Optimizer};
 
 use crate::data::Images;
-use crate::net::ConvNet;
+use models::Classifier;
 
-/// How to train.
-#[derive(Debug, Clone)]
-pub struct TrainConfig {
-    pub epochs: usize,
+/// The network, its data and its optimizer: what the loop trains.
+pub struct PretrainTask<'a> {
+    pub net: &'a Classifier,
+    pub train: &'a Images,
+    pub val: &'a Images,
+    pub optimizer: OptimizerSpec,
     pub batch_size: usize,
     pub seed: u64,
-    pub augment: Option<AugmentConfig>,
-    /// Put back the weights of the epoch with the lowest validation loss when training ends.
-    pub restore_best: bool,
+    pub augment: Option<&'a AugmentConfig>,
+    /// The epoch in progress's visiting order (set by `begin_epoch`).
+    pub order: Vec<usize>,
 }
 
-/// Loss, accuracy and predictions of the network on a split.
-#[derive(Debug, Clone)]
-pub struct Evaluation {
-    pub loss: f64,
-    pub acc: f64,
-    pub predictions: Vec<i64>,
-}
+impl Task for PretrainTask<'_> {
+    fn steps_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.batch_size.max(1))
+    }
 
-/// What training did: the history, and the epoch whose weights the network holds now.
-#[derive(Debug, Clone)]
-pub struct Trained {
-    pub history: Vec<EpochRecord>,
-    pub kept_epoch: usize,
+    fn begin_epoch(&mut self, epoch: usize) -> Result<(), BoxError> {
+        self.order = training::order::epoch_permutation(self.train.len(), self.seed, epoch as u64);
+        Ok(())
+    }
+
+    fn batch(&mut self, epoch: usize, step: usize) -> Result<Batch, BoxError> {
+        let indices = self.order.chunks(self.batch_size).nth(step).ok_or("step past the epoch")?;
+        let augment = self.augment.map(|a| (a, self.seed, epoch as u64));
+        let xs = batch_tensor(self.train, indices, augment, self.net.device())?;
+        let labels: Vec<i64> = indices.iter().map(|&i| self.train.labels[i]).collect();
+        let ys = Tensor::from_slice(&labels).f_to_device(self.net.device())?;
+        Ok(Batch { xs, ys })
+    }
+
+    fn step_seed(&self, epoch: usize, step: usize) -> Option<i64> {
+        Some(step_seed(self.seed, epoch, step))
+    }
+
+    fn enter_phase(&self, _phase: usize) -> Vec<(OptimizerSpec, Vec<(String, Tensor)>)> {
+        vec![(self.optimizer, self.net.trainable())]
+    }
+
+    fn forward(&self, xs: &Tensor, _phase: usize) -> Result<Tensor, BoxError> {
+        Ok(self.net.forward_t(xs, true)?)
+    }
+
+    fn validate(&self) -> Result<Evaluation, BoxError> {
+        Ok(evaluate(self.net, self.val, self.batch_size)?)
+    }
+
+    fn trainable(&self) -> Vec<(String, Tensor)> {
+        self.net.trainable()
+    }
 }
 
 /// The libtorch seed of step `step` of `epoch` (dropout masks): a pure function, so no RNG state
@@ -81,8 +110,8 @@ pub fn batch_tensor(
 }
 
 /// Runs the network over `images` in batches (dropout off, no gradients).
-pub fn evaluate(net: &ConvNet, images: &Images, batch_size: usize) -> Result<Evaluation> {
-    let device = net.vs.device();
+pub fn evaluate(net: &Classifier, images: &Images, batch_size: usize) -> Result<Evaluation> {
+    let device = net.device();
     let n = images.len();
     let (mut total, mut predictions) = (0.0, Vec::with_capacity(n));
     tch::no_grad(|| -> Result<()> {
@@ -103,93 +132,4 @@ pub fn evaluate(net: &ConvNet, images: &Images, batch_size: usize) -> Result<Eva
         acc: correct as f64 / n.max(1) as f64,
         predictions,
     })
-}
-
-/// Trains `net` on `train`, validating on `val` after every epoch; `on_epoch` sees each finished
-/// epoch (to write the history as training goes).
-pub fn fit(
-    net: &ConvNet,
-    optimizer: &mut Optimizer,
-    train: &Images,
-    val: &Images,
-    config: &TrainConfig,
-    mut on_epoch: impl FnMut(&EpochRecord) -> Result<()>,
-) -> Result<Trained> {
-    if train.is_empty() || val.is_empty() {
-        bail!("training and validation splits must not be empty");
-    }
-    if config.batch_size == 0 || config.epochs == 0 {
-        bail!("--batch-size and --epochs must be at least 1");
-    }
-    let device = net.vs.device();
-    let n = train.len();
-    let mut history = Vec::with_capacity(config.epochs);
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
-    for epoch in 0..config.epochs {
-        let started = std::time::Instant::now();
-        let order = training::fit::epoch_permutation(n, config.seed, epoch as u64);
-        let (mut loss_sum, mut correct) = (0.0, 0i64);
-        for (step, indices) in order.chunks(config.batch_size).enumerate() {
-            let augment = config.augment.as_ref().map(|a| (a, config.seed, epoch as u64));
-            let xs = batch_tensor(train, indices, augment, device)?;
-            let labels: Vec<i64> = indices.iter().map(|&i| train.labels[i]).collect();
-            let ys = Tensor::from_slice(&labels).f_to_device(device)?;
-            tch::manual_seed(step_seed(config.seed, epoch, step));
-            optimizer.zero_grad();
-            let logits = net.forward_t(&xs, true)?;
-            let batch_loss = loss(&logits, &ys)?;
-            let value = batch_loss.f_double_value(&[])?;
-            if !value.is_finite() {
-                bail!(
-                    "the training loss is {value} at epoch {}, step {}: lower --lr",
-                    epoch + 1,
-                    step + 1
-                );
-            }
-            batch_loss.f_backward()?;
-            optimizer.step();
-            loss_sum += value * indices.len() as f64;
-            correct += predict(&logits)?.f_eq_tensor(&ys)?.f_sum(Kind::Int64)?.f_int64_value(&[])?;
-        }
-        let val_eval = evaluate(net, val, config.batch_size)?;
-        if !val_eval.loss.is_finite() {
-            bail!("the validation loss is {} after epoch {}: lower --lr", val_eval.loss, epoch + 1);
-        }
-        let record = EpochRecord {
-            epoch: epoch + 1,
-            loss: loss_sum / n as f64,
-            acc: correct as f64 / n as f64,
-            val_loss: val_eval.loss,
-            val_acc: val_eval.acc,
-            lr: optimizer.spec().lr(),
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        tracing::info!(
-            epoch = record.epoch,
-            loss = record.loss,
-            acc = record.acc,
-            val_loss = record.val_loss,
-            val_acc = record.val_acc,
-            seconds = record.seconds,
-            "epoch done"
-        );
-        on_epoch(&record)?;
-        history.push(record);
-        if config.restore_best && best.as_ref().is_none_or(|(b, _, _)| val_eval.loss < *b) {
-            best = Some((
-                val_eval.loss,
-                epoch + 1,
-                net.variables().into_iter().map(|(_, t)| t.copy()).collect(),
-            ));
-        }
-    }
-    let mut kept_epoch = history.len();
-    if let Some((_, epoch, snapshot)) = best {
-        for ((_, var), saved) in net.variables().iter().zip(&snapshot) {
-            tch::no_grad(|| var.shallow_clone().f_copy_(saved))?;
-        }
-        kept_epoch = epoch;
-        tracing::info!(epoch, "kept the weights of the epoch with the lowest validation loss");
-    }
-    Ok(Trained { history, kept_epoch })
 }

@@ -9,10 +9,11 @@ use std::path::Path;
 use models::weights::Provenance;
 use models::{ConvArch, Pooling, Preprocessing, load_weights};
 use pretrain::data;
-use pretrain::net::ConvNet;
-use pretrain::train::{TrainConfig, fit};
+use pretrain::net::{new_model, save_base};
+use pretrain::train::PretrainTask;
 use tch::{Device, Kind, Tensor};
-use training::{Optimizer, OptimizerSpec};
+use training::OptimizerSpec;
+use training::fit_loop::{FitConfig, Outcome, PhasePlan, TrainState};
 
 /// Writes an 8x8 grey PNG: `top` bright rows 0-3, else rows 4-7, with seeded noise.
 fn write_png(path: &Path, top: bool, noise: u64) {
@@ -67,17 +68,36 @@ fn training_lowers_the_loss_on_a_separable_set() {
     assert_eq!(train.len(), 16);
     assert_eq!(train.classes(), ["bottom", "top"]);
     tch::manual_seed(0);
-    let net = ConvNet::new(ConvArch::small_convnet(), 48, 2, 16, 0.0, Device::Cpu).unwrap();
-    let mut optimizer = Optimizer::new(OptimizerSpec::adam(1e-3), net.variables());
-    let config =
-        TrainConfig { epochs: 6, batch_size: 4, seed: 0, augment: None, restore_best: false };
+    let net = model(&ConvArch::small_convnet(), 48, 2, (16, 0.0));
+    let mut task = PretrainTask {
+        net: &net,
+        train: &train,
+        val: &val,
+        optimizer: OptimizerSpec::adam(1e-3),
+        batch_size: 4,
+        seed: 0,
+        augment: None,
+        order: Vec::new(),
+    };
+    let fit = FitConfig {
+        phases: vec![PhasePlan { name: "scratch".into(), epochs: 6 }],
+        early_stopping: None,
+        restore_best: false,
+        checkpoints: None,
+        stop_after_steps: None,
+        autocast: false,
+    };
     let mut seen = 0;
-    let trained = fit(&net, &mut optimizer, &train, &val, &config, |_| {
-        seen += 1;
-        Ok(())
-    })
-    .unwrap();
-    let h = &trained.history;
+    let Outcome::Finished(trained) = fit
+        .run(&mut task, TrainState::new(String::new()), None, |_| {
+            seen += 1;
+            Ok(())
+        })
+        .unwrap()
+    else {
+        panic!("no stop was asked")
+    };
+    let h = &trained.state.history;
     assert_eq!((seen, h.len(), trained.kept_epoch), (6, 6, 6));
     assert!(h[5].loss < 0.5 * h[0].loss, "loss {} -> {}", h[0].loss, h[5].loss);
     assert_eq!(h[5].val_acc, 1.0, "{h:?}");
@@ -87,31 +107,40 @@ fn training_lowers_the_loss_on_a_separable_set() {
 fn saved_base_loads_with_the_same_output() {
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(1);
-    let net =
-        ConvNet::new(ConvArch::vgg16_width(0.0625).unwrap(), 32, 3, 8, 0.5, Device::Cpu).unwrap();
+    let mut net = model(&ConvArch::vgg16_width(0.0625).unwrap(), 32, 3, (8, 0.5));
     let path = dir.path().join("base.safetensors");
-    let meta = net.save_base(&path, &provenance()).unwrap();
+    let meta = save_base(&mut net, &path, &provenance()).unwrap();
+    assert_eq!(net.header().base_weights_sha256, meta.digest);
     assert_eq!(meta.architecture, "vgg16_w0.0625");
 
     let loaded = load_weights(&path, Device::Cpu).unwrap();
     assert_eq!(loaded.meta.digest, meta.digest);
     assert_eq!(loaded.meta.preprocessing, Preprocessing::Rescale);
-    assert_eq!(loaded.base.arch(), net.base.arch());
+    assert_eq!(*loaded.base.arch(), net.header().arch().unwrap());
     assert_eq!(loaded.vs.variables().len(), 26, "the head is not part of the base");
     let images =
         Tensor::randint(256, [2, 32, 32, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
-    let xs = models::preprocess(&images, Preprocessing::Rescale).unwrap();
-    let expect = tch::no_grad(|| net.base.forward(&xs)).unwrap();
+    // The file holds the model's own conv variables, bit for bit.
+    let vars = net.variables();
+    for (name, t) in models::tensor_file::named_variables(&loaded.vs) {
+        let (_, mine) = vars.iter().find(|(n, _)| *n == name).unwrap();
+        assert!(t.equal(mine), "{name}: the loaded base holds something else");
+    }
     let got = tch::no_grad(|| loaded.features(&images, "block5_pool", Pooling::None)).unwrap();
     assert_eq!(got.size(), [2, 32, 1, 1]);
-    assert!(got.equal(&expect), "the loaded base computes something else");
+}
+
+/// A fresh model of `arch` for `classes` classes at `size`.
+fn model(arch: &ConvArch, size: i64, classes: usize, head: (i64, f64)) -> models::Classifier {
+    let names: Vec<String> = (0..classes).map(|c| format!("c{c}")).collect();
+    new_model(arch, size, &names, head, Default::default(), Device::Cpu).unwrap()
 }
 
 fn small_convnet_weights(dir: &Path) -> std::path::PathBuf {
     tch::manual_seed(2);
-    let net = ConvNet::new(ConvArch::small_convnet(), 64, 10, 8, 0.5, Device::Cpu).unwrap();
+    let mut net = model(&ConvArch::small_convnet(), 64, 10, (8, 0.5));
     let path = dir.join("base.safetensors");
-    net.save_base(&path, &provenance()).unwrap();
+    save_base(&mut net, &path, &provenance()).unwrap();
     path
 }
 
@@ -167,33 +196,57 @@ fn unfreeze_from_on_the_small_convnet() {
     assert!(w.base.set_unfreeze_from(Some("block5_conv1")).is_err());
 }
 
+/// Runs the pretrain binary on `data` into `out`: 48x48, 2 epochs of batch 4, one thread, plus
+/// `extra` flags.
+fn pretrain_bin(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .args(["--input-size", "48", "--epochs", "2", "--batch-size", "4", "--hidden", "8"])
+        .args(["--device", "cpu", "--threads", "1", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    make_dataset(&data, 4);
+    let whole = dir.path().join("whole");
+    let run = pretrain_bin(&data, &whole, &[]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // Stopped in the middle of epoch 2 (2 steps an epoch: step 3 of 4), then resumed.
+    let parts = dir.path().join("parts");
+    let stopped = pretrain_bin(&data, &parts, &["--stop-after-steps", "3"]);
+    assert_eq!(stopped.status.code(), Some(3), "{}", String::from_utf8_lossy(&stopped.stderr));
+    assert!(!parts.join("stage.json").exists(), "a stopped run is not a finished stage");
+    let resumed = pretrain_bin(&data, &parts, &["--resume"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    for file in ["model.safetensors", "base.safetensors"] {
+        assert_eq!(
+            std::fs::read(whole.join(file)).unwrap(),
+            std::fs::read(parts.join(file)).unwrap(),
+            "{file} differs after resume"
+        );
+    }
+    // Other settings refuse the checkpoint, naming it.
+    let stopped = pretrain_bin(&data, &parts, &["--stop-after-steps", "1"]);
+    assert_eq!(stopped.status.code(), Some(3));
+    let other = pretrain_bin(&data, &parts, &["--resume", "--lr", "0.5"]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && err.contains("checkpoints/latest"), "{err}");
+}
+
 #[test]
 fn binary_writes_a_complete_stage() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     make_dataset(&data, 4);
     let out = dir.path().join("out");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_pretrain"))
-        .args([
-            "--input-size",
-            "48",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--hidden",
-            "8",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-            "--data",
-        ])
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let run = pretrain_bin(&data, &out, &[]);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let record = run_folder::StageRecord::read(&out).unwrap();
     assert_eq!(record.stage, "pretrain");

@@ -12,12 +12,12 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use feature_cache::{Cache, ExtractionRecord, LoadedEntry};
 use models::DeviceChoice;
+use models::classifier::{Classifier, ModelHeader};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 use training::outputs::{self, SplitEvaluation, StageEvaluation};
 use training::{
-    DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerChoice,
-    OptimizerSpec, evaluate, tensors_io,
+    DenseHead, FeatureSet, HeadFit, HeadSpec, OptimizerChoice, OptimizerSpec, evaluate, tensors_io,
 };
 
 /// Train the dense classifier head on cached VGG16 features (the seed's "fast feature
@@ -34,6 +34,11 @@ struct Args {
     /// Read the cache entries from this folder instead of the one recorded in features.json.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// The base weights file the features were extracted with (its sha256 is checked against
+    /// the features'): with it, the stage also writes model.safetensors, the classifier that
+    /// takes images (base up to the cached layer + this head) and needs no other file.
+    #[arg(long)]
+    weights: Option<PathBuf>,
     /// Stage folder for weights, history, plots and metrics.
     #[arg(long)]
     out: PathBuf,
@@ -90,6 +95,8 @@ struct StageConfig<'a> {
 }
 
 const WEIGHTS_FILE: &str = "head.safetensors";
+/// The whole classifier (base up to the cut + head), written when `--weights` is given.
+const MODEL_FILE: &str = "model.safetensors";
 
 fn main() -> ExitCode {
     cpu_runtime::init();
@@ -179,20 +186,20 @@ fn run(args: Args) -> Result<()> {
     tch::manual_seed(args.seed as i64);
     let vs = nn::VarStore::new(device);
     let head = DenseHead::new(&vs.root(), head_spec.clone());
-    let mut optimizer = Optimizer::new(optimizer_spec, tensors_io::named_variables(&vs));
-    let fit_config = FitConfig {
+    // Early stopping with restore puts back the best epoch's weights; otherwise the last stay.
+    let restored = args.restore_best && args.early_stopping_patience.is_some();
+    let fit = HeadFit {
         epochs: args.epochs,
         batch_size: args.batch_size,
         seed: args.seed,
-        early_stopping: args
-            .early_stopping_patience
-            .map(|patience| EarlyStopping { patience, restore_best: args.restore_best }),
+        early_stopping_patience: args.early_stopping_patience,
+        restore_best: restored,
     };
-    let mut so_far = Vec::new();
-    let history = training::fit(&head, &vs, &mut optimizer, &train, &val, &fit_config, |record| {
-        so_far.push(record.clone());
-        training::write_history(&args.out.join("history.csv"), &so_far)
+    let history_path = args.out.join("history.csv");
+    let fitted = training::fit_head((&head, &vs), optimizer_spec, (&train, &val), &fit, |h| {
+        Ok(training::write_history(&history_path, h)?)
     })?;
+    let history = fitted.state.history;
 
     // Outputs: weights, then the evaluation of the weights kept.
     let metadata = HashMap::from([
@@ -205,6 +212,24 @@ fn run(args: Args) -> Result<()> {
         ("cache_keys".to_owned(), serde_json::to_string(&config.train_keys)?),
     ]);
     tensors_io::save(&args.out.join(WEIGHTS_FILE), &tensors_io::named_variables(&vs), &metadata)?;
+    let model_written = match &args.weights {
+        Some(weights) => {
+            let trained_on = BTreeMap::from([
+                ("features".to_owned(), config.train_keys.join(",")),
+                ("config".to_owned(), run_folder::json_sha256(&config)),
+            ]);
+            let base =
+                ModelBase { weights, key: &val_entry.manifest.components, classes: &classes };
+            write_model(&base, &head_spec, &vs, trained_on, &args.out.join(MODEL_FILE))?;
+            true
+        }
+        None => {
+            tracing::warn!(
+                "no --weights given: {MODEL_FILE} (the classifier that takes images) is not written, only {WEIGHTS_FILE}"
+            );
+            false
+        }
+    };
 
     let eval_split = |split: &str, entry: &LoadedEntry| -> Result<(Vec<i64>, Vec<i64>, f64)> {
         let eval =
@@ -218,13 +243,10 @@ fn run(args: Args) -> Result<()> {
     fn split((truth, predicted, loss): &(Vec<i64>, Vec<i64>, f64)) -> SplitEvaluation<'_> {
         SplitEvaluation { truth, predicted, loss: *loss, source: None }
     }
-    // Early stopping with restore puts back the best epoch's weights; otherwise the last stay.
-    let restored = args.restore_best && args.early_stopping_patience.is_some();
-    let kept_epoch = if restored { outputs::best_epoch(&history) } else { None };
     let written = StageEvaluation {
         classes: &classes,
         history: &history,
-        kept_epoch: kept_epoch.unwrap_or(history.len()),
+        kept_epoch: fitted.kept_epoch,
         smoothing: (args.smoothing > 0.0).then_some(args.smoothing),
         validation: split(&val_eval),
         test: test_eval.as_ref().map(split),
@@ -233,6 +255,9 @@ fn run(args: Args) -> Result<()> {
 
     let mut files = written.files;
     files.push(WEIGHTS_FILE.to_owned());
+    if model_written {
+        files.push(MODEL_FILE.to_owned());
+    }
     let inputs = BTreeMap::from([(
         "features.json".to_owned(),
         run_folder::file_sha256(&args.features)?.sha256,
@@ -258,6 +283,56 @@ fn run(args: Args) -> Result<()> {
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
+    Ok(())
+}
+
+/// What the cached features were computed with: the base weights file and the entry's key.
+struct ModelBase<'a> {
+    weights: &'a Path,
+    key: &'a feature_cache::FeatureKey,
+    classes: &'a [String],
+}
+
+/// Writes the classifier that takes images: the base of `base.weights` (its sha256 must be the
+/// one the features were extracted with) cut at the cached layer with the cached pooling, and the
+/// trained head, as one model file (`models::classifier`).
+fn write_model(
+    base: &ModelBase,
+    head_spec: &HeadSpec,
+    head: &nn::VarStore,
+    trained_on: BTreeMap<String, String>,
+    path: &Path,
+) -> Result<()> {
+    let weights = models::load_weights(base.weights, Device::Cpu)
+        .with_context(|| format!("--weights {}", base.weights.display()))?;
+    if weights.meta.digest != base.key.weights_sha256 {
+        bail!(
+            "--weights {}: its sha256 is {} but the features were extracted with weights of sha256 {}: pass the weights file extract-features ran",
+            base.weights.display(),
+            weights.meta.digest,
+            base.key.weights_sha256
+        );
+    }
+    let key = base.key;
+    let header = ModelHeader {
+        format_version: models::MODEL_FORMAT_VERSION,
+        architecture: weights.base.arch().name().to_owned(),
+        layers: weights.base.arch().defs().to_vec(),
+        cut: key.layer.clone(),
+        pooling: key.pooling.parse()?,
+        head: head_spec.clone(),
+        class_names: base.classes.to_vec(),
+        preprocessing: key.preprocessing.parse()?,
+        input_size: key.input_size.map(i64::from),
+        resize: key.resize.clone(),
+        base_weights_sha256: weights.meta.digest.clone(),
+        trained_on,
+        stage: "train-head".to_owned(),
+    };
+    let model = Classifier::on_base(weights, header, None::<&str>)?;
+    let tensors = tensors_io::named_variables(head);
+    model.load_trainable(&tensors, Some("head."), path)?;
+    model.save(path)?;
     Ok(())
 }
 

@@ -7,9 +7,7 @@
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor, nn};
-use training::{
-    DenseHead, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec, fit, tensors_io,
-};
+use training::{DenseHead, FeatureSet, HeadFit, HeadSpec, OptimizerSpec, fit_head};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -34,11 +32,16 @@ fn main() {
         tch::manual_seed(run as i64);
         let vs = nn::VarStore::new(Device::Cpu);
         let head = DenseHead::new(&vs.root(), HeadSpec::seed(width as i64, 2));
-        let mut opt =
-            Optimizer::new(OptimizerSpec::rmsprop(2e-5), tensors_io::named_variables(&vs));
-        let config = FitConfig { epochs, batch_size: 20, seed: run as u64, early_stopping: None };
+        let config = HeadFit {
+            epochs,
+            batch_size: 20,
+            seed: run as u64,
+            early_stopping_patience: None,
+            restore_best: false,
+        };
         let started = Instant::now();
-        fit(&head, &vs, &mut opt, &train, &val, &config, |_| Ok(())).expect("training runs");
+        fit_head((&head, &vs), OptimizerSpec::rmsprop(2e-5), (&train, &val), &config, |_| Ok(()))
+            .expect("training runs");
         seconds.push(started.elapsed().as_secs_f64());
     }
     println!(

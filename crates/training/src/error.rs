@@ -18,6 +18,9 @@ pub enum TrainError {
     Plot { path: PathBuf, reason: String },
     #[error(transparent)]
     Model(#[from] models::ModelError),
+    /// What a training task (batches, validation, history) failed with.
+    #[error(transparent)]
+    Task(Box<dyn std::error::Error + Send + Sync>),
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -1,22 +1,26 @@
-//! Training pieces shared by the stages that train (`train-head`, `fine-tune`): the seed's dense
-//! head, optimizers with Keras semantics and checkpointable state, the epoch loop on cached
-//! features, the stage outputs (history CSV, plots, confusion matrices, `metrics.json`:
+//! Training pieces shared by the stages that train (`train-head`, `fine-tune`, `pretrain`): the
+//! one training loop ([`fit_loop`]: phases, validation, best epoch, early stopping, checkpoints
+//! and exact resume) with a task per stage (a head on cached features: [`features`]), the loss,
+//! optimizers with Keras semantics and checkpointable state, the stage outputs (history CSV, plots, confusion matrices, `metrics.json`:
 //! [`outputs`]), and atomic writes of everything a run produces.
 
 mod atomic;
 pub mod checkpoint;
 mod error;
-pub mod fit;
+pub mod features;
+pub mod fit_loop;
 mod fused;
 pub mod head;
 mod history;
 pub mod optim;
+pub mod order;
 pub mod outputs;
 pub mod tensors_io;
 
 pub use atomic::write_atomic_ctx;
 pub use error::TrainError;
-pub use fit::{EarlyStopping, Evaluation, FeatureSet, FitConfig, evaluate, fit};
+pub use features::{FeatureSet, FeatureTask, HeadFit, evaluate, fit_head};
+pub use fit_loop::{EarlyStopping, Evaluation, FitConfig, Outcome, PhasePlan, Task, TrainState};
 pub use head::{DenseHead, HeadSpec};
 pub use history::{
     EpochRecord, read_csv as read_history, to_csv as history_csv, write_csv as write_history,

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor, nn};
 use training::{
-    DenseHead, EarlyStopping, FeatureSet, FitConfig, HeadSpec, Optimizer, OptimizerSpec,
-    TrainError, evaluate, fit, tensors_io,
+    DenseHead, FeatureSet, HeadFit, HeadSpec, OptimizerSpec, TrainError, evaluate, fit_head,
+    tensors_io,
 };
 
 /// libtorch's random generator (weight init, dropout) is global to the process, and tests run on
@@ -41,15 +41,28 @@ fn train(
     classes: usize,
     seed: u64,
     epochs: usize,
-    es: Option<EarlyStopping>,
+    es: Option<usize>,
 ) -> Result<Run, TrainError> {
     tch::manual_seed(seed as i64);
     let vs = nn::VarStore::new(Device::Cpu);
     let head =
         DenseHead::new(&vs.root(), HeadSpec { input_width: 8, hidden: 16, dropout: 0.5, classes });
-    let mut opt = Optimizer::new(OptimizerSpec::rmsprop(1e-2), tensors_io::named_variables(&vs));
-    let config = FitConfig { epochs, batch_size: 20, seed, early_stopping: es };
-    let history = fit(&head, &vs, &mut opt, train_set, val, &config, |_| Ok(()))?;
+    let config = HeadFit {
+        epochs,
+        batch_size: 20,
+        seed,
+        early_stopping_patience: es,
+        restore_best: es.is_some(),
+    };
+    let history = fit_head(
+        (&head, &vs),
+        OptimizerSpec::rmsprop(1e-2),
+        (train_set, val),
+        &config,
+        |_| Ok(()),
+    )?
+    .state
+    .history;
     let val_acc = evaluate(&head, &val.passes[0], &val.labels, 20)?.acc;
     let weights =
         tensors_io::named_variables(&vs).into_iter().map(|(n, t)| (n, t.copy())).collect();
@@ -106,7 +119,13 @@ fn wrong_feature_width_fails_before_training() {
         labels: Tensor::zeros([10], (Kind::Int64, Device::Cpu)),
     };
     let err = train(&t, &blobs(10, 0, 2), 2, 0, 1, None).err().unwrap();
-    assert!(matches!(err, TrainError::WidthMismatch { expected: 8, actual: 9, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TrainError::Model(models::ModelError::WidthMismatch { expected: 8, actual: 9, .. })
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -158,8 +177,7 @@ fn early_stopping_restores_the_best_epoch() {
     let mut t = blobs(100, 4, 2);
     t.labels = Tensor::from_slice(&[0i64, 1, 1, 0, 1, 0, 0, 0, 1, 1]).repeat([10]);
     let v = blobs(40, 5, 2);
-    let es = EarlyStopping { patience: 2, restore_best: true };
-    let run = train(&t, &v, 2, 0, 40, Some(es)).unwrap();
+    let run = train(&t, &v, 2, 0, 40, Some(2)).unwrap();
     assert!(run.history.len() < 40, "did not stop early");
     let best = run.history.iter().map(|r| r.val_loss).fold(f64::INFINITY, f64::min);
     let restored = {
