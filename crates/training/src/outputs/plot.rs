@@ -492,14 +492,15 @@ mod tests {
         assert!(non_white(&path, CONFUSION_SIZE) > 1000);
     }
 
-    /// Not a check: draws sample plots (2 and 10 classes, counts and row-normalised, 30 classes
-    /// with long names; history
-    /// plots of 1, 7 and 30 epochs) into `<temp dir>/training-plot-samples` to look at:
-    /// `cargo test -p training --lib render_samples -- --ignored`.
+    /// Draws sample plots (2 and 10 classes, counts and row-normalised, 30 classes with long
+    /// names; history plots of 1, 7 and 30 epochs) and checks each is a whole PNG of its size.
+    /// To look at them: `TRANSFER_KIT_PLOT_SAMPLES=DIR cargo test -p training --lib
+    /// render_samples` keeps them in DIR.
     #[test]
-    #[ignore]
     fn render_samples() {
-        let out = std::env::temp_dir().join("training-plot-samples");
+        let temp = tempfile::tempdir().unwrap();
+        let out = std::env::var_os("TRANSFER_KIT_PLOT_SAMPLES")
+            .map_or_else(|| temp.path().to_owned(), std::path::PathBuf::from);
         std::fs::create_dir_all(&out).unwrap();
         let two = ["cats".to_owned(), "dogs".to_owned()];
         let truth: Vec<i64> = (0..500).map(|i| (i % 2) as i64).collect();
@@ -574,5 +575,18 @@ mod tests {
             .collect();
         plot_history(&out.join("loss30.png"), &history, Metric::Loss, Some(0.8)).unwrap();
         plot_history(&out.join("acc1.png"), &history[..1], Metric::Accuracy, None).unwrap();
+        for (name, size) in [
+            ("c2", CONFUSION_SIZE),
+            ("c2n", CONFUSION_SIZE),
+            ("c10", CONFUSION_SIZE),
+            ("c10n", CONFUSION_SIZE),
+            ("c30", CONFUSION_SIZE),
+            ("acc7", HISTORY_SIZE),
+            ("loss30", HISTORY_SIZE),
+            ("acc1", HISTORY_SIZE),
+        ] {
+            let png = image::open(out.join(format!("{name}.png"))).unwrap();
+            assert_eq!((png.width(), png.height()), size, "{name}");
+        }
     }
 }
