@@ -109,7 +109,7 @@ pub(super) fn status(step: &Step, dir: &Path) -> Status {
 
 /// Extraction is only done while the cache entries it recorded still verify (a teammate may
 /// have run `gc`, or a disk may have flipped a bit): each is checked byte for byte by
-/// `feature_cache::verify`, the check every reader of the cache makes.
+/// `feature_cache::verify_entry`, the check every reader of the cache makes.
 fn missing_cache_entry(dir: &Path) -> Option<String> {
     let path = dir.join(feature_cache::EXTRACTION_FILE);
     let record: feature_cache::ExtractionRecord = match run_folder::read_json(&path) {
@@ -117,13 +117,14 @@ fn missing_cache_entry(dir: &Path) -> Option<String> {
         Err(err) => return Some(format!("its record is unreadable: {err}")),
     };
     for e in &record.entries {
-        let entry = e.cache_dir.as_deref().unwrap_or(&record.cache_dir).join(&e.key);
-        if !entry.is_dir() {
-            return Some(format!("cache entry {} ({}) is gone", e.key, e.split));
-        }
-        if let Err(err) = feature_cache::verify(&entry) {
-            return Some(format!("cache entry {} ({}) is damaged: {err}", e.key, e.split));
-        }
+        let root = e.cache_dir.as_deref().unwrap_or(&record.cache_dir);
+        let problem = match feature_cache::verify_entry(root, &e.key) {
+            Ok(_) => continue,
+            Err(feature_cache::CacheError::Missing { .. }) => "is gone".to_owned(),
+            Err(err) if err.is_corruption() => format!("is damaged: {err}"),
+            Err(err) => format!("cannot be read: {err}"),
+        };
+        return Some(format!("cache entry {} ({}) {problem}", e.key, e.split));
     }
     None
 }

@@ -189,6 +189,89 @@ fn interrupted_stage_resumes_only_with_the_same_invocation() {
     assert_eq!(status(extract, &run.join("extract")), Status::Interrupted { resumes: false });
 }
 
+/// A cache entry of one row (`[2]` features), written by the cache's own writer.
+fn cache_entry(root: &Path, split: &str) -> feature_cache::EntryRef {
+    let key = feature_cache::FeatureKey {
+        format_version: feature_cache::FORMAT_VERSION,
+        weights_sha256: "w".repeat(64),
+        architecture: "vgg16_conv_base".into(),
+        layer: "block5_pool".into(),
+        input_size: [64, 64],
+        resize: "nearest".into(),
+        preprocessing: "caffe".into(),
+        pooling: "none".into(),
+        precision: "f32".into(),
+        augmentation: None,
+        dataset: feature_cache::DatasetKey {
+            split: split.into(),
+            classes: vec!["a".into()],
+            files: vec![feature_cache::FileKey {
+                path: "a/x.png".into(),
+                label: 0,
+                sha256: "0".repeat(64),
+            }],
+        },
+    };
+    let digest = key.digest();
+    let cache = feature_cache::Cache::open(root).unwrap();
+    let mut writer = cache.writer(key, "test", 1, &[2]).unwrap();
+    writer.append(&[1.0, 2.0], &[0]).unwrap();
+    writer.finish().unwrap();
+    feature_cache::EntryRef {
+        split: split.into(),
+        pass: None,
+        key: digest,
+        rows: 1,
+        cache_dir: None,
+        origin: None,
+    }
+}
+
+/// An extraction is done only while every cache entry it recorded verifies.
+#[test]
+fn extraction_is_done_while_its_cache_entries_verify() {
+    let (dir, data, weights) = inputs();
+    let run = dir.path().join("run");
+    let steps = planned(&Config::default(), &run, &data, &weights);
+    let extract = step(&steps, "extract");
+    let (stage, cache) = (run.join("extract"), dir.path().join("cache"));
+    let entry = cache_entry(&cache, "train");
+    let record = feature_cache::ExtractionRecord {
+        cache_dir: cache.clone(),
+        classes: vec!["a".into()],
+        feature_shape: vec![2],
+        layer: "block5_pool".into(),
+        weights_sha256: "w".repeat(64),
+        entries: vec![entry.clone()],
+    };
+    run_folder::write_json(&stage.join(feature_cache::EXTRACTION_FILE), &record).unwrap();
+    run_folder::StageRecord::write(
+        &stage,
+        "extract-features",
+        "c".into(),
+        BTreeMap::new(),
+        &[feature_cache::EXTRACTION_FILE],
+        1.0,
+        serde_json::json!({}),
+    )
+    .unwrap();
+    run_folder::write_json(&stage.join("pipeline.json"), &extract.invocation()).unwrap();
+    assert_eq!(status(extract, &stage), Status::Done);
+
+    let labels = cache.join(&entry.key).join(feature_cache::LABELS);
+    let mut bytes = std::fs::read(&labels).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&labels, &bytes).unwrap();
+    let Status::Stale(why) = status(extract, &stage) else { panic!("a damaged entry is stale") };
+    assert!(why.starts_with(&format!("cache entry {} (train) is damaged", entry.key)), "{why}");
+
+    std::fs::remove_dir_all(cache.join(&entry.key)).unwrap();
+    assert_eq!(
+        status(extract, &stage),
+        Status::Stale(format!("cache entry {} (train) is gone", entry.key))
+    );
+}
+
 #[test]
 fn finished_stage_is_done_until_an_output_or_input_changes() {
     let (dir, data, weights) = inputs();
