@@ -13,7 +13,6 @@ use serde::Serialize;
 
 use crate::batch::Skipped;
 use crate::decode::{DecodeLimits, DecodeOptions, decode_bytes, read_image_file};
-use crate::digest::sha256_hex;
 use crate::error::{Error, Result};
 use crate::scan::{ClassMode, Omitted, ScanOptions, SplitIndex, scan_dir};
 
@@ -334,7 +333,7 @@ pub fn check(
             .par_iter()
             .map(|f| {
                 let r = read_image_file(&f.path).and_then(|bytes| {
-                    let digest = sha256_hex(&bytes);
+                    let digest = run_folder::sha256_hex(&bytes);
                     decode_bytes(&f.path, &bytes, &decode_opts).map(|(_, info)| (digest, info))
                 });
                 progress(CheckProgress::Tick);

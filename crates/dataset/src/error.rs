@@ -57,6 +57,17 @@ pub enum Error {
     Invalid { path: PathBuf, what: &'static str, reason: String },
 }
 
+impl From<run_folder::RunError> for Error {
+    fn from(e: run_folder::RunError) -> Self {
+        match e {
+            run_folder::RunError::Io { path, source } => Error::Io { path, source },
+            run_folder::RunError::Invalid { path, reason } => {
+                Error::Invalid { path, what: "file", reason }
+            }
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }

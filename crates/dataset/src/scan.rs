@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -278,7 +277,7 @@ impl ClassMap {
         let path = dir.join(CLASS_MAP_FILE);
         let mut json = serde_json::to_vec_pretty(self).expect("a class map always serialises");
         json.push(b'\n');
-        write_atomic(&path, &json)?;
+        run_folder::write_atomic(&path, &json)?;
         Ok(path)
     }
 
@@ -302,22 +301,4 @@ impl ClassMap {
         }
         Ok(map)
     }
-}
-
-/// Writes a file so that readers see either the old content or the new, never a part:
-/// a temp file in the same folder, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }

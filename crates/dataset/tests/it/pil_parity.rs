@@ -3,9 +3,10 @@
 //! `Image.fromarray(pattern).resize((w, h), NEAREST | BILINEAR)`, and for Keras'
 //! crop-then-resize (`keep_aspect_ratio=True`).
 
+use dataset::Size;
 use dataset::decode::aspect_crop_box;
 use dataset::resize::{bilinear, nearest};
-use dataset::{Size, digest::sha256_hex};
+use run_folder::sha256_hex;
 
 /// The pattern the goldens were made from: `(37x + 11y + 101c + 7xy) mod 256`.
 fn pattern(w: u32, h: u32, channels: usize) -> Vec<u8> {
