@@ -261,6 +261,9 @@ pub struct TrainHead {
     pub no_augmented_passes: bool,
     /// Read the cache entries from here instead of the folder `features.json` records.
     pub cache_dir: Option<PathBuf>,
+    /// The base weights the features came from: with them the stage also writes the whole
+    /// classifier (`model.safetensors`).
+    pub weights: Option<PathBuf>,
 }
 
 impl TrainHead {
@@ -277,6 +280,7 @@ impl TrainHead {
             device: None,
             no_augmented_passes: false,
             cache_dir: None,
+            weights: None,
         }
     }
 }
@@ -295,6 +299,7 @@ impl StageArgs for TrainHead {
             out.push(Arg::Switch(flag::NO_AUGMENTED_PASSES));
         }
         opt_path(&mut out, flag::CACHE_DIR, &self.cache_dir);
+        opt_path(&mut out, flag::WEIGHTS, &self.weights);
         out
     }
 }

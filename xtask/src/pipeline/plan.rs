@@ -147,6 +147,7 @@ fn transfer_steps(
         seed: Some(h.seed),
         device: device.clone(),
         no_augmented_passes: !augmented,
+        weights: Some(weights.to_owned()),
         ..TrainHead::new(&features, run_dir.join(out))
     };
     let head_inputs = named("extract/features.json", &digest_or_absent(&features));

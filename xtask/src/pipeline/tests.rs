@@ -391,160 +391,165 @@ fn default_config_snapshot() {
     let (dir, data, _, weights) = fixture();
     let steps = planned(&resolved("pipeline.toml"), &dir.path().join("run"), &data, &weights);
     expect_test::expect![[r#"
-            dataset = dataset
-                check
-                $TMP/data
-                --split
-                train
-                --split
-                validation
-                --split
-                test
-                --out
-                $TMP/run/dataset
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-            extract-trunk = extract-features
-                --data
-                $TMP/data
-                --weights
-                $TMP/w.safetensors
-                --out
-                $TMP/run/extract-trunk
-                --layer
-                block4_pool
-                --input-size
-                64
-                --pooling
-                none
-                --precision
-                f32
-                --batch-size
-                20
-                --augment-passes
-                5
-                --augment-seed
-                0
-                --device
-                auto
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
-            extract = extract-features
-                --data
-                $TMP/data
-                --weights
-                $TMP/w.safetensors
-                --out
-                $TMP/run/extract
-                --layer
-                block5_pool
-                --input-size
-                64
-                --pooling
-                none
-                --precision
-                f32
-                --batch-size
-                20
-                --augment-passes
-                5
-                --augment-seed
-                0
-                --device
-                auto
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
-            head = train-head
-                --features
-                $TMP/run/extract/features.json
-                --out
-                $TMP/run/head
-                --epochs
-                30
-                --batch-size
-                20
-                --lr
-                0.00002
-                --optimizer
-                rmsprop
-                --seed
-                0
-                --device
-                auto
-                --no-augmented-passes
-              input extract/features.json: absent
-            head-augmented = train-head
-                --features
-                $TMP/run/extract/features.json
-                --out
-                $TMP/run/head-augmented
-                --epochs
-                30
-                --batch-size
-                20
-                --lr
-                0.00002
-                --optimizer
-                rmsprop
-                --seed
-                0
-                --device
-                auto
-              input extract/features.json: absent
-            fine-tune = fine-tune (resumable)
-                --data
-                $TMP/data
-                --weights
-                $TMP/w.safetensors
-                --out
-                $TMP/run/fine-tune
-                --input-size
-                64
-                --unfreeze-from
-                block5_conv1
-                --epochs
-                15
-                --steps-per-epoch
-                100
-                --batch-size
-                20
-                --lr
-                0.00001
-                --seed
-                0
-                --device
-                auto
-                --head
-                $TMP/run/head/head.safetensors
-                --trunk-cache
-                $TMP/run/extract-trunk/features.json
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-              input extract-trunk/features.json: absent
-              input head/head.safetensors: absent
-              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
-            scratch = pretrain
-                --data
-                $TMP/data
-                --out
-                $TMP/run/scratch
-                --input-size
-                64
-                --arch
-                small-convnet
-                --width
-                1
-                --epochs
-                150
-                --batch-size
-                20
-                --lr
-                0.0001
-                --seed
-                0
-                --device
-                auto
-                --augment
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-        "#]].assert_eq(&render(&steps, dir.path()));
+        dataset = dataset
+            check
+            $TMP/data
+            --split
+            train
+            --split
+            validation
+            --split
+            test
+            --out
+            $TMP/run/dataset
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        extract-trunk = extract-features
+            --data
+            $TMP/data
+            --weights
+            $TMP/w.safetensors
+            --out
+            $TMP/run/extract-trunk
+            --layer
+            block4_pool
+            --input-size
+            64
+            --pooling
+            none
+            --precision
+            f32
+            --batch-size
+            20
+            --augment-passes
+            5
+            --augment-seed
+            0
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+        extract = extract-features
+            --data
+            $TMP/data
+            --weights
+            $TMP/w.safetensors
+            --out
+            $TMP/run/extract
+            --layer
+            block5_pool
+            --input-size
+            64
+            --pooling
+            none
+            --precision
+            f32
+            --batch-size
+            20
+            --augment-passes
+            5
+            --augment-seed
+            0
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+        head = train-head
+            --features
+            $TMP/run/extract/features.json
+            --out
+            $TMP/run/head
+            --epochs
+            30
+            --batch-size
+            20
+            --lr
+            0.00002
+            --optimizer
+            rmsprop
+            --seed
+            0
+            --device
+            auto
+            --no-augmented-passes
+            --weights
+            $TMP/w.safetensors
+          input extract/features.json: absent
+        head-augmented = train-head
+            --features
+            $TMP/run/extract/features.json
+            --out
+            $TMP/run/head-augmented
+            --epochs
+            30
+            --batch-size
+            20
+            --lr
+            0.00002
+            --optimizer
+            rmsprop
+            --seed
+            0
+            --device
+            auto
+            --weights
+            $TMP/w.safetensors
+          input extract/features.json: absent
+        fine-tune = fine-tune (resumable)
+            --data
+            $TMP/data
+            --weights
+            $TMP/w.safetensors
+            --out
+            $TMP/run/fine-tune
+            --input-size
+            64
+            --unfreeze-from
+            block5_conv1
+            --epochs
+            15
+            --steps-per-epoch
+            100
+            --batch-size
+            20
+            --lr
+            0.00001
+            --seed
+            0
+            --device
+            auto
+            --head
+            $TMP/run/head/head.safetensors
+            --trunk-cache
+            $TMP/run/extract-trunk/features.json
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input extract-trunk/features.json: absent
+          input head/head.safetensors: absent
+          input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+        scratch = pretrain
+            --data
+            $TMP/data
+            --out
+            $TMP/run/scratch
+            --input-size
+            64
+            --arch
+            small-convnet
+            --width
+            1
+            --epochs
+            150
+            --batch-size
+            20
+            --lr
+            0.0001
+            --seed
+            0
+            --device
+            auto
+            --augment
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+    "#]]
+    .assert_eq(&render(&steps, dir.path()));
 }
 
 #[test]
@@ -555,135 +560,137 @@ fn homework_config_snapshot() {
     let run = dir.path().join("run");
     let steps = planned(&config, &run, &data, &pretrained_base(&run));
     expect_test::expect![[r#"
-            dataset = dataset
-                check
-                $TMP/data
-                --split
-                train
-                --split
-                validation
-                --split
-                test
-                --out
-                $TMP/run/dataset
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-            pretrain = pretrain
-                --data
-                $TMP/digits
-                --out
-                $TMP/run/pretrain
-                --input-size
-                48
-                --arch
-                small-convnet
-                --width
-                1
-                --epochs
-                8
-                --batch-size
-                20
-                --lr
-                0.0001
-                --seed
-                0
-                --device
-                auto
-              input pretrain dataset: 1 files, 2c0c6fb1d5e888f599069c35a55f843401f2f60c33de20f60060badef7329a39
-            extract = extract-features
-                --data
-                $TMP/data
-                --weights
-                $TMP/run/pretrain/base.safetensors
-                --out
-                $TMP/run/extract
-                --layer
-                max_pooling2d_4
-                --input-size
-                48
-                --pooling
-                none
-                --precision
-                f32
-                --batch-size
-                20
-                --augment-passes
-                0
-                --augment-seed
-                0
-                --device
-                auto
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-              input weights: absent
-            head = train-head
-                --features
-                $TMP/run/extract/features.json
-                --out
-                $TMP/run/head
-                --epochs
-                30
-                --batch-size
-                20
-                --lr
-                0.0001
-                --optimizer
-                rmsprop
-                --seed
-                0
-                --device
-                auto
-                --no-augmented-passes
-              input extract/features.json: absent
-            fine-tune = fine-tune (resumable)
-                --data
-                $TMP/data
-                --weights
-                $TMP/run/pretrain/base.safetensors
-                --out
-                $TMP/run/fine-tune
-                --input-size
-                48
-                --unfreeze-from
-                conv2d_3
-                --epochs
-                5
-                --steps-per-epoch
-                100
-                --batch-size
-                20
-                --lr
-                0.0001
-                --seed
-                0
-                --device
-                auto
-                --head
-                $TMP/run/head/head.safetensors
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-              input head/head.safetensors: absent
-              input weights: absent
-            scratch = pretrain
-                --data
-                $TMP/data
-                --out
-                $TMP/run/scratch
-                --input-size
-                48
-                --arch
-                small-convnet
-                --width
-                1
-                --epochs
-                8
-                --batch-size
-                20
-                --lr
-                0.0001
-                --seed
-                0
-                --device
-                auto
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-        "#]].assert_eq(&render(&steps, dir.path()));
+        dataset = dataset
+            check
+            $TMP/data
+            --split
+            train
+            --split
+            validation
+            --split
+            test
+            --out
+            $TMP/run/dataset
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        pretrain = pretrain
+            --data
+            $TMP/digits
+            --out
+            $TMP/run/pretrain
+            --input-size
+            48
+            --arch
+            small-convnet
+            --width
+            1
+            --epochs
+            8
+            --batch-size
+            20
+            --lr
+            0.0001
+            --seed
+            0
+            --device
+            auto
+          input pretrain dataset: 1 files, 2c0c6fb1d5e888f599069c35a55f843401f2f60c33de20f60060badef7329a39
+        extract = extract-features
+            --data
+            $TMP/data
+            --weights
+            $TMP/run/pretrain/base.safetensors
+            --out
+            $TMP/run/extract
+            --layer
+            max_pooling2d_4
+            --input-size
+            48
+            --pooling
+            none
+            --precision
+            f32
+            --batch-size
+            20
+            --augment-passes
+            0
+            --augment-seed
+            0
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input weights: absent
+        head = train-head
+            --features
+            $TMP/run/extract/features.json
+            --out
+            $TMP/run/head
+            --epochs
+            30
+            --batch-size
+            20
+            --lr
+            0.0001
+            --optimizer
+            rmsprop
+            --seed
+            0
+            --device
+            auto
+            --no-augmented-passes
+            --weights
+            $TMP/run/pretrain/base.safetensors
+          input extract/features.json: absent
+        fine-tune = fine-tune (resumable)
+            --data
+            $TMP/data
+            --weights
+            $TMP/run/pretrain/base.safetensors
+            --out
+            $TMP/run/fine-tune
+            --input-size
+            48
+            --unfreeze-from
+            conv2d_3
+            --epochs
+            5
+            --steps-per-epoch
+            100
+            --batch-size
+            20
+            --lr
+            0.0001
+            --seed
+            0
+            --device
+            auto
+            --head
+            $TMP/run/head/head.safetensors
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input head/head.safetensors: absent
+          input weights: absent
+        scratch = pretrain
+            --data
+            $TMP/data
+            --out
+            $TMP/run/scratch
+            --input-size
+            48
+            --arch
+            small-convnet
+            --width
+            1
+            --epochs
+            8
+            --batch-size
+            20
+            --lr
+            0.0001
+            --seed
+            0
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+    "#]].assert_eq(&render(&steps, dir.path()));
 }
 
 #[test]
@@ -692,129 +699,134 @@ fn seed_profile_snapshot() {
     let config = resolved_with("pipeline.toml", Profile::Seed);
     let steps = planned(&config, &dir.path().join("run"), &data, &weights);
     expect_test::expect![[r#"
-            dataset = dataset
-                check
-                $TMP/data
-                --split
-                train
-                --split
-                validation
-                --split
-                test
-                --out
-                $TMP/run/dataset
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-            extract = extract-features
-                --data
-                $TMP/data
-                --weights
-                $TMP/w.safetensors
-                --out
-                $TMP/run/extract
-                --layer
-                block5_pool
-                --input-size
-                150
-                --pooling
-                none
-                --precision
-                f32
-                --batch-size
-                20
-                --augment-passes
-                5
-                --augment-seed
-                0
-                --device
-                auto
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
-            head = train-head
-                --features
-                $TMP/run/extract/features.json
-                --out
-                $TMP/run/head
-                --epochs
-                30
-                --batch-size
-                20
-                --lr
-                0.00002
-                --optimizer
-                rmsprop
-                --seed
-                0
-                --device
-                auto
-                --no-augmented-passes
-              input extract/features.json: absent
-            head-augmented = train-head
-                --features
-                $TMP/run/extract/features.json
-                --out
-                $TMP/run/head-augmented
-                --epochs
-                30
-                --batch-size
-                20
-                --lr
-                0.00002
-                --optimizer
-                rmsprop
-                --seed
-                0
-                --device
-                auto
-              input extract/features.json: absent
-            fine-tune = fine-tune (resumable)
-                --data
-                $TMP/data
-                --weights
-                $TMP/w.safetensors
-                --out
-                $TMP/run/fine-tune
-                --input-size
-                150
-                --unfreeze-from
-                block5_conv1
-                --epochs
-                100
-                --steps-per-epoch
-                100
-                --batch-size
-                20
-                --lr
-                0.00001
-                --seed
-                0
-                --device
-                auto
-                --head-epochs
-                30
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-              input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
-            scratch = pretrain
-                --data
-                $TMP/data
-                --out
-                $TMP/run/scratch
-                --input-size
-                150
-                --arch
-                small-convnet
-                --width
-                1
-                --epochs
-                100
-                --batch-size
-                20
-                --lr
-                0.0001
-                --seed
-                0
-                --device
-                auto
-                --augment
-              input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
-        "#]].assert_eq(&render(&steps, dir.path()));
+        dataset = dataset
+            check
+            $TMP/data
+            --split
+            train
+            --split
+            validation
+            --split
+            test
+            --out
+            $TMP/run/dataset
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        extract = extract-features
+            --data
+            $TMP/data
+            --weights
+            $TMP/w.safetensors
+            --out
+            $TMP/run/extract
+            --layer
+            block5_pool
+            --input-size
+            150
+            --pooling
+            none
+            --precision
+            f32
+            --batch-size
+            20
+            --augment-passes
+            5
+            --augment-seed
+            0
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+        head = train-head
+            --features
+            $TMP/run/extract/features.json
+            --out
+            $TMP/run/head
+            --epochs
+            30
+            --batch-size
+            20
+            --lr
+            0.00002
+            --optimizer
+            rmsprop
+            --seed
+            0
+            --device
+            auto
+            --no-augmented-passes
+            --weights
+            $TMP/w.safetensors
+          input extract/features.json: absent
+        head-augmented = train-head
+            --features
+            $TMP/run/extract/features.json
+            --out
+            $TMP/run/head-augmented
+            --epochs
+            30
+            --batch-size
+            20
+            --lr
+            0.00002
+            --optimizer
+            rmsprop
+            --seed
+            0
+            --device
+            auto
+            --weights
+            $TMP/w.safetensors
+          input extract/features.json: absent
+        fine-tune = fine-tune (resumable)
+            --data
+            $TMP/data
+            --weights
+            $TMP/w.safetensors
+            --out
+            $TMP/run/fine-tune
+            --input-size
+            150
+            --unfreeze-from
+            block5_conv1
+            --epochs
+            100
+            --steps-per-epoch
+            100
+            --batch-size
+            20
+            --lr
+            0.00001
+            --seed
+            0
+            --device
+            auto
+            --head-epochs
+            30
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input weights: 50e721e49c013f00c62cf59f2163542a9d8df02464efeb615d31051b0fddc326
+        scratch = pretrain
+            --data
+            $TMP/data
+            --out
+            $TMP/run/scratch
+            --input-size
+            150
+            --arch
+            small-convnet
+            --width
+            1
+            --epochs
+            100
+            --batch-size
+            20
+            --lr
+            0.0001
+            --seed
+            0
+            --device
+            auto
+            --augment
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+    "#]]
+    .assert_eq(&render(&steps, dir.path()));
 }
