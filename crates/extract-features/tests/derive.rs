@@ -43,11 +43,7 @@ fn make_weights(path: &Path, arch: ConvArch) {
     };
     let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    if base.arch().is_vgg16() {
-        models::weights::save_weights(path, &vars, &provenance).unwrap();
-    } else {
-        models::weights::save_conv_base(path, base.arch(), &vars, &provenance).unwrap();
-    }
+    models::weights::save_conv_base(path, base.arch(), &vars, &provenance).unwrap();
 }
 
 struct Fixture {

@@ -31,7 +31,7 @@ fn make_dataset(root: &Path) {
 fn make_weights(path: &Path) {
     tch::manual_seed(7);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _base = models::Vgg16Base::new(&vs.root());
+    let base = models::ConvBase::with_arch(&vs.root(), models::ConvArch::vgg16());
     let provenance = models::weights::Provenance {
         preprocessing: models::Preprocessing::Caffe,
         source: "random, tch::manual_seed(7)".into(),
@@ -40,7 +40,7 @@ fn make_weights(path: &Path) {
     };
     let mut vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
-    models::weights::save_weights(path, &vars, &provenance).unwrap();
+    models::weights::save_conv_base(path, base.arch(), &vars, &provenance).unwrap();
 }
 
 struct Fixture {

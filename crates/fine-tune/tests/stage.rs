@@ -61,7 +61,7 @@ fn write_weights(path: &Path) {
     let _guard = TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner());
     tch::manual_seed(17);
     let vs = nn::VarStore::new(Device::Cpu);
-    let _ = models::Vgg16Base::new(&vs.root());
+    let base = models::ConvBase::with_arch(&vs.root(), models::ConvArch::vgg16());
     let mut tensors = tensors_io::named_variables(&vs);
     for (name, t) in &mut tensors {
         *t = if name.ends_with("weight") {
@@ -77,7 +77,7 @@ fn write_weights(path: &Path) {
         source_sha256: "0".repeat(64),
         source_format: "tch".into(),
     };
-    models::weights::save_weights(path, &tensors, &provenance).unwrap();
+    models::weights::save_conv_base(path, base.arch(), &tensors, &provenance).unwrap();
 }
 
 fn fixture() -> &'static Fixture {
@@ -339,7 +339,7 @@ fn resume_after_a_crash_mid_epoch_is_bit_identical() {
 fn write_trunk_cache(dir: &Path, passes: u32, with_validation: bool) -> PathBuf {
     let fx = fixture();
     let weights = models::load_weights(&fx.weights, Device::Cpu).unwrap();
-    let layer: models::Vgg16Layer = "block4_pool".parse().unwrap();
+    let layer = weights.base.layer("block4_pool").unwrap();
     let cache = Cache::open(dir.join("cache")).unwrap();
     let mut jobs: Vec<(&str, Option<u32>)> = (0..passes).map(|p| ("train", Some(p))).collect();
     if with_validation {
