@@ -92,9 +92,8 @@ fn check_cases(
 ) -> f64 {
     let mut worst: f64 = 0.0;
     for (i, case) in cases.iter().enumerate() {
-        let layer = case.layer.parse::<models::Vgg16Layer>().unwrap();
         let xs = models::preprocess(images, case.preprocessing).unwrap();
-        let got = tch::no_grad(|| weights.base.features(&xs, layer, case.pooling)).unwrap();
+        let got = tch::no_grad(|| weights.base.features(&xs, case.layer, case.pooling)).unwrap();
         let err = relative_error(&got, &reference(dir, i));
         eprintln!(
             "{what}: {} pooling {} preprocessing {}: shape {:?}, relative error {err:.3e}",
@@ -219,14 +218,8 @@ fn demo_weights_match_onnx_initializers() {
         "block1_conv1 bias {bias:?} is not Keras' ImageNet {keras:?}"
     );
     // The recorded preprocessing is what the default path applies.
-    let via_meta = tch::no_grad(|| {
-        weights.features(
-            &images,
-            "block5_pool".parse::<models::Vgg16Layer>().unwrap(),
-            Pooling::None,
-        )
-    })
-    .unwrap();
+    let via_meta =
+        tch::no_grad(|| weights.features(&images, "block5_pool", Pooling::None)).unwrap();
     assert!(relative_error(&via_meta, &reference(tmp.path(), 0)) <= TOLERANCE);
     check_cases(tmp.path(), &images, &weights, &cases, "demo weights vs ONNX initializers");
 }

@@ -1,21 +1,22 @@
-//! The VGG16 conv base as a tch module: output shapes, variable names, parameter count, and clear
-//! errors for inputs it cannot run on. Random weights from a fixed seed; CPU only.
+//! The VGG16 conv base as a tch module (`ConvBase::with_arch(path, ConvArch::vgg16())`): output
+//! shapes, variable names, parameter count, and clear errors for inputs it cannot run on. Random
+//! weights from a fixed seed; CPU only.
 
 use expect_test::expect;
-use models::{Vgg16Base, Vgg16Layer, parameter_count};
+use models::{ConvArch, ConvBase, parameter_count};
 use tch::{Device, Kind, Tensor, nn};
 
-fn base() -> (nn::VarStore, Vgg16Base) {
+fn base() -> (nn::VarStore, ConvBase) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let base = Vgg16Base::new(&vs.root());
+    let base = ConvBase::with_arch(&vs.root(), ConvArch::vgg16());
     (vs, base)
 }
 
 fn check_forward(n: i64, h: i64, w: i64, layer: &str, expect: &[i64]) {
     let (_vs, base) = base();
     let xs = Tensor::randn([n, 3, h, w], (Kind::Float, Device::Cpu));
-    let ys = tch::no_grad(|| base.forward_to(&xs, layer.parse::<Vgg16Layer>().unwrap())).unwrap();
+    let ys = tch::no_grad(|| base.forward_to(&xs, layer)).unwrap();
     assert_eq!(ys.size(), expect, "{n}x3x{h}x{w} to {layer}");
 }
 
@@ -32,8 +33,7 @@ fn forward_shapes_match_keras() {
 fn relu_is_fused_into_conv_layers() {
     let (_vs, base) = base();
     let xs = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let ys = tch::no_grad(|| base.forward_to(&xs, "block1_conv1".parse::<Vgg16Layer>().unwrap()))
-        .unwrap();
+    let ys = tch::no_grad(|| base.forward_to(&xs, "block1_conv1")).unwrap();
     assert_eq!(ys.min().double_value(&[]), 0.0, "a ReLU output has no negatives and some zeros");
 }
 
@@ -82,7 +82,7 @@ fn variable_names_and_shapes() {
     .assert_eq(&listing);
 }
 
-fn check_error(shape: &[i64], layer: Vgg16Layer, expect: &str) {
+fn check_error(shape: &[i64], layer: &str, expect: &str) {
     let (_vs, base) = base();
     let xs = Tensor::zeros(shape, (Kind::Float, Device::Cpu));
     let err = base.forward_to(&xs, layer).unwrap_err().to_string();
@@ -91,11 +91,17 @@ fn check_error(shape: &[i64], layer: Vgg16Layer, expect: &str) {
 
 #[test]
 fn bad_inputs_are_errors_not_aborts() {
-    check_error(&[0, 3, 150, 150], Vgg16Layer::LAST, "empty");
-    check_error(&[1, 3, 31, 31], Vgg16Layer::LAST, "too small");
-    check_error(&[2, 3, 16, 64], Vgg16Layer::LAST, "16x64");
-    check_error(&[1, 1, 64, 64], Vgg16Layer::LAST, "[1, 1, 64, 64]");
-    check_error(&[3, 64, 64], Vgg16Layer::LAST, "[3, 64, 64]");
+    check_error(&[0, 3, 150, 150], "block5_pool", "empty");
+    check_error(&[1, 3, 31, 31], "block5_pool", "too small");
+    check_error(&[2, 3, 16, 64], "features.30", "16x64");
+    check_error(&[1, 1, 64, 64], "block5_pool", "[1, 1, 64, 64]");
+    check_error(&[3, 64, 64], "block5_pool", "[3, 64, 64]");
+    check_error(
+        &[1, 3, 64, 64],
+        "block6_conv1",
+        "unknown VGG16 layer \"block6_conv1\": expected a Keras name (block1_conv1 .. block5_pool) or a torchvision index (features.0 .. features.30)",
+    );
+    check_error(&[1, 3, 64, 64], "features.31", "unknown VGG16 layer \"features.31\"");
 }
 
 #[test]

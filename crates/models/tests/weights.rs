@@ -7,14 +7,15 @@ use std::path::{Path, PathBuf};
 
 use expect_test::expect;
 use models::import::read_torch_state_dict;
-use models::weights::{expected_tensors, file_sha256, read_weights};
-use models::{Preprocessing, SourceFormat, Vgg16Base, import_weights, load_weights};
+use models::weights::{Provenance, file_sha256, read_weights, save_conv_base};
+use models::{ConvArch, ConvBase, Preprocessing, SourceFormat, import_weights, load_weights};
 use tch::{Device, Kind, Tensor, nn};
 
 /// The 26 conv-base tensors with small random values from `seed`.
 fn random_conv_base(seed: i64) -> Vec<(String, Tensor)> {
     tch::manual_seed(seed);
-    expected_tensors()
+    ConvArch::vgg16()
+        .expected_tensors()
         .into_iter()
         .map(|(name, shape)| (name, Tensor::randn(shape, (Kind::Float, Device::Cpu)) * 0.01))
         .collect()
@@ -55,7 +56,7 @@ fn tch_ot_round_trip_keeps_every_value() {
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(1);
     let vs = nn::VarStore::new(Device::Cpu);
-    let _base = Vgg16Base::new(&vs.root());
+    let _base = ConvBase::with_arch(&vs.root(), ConvArch::vgg16());
     let _head = vs.root().sub("classifier").sub("0").zeros("weight", &[2, 3]);
     let ot = dir.path().join("vgg16.ot");
     vs.save(&ot).unwrap();
@@ -104,6 +105,56 @@ fn same_weights_give_the_same_bytes() {
     assert_eq!(meta.digest, a.digest);
     assert_eq!(meta.preprocessing, Preprocessing::Caffe);
     assert_eq!(meta.source_format.as_deref(), Some("safetensors"));
+}
+
+/// A VGG16 file written through the generic writer (`save_conv_base` with `ConvArch::vgg16()`)
+/// has exactly the metadata VGG16 files always had (no `layers` entry) and pinned bytes: the demo
+/// weights' digest (`xtask/src/weights.rs`) and every feature-cache key built on it depend on it.
+#[test]
+fn vgg16_files_keep_their_metadata_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let arch = ConvArch::vgg16();
+    // Deterministic values (no RNG): element i of tensor t is ((i * 7 + t) % 13 - 6) / 64.
+    let tensors: Vec<(String, Tensor)> = arch
+        .expected_tensors()
+        .into_iter()
+        .enumerate()
+        .map(|(t, (name, shape))| {
+            let n: i64 = shape.iter().product();
+            let values =
+                ((Tensor::arange(n, (Kind::Int64, Device::Cpu)) * 7 + t as i64).remainder(13) - 6)
+                    .to_kind(Kind::Float)
+                    / 64.0;
+            (name, values.reshape(&shape))
+        })
+        .collect();
+    let provenance = Provenance {
+        preprocessing: Preprocessing::Caffe,
+        source: "pinned".to_owned(),
+        source_sha256: "0".repeat(64),
+        source_format: "onnx".to_owned(),
+    };
+    let path = dir.path().join("w.safetensors");
+    let meta = save_conv_base(&path, &arch, &tensors, &provenance).unwrap();
+    assert_eq!(meta.digest, file_sha256(&path).unwrap());
+    let loaded = models::tensor_file::load(&path).unwrap();
+    let keys: Vec<&str> = loaded.metadata.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "architecture",
+            "format_version",
+            "preprocessing",
+            "source",
+            "source_format",
+            "source_sha256"
+        ]
+    );
+    assert_eq!(loaded.metadata["architecture"], "vgg16_conv_base");
+    expect!["2111b7233d96b6d3c9d0074377ce569f840bbc7e7e8a61d2d176c8376469679e"]
+        .assert_eq(&meta.digest);
+    let (_, back) = read_weights(&path).unwrap();
+    assert!(back.arch.is_vgg16());
 }
 
 #[test]
@@ -177,7 +228,8 @@ fn prefixed_names_and_extra_tensors_are_accepted() {
         .unwrap();
     let (back, _) = read_weights(&out).unwrap();
     let names: Vec<&str> = back.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, expected_tensors().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
+    let expected = ConvArch::vgg16().expected_tensors();
+    assert_eq!(names, expected.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
     assert!(back[0].1.equal(&tensors[0].1));
 }
 
@@ -251,10 +303,9 @@ fn malicious_pickle_is_refused_not_run() {
 #[test]
 fn unfreeze_from_sets_requires_grad() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let base = Vgg16Base::new(&vs.root());
+    let base = ConvBase::with_arch(&vs.root(), ConvArch::vgg16());
     let check = |from: Option<&str>, expect_trainable: i64, expect_names: &[&str]| {
-        let got =
-            base.set_unfreeze_from(from.map(|f| f.parse::<models::Vgg16Layer>().unwrap())).unwrap();
+        let got = base.set_unfreeze_from(from).unwrap();
         assert_eq!(got, expect_trainable, "{from:?}");
         let mut on: Vec<String> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).map(|(n, _)| n).collect();
@@ -281,10 +332,12 @@ fn unfreeze_from_sets_requires_grad() {
     );
     check(Some("block5_pool"), 0, &[]);
     check(None, 0, &[]);
-    assert_eq!(
-        base.set_unfreeze_from(Some("block1_conv1".parse::<models::Vgg16Layer>().unwrap()))
-            .unwrap(),
-        14_714_688
+    assert_eq!(base.set_unfreeze_from(Some("block1_conv1")).unwrap(), 14_714_688);
+    assert!(
+        base.set_unfreeze_from(Some("block6_conv1"))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown VGG16 layer")
     );
 }
 
@@ -369,7 +422,7 @@ fn cuda_features_match_cpu_when_a_gpu_is_present() {
     tch::manual_seed(9);
     let images =
         Tensor::randint(256, [2, 64, 64, 3], (Kind::Int64, Device::Cpu)).to_kind(Kind::Uint8);
-    let layer = "block4_pool".parse::<models::Vgg16Layer>().unwrap();
+    let layer = "block4_pool";
     let run = |device: Device| {
         let w = load_weights(&out, device).unwrap();
         let ys =
