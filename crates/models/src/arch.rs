@@ -13,12 +13,56 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{LayerKind, ModelError, Padding, Pooling, VGG16_LAYERS, Vgg16Layer};
+use crate::{ModelError, Pooling};
 
 /// `architecture` metadata value of the VGG16 conv base (files without a `layers` list).
 pub const VGG16_ARCHITECTURE: &str = "vgg16_conv_base";
 /// `architecture` of Chollet's small convnet (*Deep Learning with Python* 5.2) without its top.
 pub const SMALL_CONVNET: &str = "small_convnet";
+
+/// The 18 layers of the VGG16 conv base (Simonyan & Zisserman 2014, configuration D, no
+/// classifier), input to output: Keras name and, for a 3x3 "same" convolution (+ ReLU), its
+/// filters; `None` for a 2x2 max pool. [`ConvArch::vgg16`] is built from it; the torchvision
+/// indices (`block1_conv1` = `features.0`, `block5_pool` = `features.30`) follow from the order.
+const VGG16_LAYERS: [(&str, Option<i64>); 18] = [
+    ("block1_conv1", Some(64)),
+    ("block1_conv2", Some(64)),
+    ("block1_pool", None),
+    ("block2_conv1", Some(128)),
+    ("block2_conv2", Some(128)),
+    ("block2_pool", None),
+    ("block3_conv1", Some(256)),
+    ("block3_conv2", Some(256)),
+    ("block3_conv3", Some(256)),
+    ("block3_pool", None),
+    ("block4_conv1", Some(512)),
+    ("block4_conv2", Some(512)),
+    ("block4_conv3", Some(512)),
+    ("block4_pool", None),
+    ("block5_conv1", Some(512)),
+    ("block5_conv2", Some(512)),
+    ("block5_conv3", Some(512)),
+    ("block5_pool", None),
+];
+
+/// Keras `padding=` of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Output as large as the input (odd kernels: `kernel / 2` zeros on each side).
+    Same,
+    /// No padding: each side loses `kernel / 2` pixels.
+    Valid,
+}
+
+/// What a resolved layer computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// `kernel` x `kernel` convolution, stride 1, followed by ReLU (VGG16: 3x3, "same").
+    Conv { in_channels: i64, out_channels: i64, kernel: i64, padding: Padding },
+    /// 2x2 max pool, stride 2, no padding (floor), as Keras `MaxPooling2D` "valid".
+    Pool,
+}
 
 /// One layer as a weights file's `layers` metadata lists it (input to output; the input has
 /// 3 channels, RGB, and each convolution's input channels are the previous output channels).
@@ -107,9 +151,8 @@ impl fmt::Display for LayerName {
     }
 }
 
-/// Anything that names a layer of an architecture: a [`Layer`], a [`Vgg16Layer`] (resolved by
-/// its Keras name, so it also names the layers of a reduced-width VGG16), a [`LayerName`] or a
-/// `&str`.
+/// Anything that names a layer of an architecture: a [`Layer`], a [`LayerName`] or a `&str`
+/// (Keras name or `features.N`, resolved by [`ConvArch::layer`]).
 pub trait ToLayer {
     fn to_layer(&self, arch: &ConvArch) -> Result<Layer, ModelError>;
 }
@@ -121,12 +164,6 @@ impl ToLayer for Layer {
         } else {
             Err(arch.unknown(&format!("#{}", self.0)))
         }
-    }
-}
-
-impl ToLayer for Vgg16Layer {
-    fn to_layer(&self, arch: &ConvArch) -> Result<Layer, ModelError> {
-        arch.layer(self.keras_name())
     }
 }
 
@@ -212,7 +249,10 @@ impl ConvArch {
         Ok(Self { name: name.to_owned(), defs, layers })
     }
 
-    /// The VGG16 conv base (Keras `VGG16(include_top=False)`): the layers of [`VGG16_LAYERS`].
+    /// The VGG16 conv base (Keras `VGG16(include_top=False)`), built from the private
+    /// `VGG16_LAYERS` table: 18 layers, `block1_conv1` (`features.0`) .. `block5_pool`
+    /// (`features.30`), 13 3x3 "same" convolutions and 5 pools, 14,714,688 parameters; an input
+    /// `[N, 3, H, W]` gives `[N, 512, H/32, W/32]` (floor), so it needs at least 32x32.
     pub fn vgg16() -> Self {
         Self::vgg16_width(1.0).expect("VGG16 is a valid architecture")
     }
@@ -229,14 +269,14 @@ impl ConvArch {
         }
         let defs = VGG16_LAYERS
             .iter()
-            .map(|spec| match spec.kind {
-                LayerKind::Conv { out_channels, .. } => LayerDef::Conv {
-                    name: spec.keras_name.to_owned(),
-                    filters: ((out_channels as f64 * width).round() as i64).max(1),
+            .map(|&(name, filters)| match filters {
+                Some(filters) => LayerDef::Conv {
+                    name: name.to_owned(),
+                    filters: ((filters as f64 * width).round() as i64).max(1),
                     kernel: 3,
                     padding: Padding::Same,
                 },
-                LayerKind::Pool => LayerDef::MaxPool { name: spec.keras_name.to_owned() },
+                None => LayerDef::MaxPool { name: name.to_owned() },
             })
             .collect();
         let name =
@@ -464,17 +504,145 @@ mod tests {
         let arch = ConvArch::vgg16();
         assert!(arch.is_vgg16());
         assert_eq!(arch.name(), VGG16_ARCHITECTURE);
-        assert_eq!(arch.expected_tensors(), crate::weights::expected_tensors());
-        for layer in Vgg16Layer::all() {
-            let l = layer.to_layer(&arch).unwrap();
-            assert_eq!(l.position(), layer.position());
-            assert_eq!(arch.spec(l).torch_index, layer.spec().torch_index);
-            assert_eq!(
-                arch.output_shape(150, 150, l).unwrap(),
-                crate::output_shape(150, 150, layer).unwrap()
-            );
-            assert_eq!(arch.min_input(l), crate::vgg16::min_input(layer));
+        let table: Vec<(&str, usize)> =
+            arch.layers().map(|l| (arch.name_of(l), arch.spec(l).torch_index)).collect();
+        assert_eq!(
+            table,
+            [
+                ("block1_conv1", 0),
+                ("block1_conv2", 2),
+                ("block1_pool", 4),
+                ("block2_conv1", 5),
+                ("block2_conv2", 7),
+                ("block2_pool", 9),
+                ("block3_conv1", 10),
+                ("block3_conv2", 12),
+                ("block3_conv3", 14),
+                ("block3_pool", 16),
+                ("block4_conv1", 17),
+                ("block4_conv2", 19),
+                ("block4_conv3", 21),
+                ("block4_pool", 23),
+                ("block5_conv1", 24),
+                ("block5_conv2", 26),
+                ("block5_conv3", 28),
+                ("block5_pool", 30),
+            ]
+        );
+        assert_eq!(arch.name_of(arch.last()), "block5_pool");
+        assert_eq!(arch.parameter_count(), 14_714_688);
+        let tensors = arch.expected_tensors();
+        assert_eq!(tensors.len(), 26);
+        assert_eq!(tensors[0], ("features.0.weight".to_owned(), vec![64, 3, 3, 3]));
+        assert_eq!(tensors[25], ("features.28.bias".to_owned(), vec![512]));
+        let params: i64 = tensors.iter().map(|(_, s)| s.iter().product::<i64>()).sum();
+        assert_eq!(params, 14_714_688);
+        for l in arch.layers() {
+            let pool = arch.spec(l).kind == LayerKind::Pool;
+            assert_eq!(arch.spec(l).parameter_count() == 0, pool, "{}", arch.name_of(l));
         }
+    }
+
+    #[test]
+    fn vgg16_names_in_both_spellings() {
+        let arch = ConvArch::vgg16();
+        check_name(&arch, "block1_conv1", Ok("block1_conv1"));
+        check_name(&arch, "BLOCK5_CONV1", Ok("block5_conv1"));
+        check_name(&arch, " block4_pool ", Ok("block4_pool"));
+        check_name(&arch, "features.0", Ok("block1_conv1"));
+        check_name(&arch, "features.1", Ok("block1_conv1"));
+        check_name(&arch, "features.24", Ok("block5_conv1"));
+        check_name(&arch, "features.30", Ok("block5_pool"));
+        check_name(&arch, "features.23", Ok("block4_pool"));
+        let valid =
+            "block1_conv1 .. block5_pool) or a torchvision index (features.0 .. features.30)";
+        for bad in ["features.31", "features.4x", "block6_conv1", ""] {
+            check_name(&arch, bad, Err(valid));
+            check_name(&arch, bad, Err(&format!("unknown VGG16 layer {bad:?}")));
+        }
+        let name: LayerName = "features.24".parse().unwrap();
+        assert_eq!(arch.name_of(name.to_layer(&arch).unwrap()), "block5_conv1");
+        assert_eq!(arch.name_of("block5_conv1".to_layer(&arch).unwrap()), "block5_conv1");
+        assert!(Layer(18).to_layer(&arch).is_err());
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for arch in
+            [ConvArch::vgg16(), ConvArch::vgg16_width(0.25).unwrap(), ConvArch::small_convnet()]
+        {
+            for layer in arch.layers() {
+                assert_eq!(arch.layer(arch.name_of(layer)).unwrap(), layer);
+                assert_eq!(arch.layer(&arch.spec(layer).torch_name()).unwrap(), layer);
+                assert_eq!(layer.to_layer(&arch).unwrap(), layer);
+            }
+        }
+    }
+
+    #[test]
+    fn vgg16_output_shapes_follow_keras() {
+        let arch = ConvArch::vgg16();
+        let check = |h: i64, w: i64, layer: &str, expect: Option<[i64; 3]>| {
+            let got = arch.output_shape(h, w, arch.layer(layer).unwrap()).ok();
+            assert_eq!(got, expect, "{h}x{w} {layer}");
+        };
+        check(150, 150, "block5_pool", Some([512, 4, 4]));
+        check(150, 150, "block4_pool", Some([512, 9, 9]));
+        check(150, 150, "block3_pool", Some([256, 18, 18]));
+        check(150, 150, "block5_conv3", Some([512, 9, 9]));
+        check(224, 224, "block5_pool", Some([512, 7, 7]));
+        check(64, 48, "block5_pool", Some([512, 2, 1]));
+        check(32, 32, "block5_pool", Some([512, 1, 1]));
+        check(31, 32, "block5_pool", None);
+        check(31, 32, "block4_pool", Some([512, 1, 2]));
+        check(1, 1, "block1_conv2", Some([64, 1, 1]));
+        let min: Vec<i64> = ["block1_conv2", "block1_pool", "block4_conv1", "block5_pool"]
+            .iter()
+            .map(|l| arch.min_input(arch.layer(l).unwrap()))
+            .collect();
+        assert_eq!(min, [1, 2, 8, 32]);
+    }
+
+    #[test]
+    fn too_small_names_where_it_vanishes() {
+        let arch = ConvArch::vgg16();
+        let err = arch.output_shape(20, 150, arch.last()).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "input of 20x150 is too small for vgg16_conv_base up to block5_pool: the feature map vanishes at block5_pool (needs at least 32x32)"
+        );
+    }
+
+    #[test]
+    fn feature_shapes_with_pooling() {
+        let arch = ConvArch::vgg16();
+        let shape = |h: i64, layer: &str, pooling: Pooling| {
+            arch.feature_shape(h, h, arch.layer(layer).unwrap(), pooling)
+        };
+        assert_eq!(shape(150, "block5_pool", Pooling::None).unwrap(), [512, 4, 4]);
+        assert_eq!(shape(150, "block3_pool", Pooling::Avg).unwrap(), [256]);
+        assert_eq!(shape(48, "features.23", Pooling::Max).unwrap(), [512]);
+        assert!(shape(16, "block5_pool", Pooling::Avg).is_err());
+    }
+
+    #[test]
+    fn trainable_from_a_layer_up() {
+        let arch = ConvArch::vgg16();
+        let l = |name: &str| arch.layer(name).unwrap();
+        let trainable = |from: Option<Layer>| {
+            arch.layers()
+                .filter(|&x| arch.is_trainable(x, from))
+                .map(|x| arch.name_of(x))
+                .collect::<Vec<_>>()
+        };
+        assert!(trainable(None).is_empty());
+        assert_eq!(
+            trainable(Some(l("block5_conv1"))),
+            ["block5_conv1", "block5_conv2", "block5_conv3"]
+        );
+        assert_eq!(trainable(Some(l("features.23"))), trainable(Some(l("block5_conv1"))));
+        assert_eq!(trainable(Some(arch.last())), Vec::<&str>::new());
+        assert_eq!(trainable(Some(l("block1_conv1"))).len(), 13);
     }
 
     #[test]

@@ -9,9 +9,6 @@ use tch::{Tensor, nn};
 
 use crate::{ConvArch, Layer, LayerKind, ModelError, Padding, Pooling, ToLayer};
 
-/// The VGG16 conv base: a [`ConvBase`] built from [`ConvArch::vgg16`] (by [`ConvBase::new`]).
-pub type Vgg16Base = ConvBase;
-
 /// The convolutions of an architecture, variables named `features.N.weight` / `features.N.bias`.
 #[derive(Debug)]
 pub struct ConvBase {
@@ -20,14 +17,10 @@ pub struct ConvBase {
 }
 
 impl ConvBase {
-    /// The VGG16 conv base, variables created under `path` (initialised like torchvision before
-    /// any weights load).
-    pub fn new(path: &nn::Path) -> Self {
-        Self::with_arch(path, ConvArch::vgg16())
-    }
-
-    /// The base of `arch`, variables created under `path` with libtorch's default (Kaiming
-    /// uniform) initialisation, which is what training from scratch starts from.
+    /// The base of `arch` (VGG16: `ConvBase::with_arch(path, ConvArch::vgg16())`), variables
+    /// created under `path` as `features.N.weight` `[out, in, k, k]` and `features.N.bias`
+    /// `[out]`, with libtorch's default (Kaiming uniform) initialisation, which is what training
+    /// from scratch starts from and what weights are loaded over.
     pub fn with_arch(path: &nn::Path, arch: ConvArch) -> Self {
         let features = path / "features";
         let convs = arch

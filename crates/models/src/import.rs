@@ -11,8 +11,8 @@
 //!   for Keras' ImageNet VGG16, hence preprocessing `caffe`.
 //! - PyTorch `torch.save` state dicts (torchvision `vgg16-*.pth`): read by libtorch's loader, or,
 //!   for what that loader refuses (an `OrderedDict`, the pre-1.6 legacy format), by our
-//!   restricted unpickler ([`crate::pickle`]), which understands tensors, dicts and lists and
-//!   refuses everything else. Python is never run and no pickle code is executed.
+//!   restricted unpickler ([`read_torch_state_dict`]), which understands tensors, dicts and
+//!   lists and refuses everything else. Python is never run and no pickle code is executed.
 //! - tch-rs `.ot` (`VarStore::save`, libtorch's C++ archive), read by libtorch.
 //! - Plain safetensors (e.g. torchvision weights re-saved), read by tch.
 //!
@@ -27,8 +27,8 @@ use tch::Tensor;
 
 use crate::onnx::{Initializer, read_initializers};
 pub use crate::pickle::read_torch_state_dict;
-use crate::weights::{Provenance, WeightsMeta, check_conv_base, file_sha256, save_weights};
-use crate::{LayerKind, ModelError, Preprocessing, VGG16_LAYERS};
+use crate::weights::{Provenance, WeightsMeta, check_tensors, file_sha256, save_conv_base};
+use crate::{ConvArch, LayerKind, ModelError, Preprocessing};
 
 /// The kind of file weights are imported from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -109,7 +109,7 @@ pub fn read_conv_base(
             Tensor::read_safetensors(path).map_err(|e| torch_error(path, e))?
         }
     };
-    check_conv_base(path, tensors)
+    check_tensors(path, &ConvArch::vgg16(), tensors)
 }
 
 /// Converts the weights at `src` into our weights file `out` (atomically), recording the
@@ -135,7 +135,7 @@ pub fn import_weights(
         source_sha256: file_sha256(src)?,
         source_format: format.name().to_owned(),
     };
-    let meta = save_weights(out, &tensors, &provenance)?;
+    let meta = save_conv_base(out, &ConvArch::vgg16(), &tensors, &provenance)?;
     tracing::info!(src = %src.display(), out = %out.display(), digest = %meta.digest, %preprocessing, "imported VGG16 weights");
     Ok(meta)
 }
@@ -154,14 +154,18 @@ pub(crate) fn torch_error(path: &Path, e: tch::TchError) -> ModelError {
 pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError> {
     let initializers = read_initializers(path)?;
     let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
+    let arch = ConvArch::vgg16();
     let mut out = Vec::new();
-    for spec in &VGG16_LAYERS {
-        let LayerKind::Conv { in_channels, out_channels, .. } = spec.kind else { continue };
+    for spec in arch.layers().map(|l| arch.spec(l)) {
+        let LayerKind::Conv { in_channels, out_channels, kernel: k, .. } = spec.kind else {
+            continue;
+        };
+        let keras_name = spec.name.as_str();
         let mine: Vec<&Initializer> =
-            initializers.iter().filter(|i| names_layer(&i.name, spec.keras_name)).collect();
-        let weight_name = format!("features.{}.weight", spec.torch_index);
-        let bias_name = format!("features.{}.bias", spec.torch_index);
-        let oihw = vec![out_channels, in_channels, 3, 3];
+            initializers.iter().filter(|i| names_layer(&i.name, keras_name)).collect();
+        let weight_name = format!("{}.weight", spec.torch_name());
+        let bias_name = format!("{}.bias", spec.torch_name());
+        let oihw = vec![out_channels, in_channels, k, k];
         let pick =
             |rank: usize, ours: &str, expected: &[i64]| -> Result<&Initializer, ModelError> {
                 let found: Vec<&&Initializer> =
@@ -171,21 +175,20 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
                     [] => Err(ModelError::MissingTensor {
                         path: path.to_owned(),
                         name: format!(
-                            "{ours} (a {rank}-D initializer named after Keras layer {})",
-                            spec.keras_name
+                            "{ours} (a {rank}-D initializer named after Keras layer {keras_name})"
                         ),
                         expected: expected.to_vec(),
                     }),
                     _ => Err(ModelError::AmbiguousTensor {
                         path: path.to_owned(),
-                        name: format!("{ours} ({})", spec.keras_name),
+                        name: format!("{ours} ({keras_name})"),
                         candidates: found.iter().map(|i| i.name.clone()).collect(),
                     }),
                 }
             };
         let kernel = pick(4, &weight_name, &oihw)?;
         let bias = pick(1, &bias_name, &[out_channels])?;
-        let hwio = [3, 3, in_channels, out_channels];
+        let hwio = [k, k, in_channels, out_channels];
         let weight = Tensor::from_slice(&kernel.values);
         let weight = if kernel.shape == oihw {
             weight.f_reshape(&oihw)?
@@ -194,10 +197,7 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
         } else {
             return Err(ModelError::TensorShape {
                 path: path.to_owned(),
-                name: format!(
-                    "{} ({} kernel, OIHW or HWIO {hwio:?})",
-                    kernel.name, spec.keras_name
-                ),
+                name: format!("{} ({keras_name} kernel, OIHW or HWIO {hwio:?})", kernel.name),
                 expected: oihw,
                 actual: kernel.shape.clone(),
             });
@@ -205,7 +205,7 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
         if bias.shape != [out_channels] {
             return Err(ModelError::TensorShape {
                 path: path.to_owned(),
-                name: format!("{} ({} bias)", bias.name, spec.keras_name),
+                name: format!("{} ({keras_name} bias)", bias.name),
                 expected: vec![out_channels],
                 actual: bias.shape.clone(),
             });
@@ -219,13 +219,13 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
                 });
             }
         }
-        tracing::debug!(layer = spec.keras_name, kernel = %kernel.name, bias = %bias.name, "ONNX initializers picked");
+        tracing::debug!(layer = keras_name, kernel = %kernel.name, bias = %bias.name, "ONNX initializers picked");
         out.push((weight_name, weight));
         out.push((bias_name, Tensor::from_slice(&bias.values)));
     }
     let extras: Vec<&str> = initializers
         .iter()
-        .filter(|i| !VGG16_LAYERS.iter().any(|s| names_layer(&i.name, s.keras_name)))
+        .filter(|i| !arch.layers().any(|l| names_layer(&i.name, arch.name_of(l))))
         .map(|i| i.name.as_str())
         .collect();
     if !extras.is_empty() {
@@ -234,7 +234,7 @@ pub fn vgg16_from_onnx(path: &Path) -> Result<Vec<(String, Tensor)>, ModelError>
     if out.is_empty() {
         return Err(err("no VGG16 conv layers (block1_conv1 ...) among the initializers".into()));
     }
-    check_conv_base(path, out)
+    check_tensors(path, &arch, out)
 }
 
 /// True when a `/`-separated segment of `name` is `layer` or `layer_<digits>`.

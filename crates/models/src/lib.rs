@@ -10,9 +10,12 @@
 //! the position in an `nn.Sequential` of conv, ReLU, pool).
 //!
 //! Typical use: `let w = load_weights(path, device)?;` then
-//! `w.features(&u8_batch_nhwc, "block4_pool".parse()?, Pooling::Avg)?`, or
+//! `w.features(&u8_batch_nhwc, "block4_pool", Pooling::Avg)?` (`[N, 512]`), or
 //! `preprocess(&batch, mode)?` and `w.base.features(&xs, layer, pooling)?` to override the
-//! preprocessing recorded with the weights.
+//! preprocessing recorded with the weights. Layers are named through the architecture
+//! ([`ConvArch`], e.g. `ConvArch::vgg16().layer("features.24")`, or anything [`ToLayer`]), and
+//! shapes come from it (`arch.output_shape(h, w, layer)`, `arch.feature_shape(..)`); a VGG16 base
+//! is `ConvBase::with_arch(path, ConvArch::vgg16())`.
 
 mod arch;
 mod base;
@@ -26,23 +29,20 @@ mod pickle;
 mod pooling;
 mod preprocess;
 pub mod tensor_file;
-mod vgg16;
 pub mod weights;
 
 pub use arch::{
-    ConvArch, ConvLayer, Layer, LayerDef, LayerName, SMALL_CONVNET, ToLayer, VGG16_ARCHITECTURE,
+    ConvArch, ConvLayer, Layer, LayerDef, LayerKind, LayerName, Padding, SMALL_CONVNET, ToLayer,
+    VGG16_ARCHITECTURE,
 };
-pub use base::{ConvBase, Vgg16Base, run_conv, run_pool};
+pub use base::{ConvBase, run_conv, run_pool};
 pub use classifier::{Classifier, HEADER_KEY, MODEL_FORMAT_VERSION, ModelHeader};
 pub use device::DeviceChoice;
 pub use error::ModelError;
 pub use head::{DenseHead, HeadSpec};
 pub use import::{SourceFormat, import_weights};
-pub use pooling::{Pooling, feature_shape};
+pub use pooling::Pooling;
 pub use preprocess::{CAFFE_MEAN_BGR, Preprocessing, TORCH_MEAN_RGB, TORCH_STD_RGB, preprocess};
-pub use vgg16::{
-    LayerKind, LayerSpec, Padding, VGG16_LAYERS, Vgg16Layer, is_trainable, output_shape,
-};
 pub use weights::{LoadedWeights, WeightsMeta, load_weights};
 
 /// Number of trainable scalars held by a `VarStore`.

@@ -1,4 +1,5 @@
-//! Global pooling after the layer cut, like Keras `VGG16(include_top=False, pooling=...)`.
+//! Global pooling after the layer cut, like Keras `VGG16(include_top=False, pooling=...)`. The
+//! shape it gives for a layer and input size is [`crate::ConvArch::feature_shape`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -6,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::{ModelError, Vgg16Layer, output_shape};
+use crate::ModelError;
 
 /// What happens to the feature map at the cut.
 #[derive(
@@ -68,21 +69,6 @@ impl FromStr for Pooling {
     }
 }
 
-/// Shape of one image's features at `layer` with `pooling` for an input of `height` x `width`:
-/// `[C, H, W]` or `[C]`.
-pub fn feature_shape(
-    height: i64,
-    width: i64,
-    layer: Vgg16Layer,
-    pooling: Pooling,
-) -> Result<Vec<i64>, ModelError> {
-    let [c, h, w] = output_shape(height, width, layer)?;
-    Ok(match pooling {
-        Pooling::None => vec![c, h, w],
-        Pooling::Avg | Pooling::Max => vec![c],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,14 +99,5 @@ mod tests {
         check(Pooling::Avg, &[2, 2], &[2.5, 8.5, 14.5, 20.5]);
         check(Pooling::Max, &[2, 2], &[5.0, 11.0, 17.0, 23.0]);
         check(Pooling::None, &[2, 2, 2, 3], &(0..24).map(|v| v as f32).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn shapes() {
-        let l = |s: &str| s.parse::<Vgg16Layer>().unwrap();
-        assert_eq!(feature_shape(150, 150, l("block5_pool"), Pooling::None).unwrap(), [512, 4, 4]);
-        assert_eq!(feature_shape(150, 150, l("block3_pool"), Pooling::Avg).unwrap(), [256]);
-        assert_eq!(feature_shape(48, 48, l("features.23"), Pooling::Max).unwrap(), [512]);
-        assert!(feature_shape(16, 16, l("block5_pool"), Pooling::Avg).is_err());
     }
 }

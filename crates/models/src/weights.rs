@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::{ConvArch, ConvBase, ModelError, Pooling, Preprocessing, ToLayer, preprocess};
+use crate::{
+    ConvArch, ConvBase, ModelError, Pooling, Preprocessing, ToLayer, VGG16_ARCHITECTURE, preprocess,
+};
 
-/// `architecture` metadata value of a VGG16 conv base (no classifier).
-pub const ARCHITECTURE: &str = crate::VGG16_ARCHITECTURE;
 /// `format_version` metadata value this crate writes and reads.
 pub const FORMAT_VERSION: &str = "1";
 
@@ -71,19 +71,6 @@ impl LoadedWeights {
         let xs = preprocess(batch, self.meta.preprocessing)?;
         self.base.features(&xs, layer, pooling)
     }
-}
-
-/// The 26 tensors of the VGG16 conv base, in layer order: name and shape.
-pub fn expected_tensors() -> Vec<(String, Vec<i64>)> {
-    ConvArch::vgg16().expected_tensors()
-}
-
-/// [`check_tensors`] for the VGG16 conv base (what every import produces).
-pub fn check_conv_base(
-    path: &Path,
-    tensors: Vec<(String, Tensor)>,
-) -> Result<Vec<(String, Tensor)>, ModelError> {
-    check_tensors(path, &ConvArch::vgg16(), tensors)
 }
 
 /// Picks the tensors of `arch` out of `tensors` (read from `path`) and checks them: every one
@@ -160,19 +147,11 @@ pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
     })
 }
 
-/// Writes VGG16 conv-base tensors and their provenance to `path`: [`save_conv_base`] with
-/// [`ConvArch::vgg16`].
-pub fn save_weights(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    provenance: &Provenance,
-) -> Result<WeightsMeta, ModelError> {
-    save_conv_base(path, &ConvArch::vgg16(), tensors, provenance)
-}
-
 /// Writes the tensors of `arch` (checked by [`check_tensors`]; others are dropped) and their
 /// provenance to `path` atomically (temp file in the same folder, fsync, rename). Returns the
-/// new file's metadata.
+/// new file's metadata. A VGG16 file (`arch` equal to [`ConvArch::vgg16`]) gets no `layers`
+/// entry, so its bytes and digest are what they always were. Errors: a missing tensor, a wrong
+/// shape or a non-finite value ([`check_tensors`]), or the write.
 pub fn save_conv_base(
     path: &Path,
     arch: &ConvArch,
@@ -226,10 +205,10 @@ pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta),
         Some(layers) => {
             ConvArch::from_json(&architecture, &layers).map_err(|e| err(e.to_string()))?
         }
-        None if architecture == ARCHITECTURE => ConvArch::vgg16(),
+        None if architecture == VGG16_ARCHITECTURE => ConvArch::vgg16(),
         None => {
             return Err(err(format!(
-                "architecture is {architecture:?} but the metadata has no layers list (only {ARCHITECTURE:?} may omit it)"
+                "architecture is {architecture:?} but the metadata has no layers list (only {VGG16_ARCHITECTURE:?} may omit it)"
             )));
         }
     };
@@ -266,19 +245,4 @@ pub fn load_weights(path: &Path, device: Device) -> Result<LoadedWeights, ModelE
     crate::tensor_file::copy_into(&vs, &tensors, path)?;
     tracing::info!(path = %path.display(), architecture = %meta.architecture, digest = %meta.digest, preprocessing = %meta.preprocessing, source = %meta.source, ?device, "loaded weights");
     Ok(LoadedWeights { vs, base, meta })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expected_tensors_cover_the_base() {
-        let all = expected_tensors();
-        assert_eq!(all.len(), 26);
-        assert_eq!(all[0], ("features.0.weight".to_owned(), vec![64, 3, 3, 3]));
-        assert_eq!(all[25], ("features.28.bias".to_owned(), vec![512]));
-        let params: i64 = all.iter().map(|(_, s)| s.iter().product::<i64>()).sum();
-        assert_eq!(params, 14_714_688);
-    }
 }

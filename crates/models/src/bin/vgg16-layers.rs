@@ -123,7 +123,7 @@ fn run(args: Args) -> Result<()> {
             let vs = nn::VarStore::new(device);
             let base = match args.arch {
                 Some(choice) => ConvBase::with_arch(&vs.root(), arch_of(choice, args.width)?),
-                None => ConvBase::new(&vs.root()),
+                None => ConvBase::with_arch(&vs.root(), ConvArch::vgg16()),
             };
             (vs, base)
         }

@@ -90,7 +90,8 @@ fn run(args: Args) -> Result<()> {
         Cmd::Random { seed, out, preprocessing } => {
             tch::manual_seed(seed);
             let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-            let _base = models::Vgg16Base::new(&vs.root());
+            let arch = models::ConvArch::vgg16();
+            let _base = models::ConvBase::with_arch(&vs.root(), arch.clone());
             let provenance = models::weights::Provenance {
                 preprocessing,
                 source: format!(
@@ -100,7 +101,7 @@ fn run(args: Args) -> Result<()> {
                 source_format: "random".into(),
             };
             let vars: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
-            let meta = models::weights::save_weights(&out, &vars, &provenance)
+            let meta = models::weights::save_conv_base(&out, &arch, &vars, &provenance)
                 .with_context(|| format!("writing random weights to {}", out.display()))?;
             println!("{}", meta.digest);
         }
