@@ -32,3 +32,16 @@ pub fn main(run: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     init_logging();
     exit_code(run().map(|()| ExitCode::SUCCESS))
 }
+
+/// Exit status of a training stage stopped on purpose (`--stop-after-steps`) with its state
+/// checkpointed, distinct from success (0) and errors (1).
+pub const STOPPED: u8 = 3;
+
+/// `main` for a resumable stage whose `run` returns whether it finished (`false`: stopped on
+/// purpose, exit status [`STOPPED`]).
+pub fn main_resumable(run: impl FnOnce() -> anyhow::Result<bool>) -> ExitCode {
+    init_logging();
+    exit_code(
+        run().map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }),
+    )
+}

@@ -19,24 +19,10 @@ use tch::{Device, Kind, Tensor};
 
 use models::Classifier as Net;
 
-/// SplitMix64 over the words: a cheap, well-mixed, platform-independent hash for seeds.
-pub fn mix(words: &[u64]) -> u64 {
-    let mut h = 0x243f_6a88_85a3_08d3u64;
-    for &w in words {
-        h ^= w;
-        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h = z ^ (z >> 31);
-    }
-    h
-}
-
 /// The libtorch seed of a training step (dropout masks): reseeded before every step, so the
 /// global generator's state never has to be saved.
 pub fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
-    (mix(&[seed, 0x64726f70, epoch as u64, step as u64]) >> 1) as i64
+    training::order::step_seed(seed, 0x64726f70, epoch, step)
 }
 
 /// One sample of a batch: which image, its appearance number in the epoch (an epoch longer than
@@ -70,9 +56,13 @@ impl EpochPlan {
             .map(|p| {
                 let (round, at) = (p / self.n, p % self.n);
                 let index = self.order(round)[at];
-                let pass =
-                    (mix(&[self.seed, 0x70617373, self.epoch as u64, round as u64, index as u64])
-                        % self.passes as u64) as u32;
+                let pass = (training::order::mix(&[
+                    self.seed,
+                    0x70617373,
+                    self.epoch as u64,
+                    round as u64,
+                    index as u64,
+                ]) % self.passes as u64) as u32;
                 Sample { index, round, pass }
             })
             .collect()

@@ -179,16 +179,9 @@ struct HeadInit {
 const MODEL_FILE: &str = "model.safetensors";
 const BEST_FILE: &str = "best.safetensors";
 const CHECKPOINTS: &str = "checkpoints";
-/// Exit status of `--stop-after-steps`, distinct from errors (1).
-const STOPPED: u8 = 3;
-
 fn main() -> ExitCode {
     cpu_runtime::init();
-    cli_support::init_logging();
-    cli_support::exit_code(
-        run(Args::parse())
-            .map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }),
-    )
+    cli_support::main_resumable(|| run(Args::parse()))
 }
 
 /// A `train-head` output to start from.

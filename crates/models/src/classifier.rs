@@ -413,27 +413,12 @@ impl Classifier {
         only: Option<&str>,
         path: &Path,
     ) -> Result<(), ModelError> {
-        for (name, var) in self.trainable() {
-            if only.is_some_and(|prefix| !name.starts_with(prefix)) {
-                continue;
-            }
-            let Some((_, src)) = tensors.iter().find(|(n, _)| *n == name) else {
-                return Err(ModelError::Weights {
-                    path: path.to_owned(),
-                    reason: format!("missing tensor {name}"),
-                });
-            };
-            if src.size() != var.size() {
-                return Err(ModelError::TensorShape {
-                    path: path.to_owned(),
-                    name,
-                    expected: var.size(),
-                    actual: src.size(),
-                });
-            }
-            tch::no_grad(|| var.shallow_clone().f_copy_(src))?;
-        }
-        Ok(())
+        let selected: Vec<(String, Tensor)> = self
+            .trainable()
+            .into_iter()
+            .filter(|(name, _)| only.is_none_or(|prefix| name.starts_with(prefix)))
+            .collect();
+        tensor_file::copy_into_named(&selected, tensors, path)
     }
 
     /// Every variable of the classifier, sorted by name: the frozen base layers up to the cut,

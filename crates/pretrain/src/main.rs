@@ -119,16 +119,9 @@ struct StageConfig<'a> {
 const BASE_FILE: &str = "base.safetensors";
 const MODEL_FILE: &str = "model.safetensors";
 const CHECKPOINTS: &str = "checkpoints";
-/// Exit status of `--stop-after-steps`, distinct from errors (1).
-const STOPPED: u8 = 3;
-
 fn main() -> ExitCode {
     cpu_runtime::init();
-    cli_support::init_logging();
-    cli_support::exit_code(
-        run(Args::parse())
-            .map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }),
-    )
+    cli_support::main_resumable(|| run(Args::parse()))
 }
 
 /// Trains and writes the stage's outputs; `false` when `--stop-after-steps` stopped it.

@@ -73,17 +73,7 @@ impl Task for PretrainTask<'_> {
 /// The libtorch seed of step `step` of `epoch` (dropout masks): a pure function, so no RNG state
 /// ever needs saving.
 pub fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
-    // SplitMix64 over the words: cheap, well mixed, the same on every platform.
-    let mut h = 0x243f_6a88_85a3_08d3u64;
-    for w in [seed, 0x7072_6574_7261_696e, epoch as u64, step as u64] {
-        h ^= w;
-        h = h.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        h = z ^ (z >> 31);
-    }
-    (h >> 1) as i64
+    training::order::step_seed(seed, 0x7072_6574_7261_696e, epoch, step)
 }
 
 /// Images `indices` of `images` as an RGB8 `[N, H, W, 3]` tensor on `device`, augmented with
