@@ -5,7 +5,7 @@
 //! layers between.
 //!
 //! Weights are our safetensors (`features.N.weight|bias`, metadata `preprocessing`,
-//! `architecture`), read with `training::tensors_io`.
+//! `architecture`), read with `models::load_weights` (through `models::tensor_file`).
 //!
 //! A batch goes through three calls so that a GPU never waits on the CPU: [`FeatureModel::stage`]
 //! (host work: the uint8 batch into pinned memory), [`FeatureModel::submit`] (queues the
