@@ -87,6 +87,9 @@ pub enum AugmentError {
     BookPixelShift { field: &'static str },
     #[error("invalid augmentation spec: {0}")]
     Json(#[source] serde_json::Error),
+    /// A settings file that cannot be read, parsed or validated.
+    #[error("augmentation settings in {path}: {reason}")]
+    File { path: std::path::PathBuf, reason: String },
     #[error("image must be at least 1x1 with at least 1 channel, got {h}x{w}x{c}")]
     EmptyImage { h: usize, w: usize, c: usize },
     #[error("{which} buffer has {len} values, expected {h}x{w}x{c} = {expected}")]

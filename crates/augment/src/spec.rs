@@ -3,6 +3,7 @@
 //! parameters fail at configuration time with a message naming the field.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -211,6 +212,14 @@ impl AugmentSpec {
     pub fn from_json(json: &str) -> Result<AugmentSpec, AugmentError> {
         serde_json::from_str(json).map_err(AugmentError::Json)
     }
+
+    /// Reads the settings (Keras `ImageDataGenerator` argument names, JSON) from `path`; errors
+    /// name the file and the reason.
+    pub fn read(path: &Path) -> Result<AugmentSpec, AugmentError> {
+        let file = |reason: String| AugmentError::File { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| file(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| file(e.to_string()))
+    }
 }
 
 /// A validated [`AugmentSpec`], normalised (zoom as `[lo, hi]`, interpolation order resolved).
@@ -223,6 +232,13 @@ pub struct AugmentConfig {
 }
 
 impl AugmentConfig {
+    /// [`AugmentSpec::read`] then [`AugmentConfig::new`]: settings from a JSON file, validated;
+    /// every error names the file.
+    pub fn from_file(path: &Path) -> Result<Self, AugmentError> {
+        Self::new(AugmentSpec::read(path)?)
+            .map_err(|e| AugmentError::File { path: path.to_owned(), reason: e.to_string() })
+    }
+
     pub fn new(spec: AugmentSpec) -> Result<AugmentConfig, AugmentError> {
         let mut spec = spec;
         non_negative("rotation_range", spec.rotation_range)?;

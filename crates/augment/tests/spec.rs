@@ -205,3 +205,24 @@ fn nan_and_infinity() {
         expect!["rescale must be a finite non-zero number, got NaN"],
     );
 }
+
+#[test]
+fn settings_files_are_read_and_every_error_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(&good, r#"{"rotation_range": 40, "horizontal_flip": true}"#).unwrap();
+    let config = augment::AugmentConfig::from_file(&good).unwrap();
+    assert_eq!(config.spec().rotation_range, 40.0);
+    for (name, text, reason) in [
+        ("bad.json", "{not json", "key must be a string"),
+        ("negative.json", r#"{"rotation_range": -1}"#, "must be >= 0"),
+        ("missing.json", "", "No such file"),
+    ] {
+        let path = dir.path().join(name);
+        if !text.is_empty() {
+            std::fs::write(&path, text).unwrap();
+        }
+        let err = augment::AugmentConfig::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains(name) && err.contains(reason), "{name}: {err}");
+    }
+}

@@ -244,14 +244,7 @@ fn run(args: Args) -> Result<()> {
         (Resize::Bilinear, true) => "bilinear+center-crop",
     };
     let augment_config = match &args.augment_spec {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            AugmentConfig::new(
-                AugmentSpec::from_json(&text).with_context(|| format!("{}", path.display()))?,
-            )
-            .with_context(|| format!("augmentation settings in {}", path.display()))?
-        }
+        Some(path) => AugmentConfig::from_file(path)?,
         None => AugmentConfig::new(AugmentSpec::seed_generator())?,
     };
     let augment_json: serde_json::Value = serde_json::from_str(&augment_config.canonical_json())?;

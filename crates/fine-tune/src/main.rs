@@ -278,16 +278,7 @@ fn run(args: Args) -> Result<bool> {
     }
     let augment = match (&args.augment_spec, args.no_augment || args.trunk_cache.is_some()) {
         (_, true) => None,
-        (Some(path), false) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                AugmentConfig::new(
-                    AugmentSpec::from_json(&text).with_context(|| path.display().to_string())?,
-                )
-                .with_context(|| format!("augmentation settings in {}", path.display()))?,
-            )
-        }
+        (Some(path), false) => Some(AugmentConfig::from_file(path)?),
         (None, false) => Some(AugmentConfig::new(AugmentSpec::seed_generator())?),
     };
 

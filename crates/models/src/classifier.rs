@@ -235,39 +235,21 @@ impl Classifier {
             .filter(|(n, _)| n.starts_with("features."))
             .map(|(n, t)| (n.clone(), t.shallow_clone()))
             .collect();
-        // Variables above the cut are not in the file: fill only those up to it.
-        let needed: Vec<String> = arch
-            .expected_tensors()
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| torch_index(n).is_some_and(|i| i <= arch.spec(cut).torch_index))
-            .collect();
-        for name in &needed {
-            if !base_tensors.iter().any(|(n, _)| n == name) {
-                return Err(ModelError::Weights {
-                    path: path.to_owned(),
-                    reason: format!("missing tensor {name}"),
-                });
-            }
+        // Variables above the cut are not in the file: fill only those up to it, and refuse a
+        // tensor that is no variable of the architecture.
+        let last = arch.spec(cut).torch_index;
+        let vars = tensor_file::named_variables(&frozen);
+        if let Some((name, _)) =
+            base_tensors.iter().find(|(n, _)| !vars.iter().any(|(v, _)| v == n))
+        {
+            return Err(ModelError::Weights {
+                path: path.to_owned(),
+                reason: format!("tensor {name} is not a variable of {}", header.architecture),
+            });
         }
-        let vars = frozen.variables();
-        for (name, src) in &base_tensors {
-            let Some(var) = vars.get(name) else {
-                return Err(ModelError::Weights {
-                    path: path.to_owned(),
-                    reason: format!("tensor {name} is not a variable of {}", header.architecture),
-                });
-            };
-            if var.size() != src.size() {
-                return Err(ModelError::TensorShape {
-                    path: path.to_owned(),
-                    name: name.clone(),
-                    expected: var.size(),
-                    actual: src.size(),
-                });
-            }
-            tch::no_grad(|| var.shallow_clone().f_copy_(src))?;
-        }
+        let needed: Vec<(String, Tensor)> =
+            vars.into_iter().filter(|(n, _)| torch_index(n).is_some_and(|i| i <= last)).collect();
+        tensor_file::copy_into_named(&needed, &base_tensors, path)?;
         let weights = LoadedWeights {
             vs: frozen,
             base: trunk,

@@ -139,16 +139,7 @@ fn run(args: Args) -> Result<bool> {
         .with_context(|| format!("--input-size {}", args.input_size))?;
     let device = args.device.resolve()?;
     let augment = match (&args.augment_spec, args.augment) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                AugmentConfig::new(
-                    AugmentSpec::from_json(&text).with_context(|| path.display().to_string())?,
-                )
-                .with_context(|| format!("augmentation settings in {}", path.display()))?,
-            )
-        }
+        (Some(path), _) => Some(AugmentConfig::from_file(path)?),
         (None, true) => Some(AugmentConfig::new(AugmentSpec::seed_generator())?),
         (None, false) => None,
     };

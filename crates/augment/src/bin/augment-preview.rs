@@ -87,11 +87,7 @@ fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let spec = match &args.spec {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("could not read {}", path.display()))?;
-            AugmentSpec::from_json(&text).with_context(|| format!("in {}", path.display()))?
-        }
+        Some(path) => AugmentSpec::read(path)?,
         None => AugmentSpec {
             compat: args.compat,
             rotation_range: args.rotation,
