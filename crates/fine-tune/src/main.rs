@@ -195,7 +195,14 @@ struct HeadFile {
 fn read_head(path: &Path, input_width: i64, classes: usize, last: &str) -> Result<HeadFile> {
     let loaded = tensors_io::load(path)?;
     let spec: HeadSpec = serde_json::from_str(loaded.metadata.get("head").with_context(|| {
-        format!("{}: no `head` in the metadata: not a train-head output", path.display())
+        if loaded.metadata.contains_key(models::HEADER_KEY) {
+            format!(
+                "{}: a model file (the whole classifier); --head takes train-head's head.safetensors from the same folder",
+                path.display()
+            )
+        } else {
+            format!("{}: no `head` in the metadata: not train-head's head.safetensors", path.display())
+        }
     })?)
     .with_context(|| format!("{}: unreadable `head` metadata", path.display()))?;
     if spec.input_width != input_width {
@@ -225,6 +232,11 @@ fn run(args: Args) -> Result<bool> {
     let started = Instant::now();
     if args.batch_size == 0 || args.steps_per_epoch == 0 {
         bail!("--batch-size and --steps-per-epoch must be at least 1");
+    }
+    if args.epochs == 0 && args.head_epochs == Some(0) && args.head.is_none() {
+        bail!(
+            "nothing to train: --epochs 0 and --head-epochs 0 without a --head would write an untrained head"
+        );
     }
     if let Some(d) = args.dropout.filter(|d| !(0.0..1.0).contains(d)) {
         bail!("--dropout must be in [0, 1), got {d}");

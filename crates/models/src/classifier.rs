@@ -81,6 +81,46 @@ impl ModelHeader {
     pub fn cut_layer(&self) -> Result<Layer, ModelError> {
         self.arch()?.layer(&self.cut)
     }
+
+    /// Checks that the fields agree with each other before any tensor is read: the layer list
+    /// and cut resolve, the input survives the base up to the cut, the head's input width is the
+    /// cut's output at the input size, one distinct class name per class (at least 2), a
+    /// dropout rate in [0, 1), a sha256 digest. The reason names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let arch = self.arch().map_err(|e| format!("layers: {e}"))?;
+        let cut = arch.layer(&self.cut).map_err(|e| format!("cut: {e}"))?;
+        let [h, w] = self.input_size;
+        let [c, oh, ow] = arch.output_shape(h, w, cut).map_err(|e| format!("input_size: {e}"))?;
+        let width = if self.pooling == Pooling::None { c * oh * ow } else { c };
+        if self.head.input_width != width {
+            return Err(format!(
+                "head.input_width is {} but {} of {} at {h}x{w} with pooling {} gives {width}",
+                self.head.input_width, self.cut, self.architecture, self.pooling
+            ));
+        }
+        if self.head.classes < 2 || self.class_names.len() != self.head.classes {
+            return Err(format!(
+                "class_names has {} names for a head of {} classes (at least 2)",
+                self.class_names.len(),
+                self.head.classes
+            ));
+        }
+        let distinct: std::collections::BTreeSet<&String> = self.class_names.iter().collect();
+        if distinct.len() != self.class_names.len() {
+            return Err(format!("class_names repeats a name: {:?}", self.class_names));
+        }
+        if !(0.0..1.0).contains(&self.head.dropout) || self.head.hidden < 1 {
+            return Err(format!(
+                "head has hidden {} and dropout {} (need at least 1 unit and a rate in [0, 1))",
+                self.head.hidden, self.head.dropout
+            ));
+        }
+        let digest = &self.base_weights_sha256;
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("base_weights_sha256 {digest:?} is not a sha256 digest"));
+        }
+        Ok(())
+    }
 }
 
 enum TopLayer {
@@ -223,6 +263,20 @@ impl Classifier {
     ) -> Result<Self, ModelError> {
         let loaded = tensor_file::load(path)?;
         let header = read_header(path, &loaded.metadata)?;
+        for (name, t) in &loaded.tensors {
+            if !bool::try_from(t.f_isfinite()?.f_all()?)? {
+                return Err(ModelError::Weights {
+                    path: path.to_owned(),
+                    reason: format!("tensor {name} holds a non-finite value"),
+                });
+            }
+            if !(name.starts_with("features.") || name.starts_with("head.fc")) {
+                return Err(ModelError::Weights {
+                    path: path.to_owned(),
+                    reason: format!("tensor {name} is not part of a classifier"),
+                });
+            }
+        }
         let err =
             |e: ModelError| ModelError::Weights { path: path.to_owned(), reason: e.to_string() };
         let arch = header.arch().map_err(err)?;
@@ -267,6 +321,13 @@ impl Classifier {
         };
         let model = Self::on_base(weights, header, trainable_from)?;
         model.load_trainable(&loaded.tensors, None, path)?;
+        let known: Vec<String> = model.variables().into_iter().map(|(n, _)| n).collect();
+        if let Some((name, _)) = loaded.tensors.iter().find(|(n, _)| !known.contains(n)) {
+            return Err(ModelError::Weights {
+                path: path.to_owned(),
+                reason: format!("tensor {name} is not a variable of this classifier"),
+            });
+        }
         Ok(model)
     }
 
@@ -295,6 +356,19 @@ impl Classifier {
     /// trunk's output `[N, C, H', W']` (the preprocessed input when nothing is frozen). No
     /// gradients.
     pub fn trunk(&self, pixels: &Tensor) -> Result<Tensor, ModelError> {
+        let shape = pixels.size();
+        let [h, w] = self.header.input_size;
+        let size = match (pixels.kind(), shape.as_slice()) {
+            (tch::Kind::Uint8, [_, ph, pw, 3]) => Some([*ph, *pw]),
+            (_, [_, 3, ph, pw]) => Some([*ph, *pw]),
+            _ => None,
+        };
+        if size.is_some_and(|s| s != [h, w]) {
+            return Err(ModelError::BadInputShape {
+                shape,
+                expected: format!("images of the model's input size {h}x{w} (resize them first)"),
+            });
+        }
         tch::no_grad(|| {
             let xs = preprocess(pixels, self.header.preprocessing)?;
             match (&self.trunk, self.trunk_until) {
@@ -446,14 +520,17 @@ fn read_header(
     })?;
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| err(format!("{HEADER_KEY} metadata: {e}")))?;
-    let version = value.get("format_version").and_then(serde_json::Value::as_u64);
-    if version != Some(u64::from(MODEL_FORMAT_VERSION)) {
+    let version = value.get("format_version");
+    if version.and_then(serde_json::Value::as_u64) != Some(u64::from(MODEL_FORMAT_VERSION)) {
         return Err(err(format!(
             "model format_version is {}, this build reads {MODEL_FORMAT_VERSION}",
             version.map_or_else(|| "missing".to_owned(), |v| v.to_string())
         )));
     }
-    serde_json::from_value(value).map_err(|e| err(format!("{HEADER_KEY} metadata: {e}")))
+    let header: ModelHeader =
+        serde_json::from_value(value).map_err(|e| err(format!("{HEADER_KEY} metadata: {e}")))?;
+    header.check().map_err(|reason| err(format!("{HEADER_KEY} metadata: {reason}")))?;
+    Ok(header)
 }
 
 /// `N` of a variable named `features.N.weight|bias`.

@@ -198,6 +198,11 @@ pub fn read_weights(path: &Path) -> Result<(Vec<(String, Tensor)>, WeightsMeta),
     let loaded = crate::tensor_file::load(path)?;
     let get = |key: &str| loaded.metadata.get(key).cloned();
     let hint = "import it with `vgg16-weights import` to record what it is";
+    if loaded.metadata.contains_key(crate::HEADER_KEY) {
+        return Err(err(
+            "this is a model file (a whole classifier, written by train-head, fine-tune or pretrain), not a weights file: pass a conv base's weights (pretrain's base.safetensors, or an imported VGG16)".to_owned(),
+        ));
+    }
     let architecture = get("architecture").ok_or_else(|| {
         err(format!("no architecture in the metadata: not one of our weights files ({hint})"))
     })?;

@@ -199,6 +199,7 @@ fn other_versions_and_missing_fields_are_refused_naming_the_file() {
     let path = dir.path().join("m.safetensors");
     let check = |edit: &dyn Fn(&mut serde_json::Value), expect: &str| {
         let mut value = serde_json::to_value(model.header()).unwrap();
+        value["base_weights_sha256"] = "ab".repeat(32).into();
         edit(&mut value);
         let meta = BTreeMap::from([(HEADER_KEY.to_owned(), value.to_string())]);
         tensor_file::save(&path, &model.variables(), &meta).unwrap();
@@ -211,6 +212,39 @@ fn other_versions_and_missing_fields_are_refused_naming_the_file() {
         "missing field `class_names`",
     );
     check(&|v| v["colour"] = "blue".into(), "unknown field `colour`");
+    check(&|v| v["format_version"] = "1".into(), "format_version is \"1\"");
+    // Fields that disagree with each other or with the tensors.
+    check(&|v| v["class_names"] = serde_json::json!(["a", "b", "c"]), "class_names has 3 names");
+    check(&|v| v["class_names"] = serde_json::json!(["a", "a"]), "repeats a name");
+    check(&|v| v["input_size"] = serde_json::json!([96, 96]), "head.input_width is");
+    check(&|v| v["input_size"] = serde_json::json!([0, 0]), "input_size");
+    check(&|v| v["cut"] = "conv2d_3".into(), "head.input_width is");
+    check(&|v| v["head"]["dropout"] = 2.0.into(), "dropout 2");
+    check(&|v| v["base_weights_sha256"] = "not-a-digest".into(), "not a sha256 digest");
+    // Tensors: a non-finite value, or one that is no variable of the classifier.
+    let header = {
+        let mut h = model.header().clone();
+        h.base_weights_sha256 = "ab".repeat(32);
+        serde_json::to_string(&h).unwrap()
+    };
+    let meta = BTreeMap::from([(HEADER_KEY.to_owned(), header)]);
+    let mut vars = model.variables();
+    vars.push(("head.fc3.weight".into(), Tensor::zeros([2], (Kind::Float, Device::Cpu))));
+    tensor_file::save(&path, &vars, &meta).unwrap();
+    let err = Classifier::load(&path, Device::Cpu, None::<&str>).unwrap_err().to_string();
+    assert!(err.contains("head.fc3.weight is not a variable"), "{err}");
+    tensor_file::save(&path, &model.variables(), &meta).unwrap();
+    let good = Classifier::load(&path, Device::Cpu, None::<&str>).unwrap();
+    // A NaN written over the last float of the file (the writer itself refuses NaN).
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Classifier::load(&path, Device::Cpu, None::<&str>).unwrap_err().to_string();
+    assert!(err.contains("non-finite"), "{err}");
+    // Images of another size than the header's are refused, not silently classified.
+    let err = good.predict_proba(&pixels(2, 64)).unwrap_err().to_string();
+    assert!(err.contains("48x48"), "{err}");
     // A weights file (a conv base alone) is not a model file.
     let err = Classifier::load(
         &{

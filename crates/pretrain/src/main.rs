@@ -114,6 +114,9 @@ struct StageConfig<'a> {
     restore_best: bool,
     seed: u64,
     device: String,
+    /// libtorch CPU threads: float reductions split by thread count, so a resumed run with
+    /// another count would not end where an uninterrupted one does.
+    threads: i32,
 }
 
 const BASE_FILE: &str = "base.safetensors";
@@ -137,6 +140,10 @@ fn run(args: Args) -> Result<bool> {
     let size = args.input_size as i64;
     arch.output_shape(size, size, arch.last())
         .with_context(|| format!("--input-size {}", args.input_size))?;
+    anyhow::ensure!(
+        args.batch_size >= 1 && args.epochs >= 1,
+        "--batch-size and --epochs must be at least 1"
+    );
     let device = args.device.resolve()?;
     let augment = match (&args.augment_spec, args.augment) {
         (Some(path), _) => Some(AugmentConfig::from_file(path)?),
@@ -164,6 +171,7 @@ fn run(args: Args) -> Result<bool> {
         restore_best: !args.keep_last,
         seed: args.seed,
         device: format!("{device:?}"),
+        threads: tch::get_num_threads(),
     };
     let config_sha256 = run_folder::json_sha256(&config);
     let checkpoints = CheckpointDir::new(args.out.join(CHECKPOINTS));

@@ -232,6 +232,26 @@ fn a_killed_run_resumes_to_the_same_bytes() {
             "{file} differs after resume"
         );
     }
+    // The best epoch's weights live only in the `best` checkpoint: without it a resume would
+    // keep the wrong epoch, so it is refused.
+    let lost = dir.path().join("lost");
+    let stopped = pretrain_bin(&data, &lost, &["--stop-after-steps", "3"]);
+    assert_eq!(stopped.status.code(), Some(3));
+    std::fs::remove_file(lost.join("checkpoints/best.json")).unwrap();
+    let refused = pretrain_bin(&data, &lost, &["--resume"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("best.json: missing"), "{err}");
+    // Bad numbers are errors, not panics.
+    let zero = std::process::Command::new(env!("CARGO_BIN_EXE_pretrain"))
+        .args(["--input-size", "48", "--batch-size", "0", "--device", "cpu", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("zero"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&zero.stderr);
+    assert_eq!(zero.status.code(), Some(1), "{err}");
+    assert!(err.contains("--batch-size"), "{err}");
     // Other settings refuse the checkpoint, naming it.
     let stopped = pretrain_bin(&data, &parts, &["--stop-after-steps", "1"]);
     assert_eq!(stopped.status.code(), Some(3));

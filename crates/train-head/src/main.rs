@@ -105,7 +105,25 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<()> {
     let started = Instant::now();
+    anyhow::ensure!(
+        args.epochs >= 1,
+        "--epochs must be at least 1 (0 would write an untrained head)"
+    );
     let record: ExtractionRecord = run_folder::read_json(&args.features)?;
+    // Before any work: the weights for the model file must be those the features came from.
+    if let Some(weights) = &args.weights {
+        let digest = run_folder::file_sha256(weights)
+            .with_context(|| format!("--weights {}", weights.display()))?
+            .sha256;
+        if digest != record.weights_sha256 {
+            bail!(
+                "--weights {}: its sha256 is {digest} but {} was extracted with weights of sha256 {}: pass the weights file extract-features ran",
+                weights.display(),
+                args.features.display(),
+                record.weights_sha256
+            );
+        }
+    }
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| record.cache_dir.clone());
     let cache = Cache::open(&cache_dir)
         .with_context(|| format!("opening the feature cache {}", cache_dir.display()))?;

@@ -134,6 +134,7 @@ fn a_head_on_cached_features_makes_a_self_contained_model_file() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{err}");
     assert!(err.contains(&other_meta.digest) && err.contains(&weights.meta.digest), "{err}");
+    assert!(!out.join("history.csv").exists(), "refused before any training");
 
     let result = run(&[&weights_path]);
     assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));

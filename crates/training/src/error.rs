@@ -10,6 +10,10 @@ pub enum TrainError {
         "non-finite loss ({loss}) at epoch {epoch}, step {step}: training stopped, no weights written from this state"
     )]
     NonFinite { epoch: usize, step: usize, loss: f64 },
+    #[error(
+        "non-finite validation loss ({loss}) after epoch {epoch}: the training loss was finite, so look at the validation inputs (a non-finite feature or pixel) or lower the learning rate"
+    )]
+    NonFiniteValidation { epoch: usize, loss: f64 },
     #[error("{path}: {reason}")]
     Weights { path: PathBuf, reason: String },
     #[error("{0}")]

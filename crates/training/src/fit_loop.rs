@@ -317,15 +317,24 @@ impl FitConfig<'_> {
         if task.steps_per_epoch() == 0 {
             return Err(TrainError::Config("an epoch must have at least one step".into()));
         }
+
         let mut groups = Groups::new(task, state.phase);
         let mut best_weights: Option<Vec<(String, Tensor)>> = None;
         if let Some((tensors, path)) = resume {
             models::tensor_file::copy_into_named(&task.trainable(), tensors, path)?;
             groups.load_state(tensors, state.optimizer_steps)?;
             if self.restore_best
+                && state.best.is_some()
                 && let Some(c) = self.checkpoints
-                && let Some(best) = c.dir.load::<TrainState>(BEST)?
             {
+                // The weights to put back at the end live only in the `best` checkpoint.
+                let best = c.dir.load::<TrainState>(BEST)?.ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "{}: missing, but {} records a best epoch whose weights the run must keep: resume is impossible, start afresh without --resume",
+                        c.dir.pointer_path(BEST).display(),
+                        path.display()
+                    ))
+                })?;
                 best_weights = Some(best.tensors);
             }
         }
@@ -409,11 +418,7 @@ impl FitConfig<'_> {
             let val = tch::autocast(self.autocast, || task.validate()).map_err(task_err)?;
             laps.lap(&mut times.validation);
             if !val.loss.is_finite() {
-                return Err(TrainError::NonFinite {
-                    epoch: epoch + 1,
-                    step: steps_per_epoch,
-                    loss: val.loss,
-                });
+                return Err(TrainError::NonFiniteValidation { epoch: epoch + 1, loss: val.loss });
             }
             let seen = state.running.seen.max(1) as f64;
             let record = EpochRecord {
