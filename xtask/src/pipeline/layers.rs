@@ -202,6 +202,17 @@ pub(super) fn check(settings: &Settings, tables: &Tables) -> Result<Derived> {
         if base.last().output.is_none() {
             bail!(too_small(&format!("fine-tuning {arch}"), base.last()));
         }
+        // Fine-tuning runs the whole base, so a head it starts from must take the last
+        // layer's features, unpooled.
+        if f.from_head && (extract != base.layers.len() - 1 || c.extract.pooling != "none") {
+            bail!(
+                "{file}: [fine_tune] from_head = true starts fine-tuning from the head trained on [extract] layer = {:?} with pooling = {:?}, but fine-tuning runs {arch} up to its last layer {:?} without pooling: extract {:?} with pooling \"none\", or set from_head = false",
+                c.extract.layer,
+                c.extract.pooling,
+                base.last().name,
+                base.last().name
+            );
+        }
         if f.mode == FineTuneMode::CachedTrunk {
             if from == 0 {
                 bail!(
@@ -292,6 +303,25 @@ mod tests {
     }
 
     #[test]
+    fn a_head_for_another_layer_cannot_start_the_fine_tuning() {
+        check_err(
+            "[extract]\nlayer = \"block4_pool\"",
+            &vgg16("64"),
+            &["my.toml: [fine_tune] from_head = true", "\"block4_pool\"", "\"block5_pool\""],
+        );
+        check_err(
+            "[extract]\npooling = \"avg\"",
+            &vgg16("64"),
+            &["my.toml: [fine_tune] from_head = true", "pooling = \"avg\""],
+        );
+        check(
+            &settings("[extract]\nlayer = \"block4_pool\"\n[fine_tune]\nfrom_head = false"),
+            &vgg16("64"),
+        )
+        .unwrap();
+    }
+
+    #[test]
     fn the_trunk_layer_is_the_one_below_unfreeze_from() {
         let derived = check(&settings(""), &vgg16("64")).unwrap();
         assert_eq!(derived.trunk_layer.as_deref(), Some("block4_pool"));
@@ -303,7 +333,8 @@ mod tests {
         let derived =
             check(&settings("[fine_tune]\nunfreeze_from = \"features.24\""), &vgg16("64")).unwrap();
         assert_eq!(derived.trunk_layer.as_deref(), Some("block4_pool"));
-        let derived = check(&settings("[extract]\nlayer = \"BLOCK4_POOL\""), &vgg16("64")).unwrap();
+        let upper = "[extract]\nlayer = \"BLOCK4_POOL\"\n[fine_tune]\nfrom_head = false";
+        let derived = check(&settings(upper), &vgg16("64")).unwrap();
         assert_eq!(derived.trunk_layer.as_deref(), Some("block4_pool"));
         let plain = "[fine_tune]\nmode = \"plain\"";
         assert_eq!(check(&settings(plain), &vgg16("64")).unwrap(), Derived::default());
