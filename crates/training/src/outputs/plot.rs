@@ -116,6 +116,10 @@ pub fn plot_history(
             ))?
             .label(format!("Validation {name}"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        // Small marks on the line, so a single epoch (no segment to draw) still shows.
+        chart.draw_series(
+            epochs.iter().zip(&val).map(|(&x, &y)| Circle::new((x, y), 2, BLUE.filled())),
+        )?;
         chart
             .configure_series_labels()
             .label_font((FONT, 14))
@@ -332,7 +336,8 @@ fn text_centred(area: &Area<'_>, text: &str, style: &TextStyle, centre: (i32, i3
     Ok(())
 }
 
-/// `text`, or its longest prefix followed by `…` that is at most `max_width` pixels wide.
+/// `text`, or the longest `start…end` of it at most `max_width` pixels wide: both ends are kept,
+/// so names that differ only at their end (`class_1`, `class_2`) stay apart.
 fn fit_text(
     area: &Area<'_>,
     text: &str,
@@ -344,7 +349,10 @@ fn fit_text(
     }
     let chars: Vec<char> = text.chars().collect();
     for keep in (1..chars.len()).rev() {
-        let candidate: String = chars[..keep].iter().collect::<String>() + "…";
+        let tail = keep / 2;
+        let candidate: String = chars[..keep - tail].iter().collect::<String>()
+            + "…"
+            + &chars[chars.len() - tail..].iter().collect::<String>();
         if area.estimate_text_size(&candidate, style)?.0 <= max_width {
             return Ok(candidate);
         }
@@ -434,6 +442,20 @@ mod tests {
             }
         }
         (sx / n.max(1) as f64, sy / n.max(1) as f64, n)
+    }
+
+    #[test]
+    fn shortened_names_keep_both_ends() {
+        register_font();
+        let mut buffer = vec![0u8; 200 * 50 * 3];
+        let area = BitMapBackend::with_buffer(&mut buffer, (200, 50)).into_drawing_area();
+        let style = TextStyle::from((FONT, 14).into_font());
+        let fit = |name: &str| fit_text(&area, name, &style, 120).unwrap();
+        let (a, b) =
+            (fit("a_rather_long_class_name_number_1"), fit("a_rather_long_class_name_number_2"));
+        assert!(a.contains('…') && a.starts_with("a_rath") && a.ends_with("_1"), "{a}");
+        assert_ne!(a, b);
+        assert_eq!(fit("cats"), "cats");
     }
 
     #[test]
