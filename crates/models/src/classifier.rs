@@ -210,8 +210,9 @@ impl Classifier {
             Some(features.sub(index).var_copy(what, src))
         })?;
         let head = DenseHead::new(&vs.root(), header.head.clone());
+        // The trunk never runs past the cut (a `trainable_from` above it trains nothing).
         let trunk_until = match from {
-            Some(from) => trunk_layer(&arch, from),
+            Some(from) => trunk_layer(&arch, from).map(|l| if l > cut { cut } else { l }),
             None => Some(cut),
         };
         // The trunk's large feature maps run fastest channels-last on oneDNN; the top's small
