@@ -19,19 +19,15 @@
 //! "top_k"}]}`, plus `"skipped": [{"path", "reason"}]`.
 
 use std::fs;
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use dataset::{
-    BadImagePolicy, BatchOptions, ClassMode, DecodeOptions, FileEntry, Interpolation, Size,
-    SplitIndex,
-};
-use indicatif::{ProgressBar, ProgressStyle};
+use dataset::BadImagePolicy;
 use models::{Classifier, DeviceChoice};
-use tch::{Kind, Tensor};
+use predict::{ClassifyOptions, Prediction, argmax, top_k};
 
 /// Classifies images with a trained model file; writes one row of class probabilities per image.
 #[derive(Debug, Parser)]
@@ -80,13 +76,6 @@ enum Format {
     Json,
 }
 
-/// One classified image.
-#[derive(Debug)]
-struct Row {
-    path: PathBuf,
-    probabilities: Vec<f32>,
-}
-
 fn main() -> ExitCode {
     cli_support::main(|| run(Args::parse()))
 }
@@ -105,13 +94,7 @@ fn run(args: Args) -> Result<()> {
     // Its errors name the file and say why (not a model file, another version, ...).
     let model = Classifier::load(&args.model, device, None::<&str>)?;
     let header = model.header().clone();
-    let (interpolation, crop) = resize_mode(&header.resize)
-        .with_context(|| format!("{}: header field resize", args.model.display()))?;
-    let [h, w] = header.input_size;
-    let size = Size::new(
-        u32::try_from(h).context("input height")?,
-        u32::try_from(w).context("input width")?,
-    );
+    predict::decode_options(&header).with_context(|| args.model.display().to_string())?;
     if let Some(k) = args.top_k
         && k > header.class_names.len()
     {
@@ -120,18 +103,27 @@ fn run(args: Args) -> Result<()> {
 
     let mut inputs = args.paths.clone();
     for list in &args.lists {
-        inputs.extend(read_list(list)?);
+        inputs.extend(predict::read_list(list)?);
     }
     if inputs.is_empty() {
         bail!("no input: name image files, folders or --list FILE");
     }
-    let files = collect_files(&inputs)?;
+    let files = predict::collect_files(&inputs)?;
     if files.is_empty() {
         bail!("no image files found under the given paths");
     }
     tracing::info!(images = files.len(), model = %args.model.display(), "classifying");
 
-    let (rows, skipped) = classify(&model, &files, size, interpolation, crop, &args)?;
+    let options = ClassifyOptions {
+        batch_size: args.batch_size,
+        on_bad_image: if args.skip_bad_images {
+            BadImagePolicy::Skip { max_fraction: args.max_bad_fraction }
+        } else {
+            BadImagePolicy::FailFast
+        },
+        progress_label: "predict",
+    };
+    let (rows, skipped) = predict::classify_files(&model, &files, &options)?;
     for s in &skipped {
         eprintln!("skipped bad image {}: {}", s.path.display(), s.reason);
     }
@@ -151,153 +143,6 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The header's `resize` string (what extract-features records for `--resize`/`--crop`;
-/// fine-tune and pretrain record `nearest`) back to the decoder's settings.
-fn resize_mode(resize: &str) -> Result<(Interpolation, bool)> {
-    Ok(match resize {
-        "nearest" => (Interpolation::Nearest, false),
-        "bilinear" => (Interpolation::Bilinear, false),
-        "nearest+center-crop" => (Interpolation::Nearest, true),
-        "bilinear+center-crop" => (Interpolation::Bilinear, true),
-        other => bail!(
-            "unknown resize mode {other:?} (expected nearest, bilinear, nearest+center-crop or \
-             bilinear+center-crop)"
-        ),
-    })
-}
-
-/// The paths a list file names, one per line.
-fn read_list(list: &Path) -> Result<Vec<PathBuf>> {
-    let text = fs::read_to_string(list)
-        .with_context(|| format!("reading the list file {}", list.display()))?;
-    Ok(text
-        .lines()
-        .map(|line| line.trim_end_matches('\r'))
-        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
-        .map(PathBuf::from)
-        .collect())
-}
-
-/// Every image file of the inputs, in input order; folders expanded in the dataset crate's order.
-fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for input in inputs {
-        let meta = fs::metadata(input).with_context(|| format!("{}", input.display()))?;
-        if !meta.is_dir() {
-            // Named explicitly: used whatever its extension; decoding says if it is no image.
-            files.push(input.clone());
-            continue;
-        }
-        let before = files.len();
-        let mut it = walkdir::WalkDir::new(input).min_depth(1).sort_by_file_name().into_iter();
-        while let Some(entry) = it.next() {
-            let entry = entry.with_context(|| format!("walking {}", input.display()))?;
-            let ft = entry.file_type();
-            if entry.file_name().as_encoded_bytes().first() == Some(&b'.') {
-                if ft.is_dir() {
-                    it.skip_current_dir();
-                }
-                continue;
-            }
-            if ft.is_file() && dataset::scan::has_image_extension(entry.path()) {
-                files.push(entry.path().to_owned());
-            }
-        }
-        if files.len() == before {
-            tracing::warn!(dir = %input.display(), "no image files in this folder");
-        }
-    }
-    Ok(files)
-}
-
-/// Decodes `files` in batches (the dataset crate's loader and bad-image policy) and runs the
-/// model on each batch; returns the rows of the images kept, in input order, and those skipped.
-fn classify(
-    model: &Classifier,
-    files: &[PathBuf],
-    size: Size,
-    interpolation: Interpolation,
-    crop: bool,
-    args: &Args,
-) -> Result<(Vec<Row>, Vec<dataset::Skipped>)> {
-    // One pseudo-class: the loader only needs labels for its targets.
-    let index = SplitIndex {
-        dir: PathBuf::from("the inputs"),
-        classes: vec!["input".to_owned()],
-        class_mode: ClassMode::Sparse,
-        files: files.iter().map(|p| FileEntry { path: p.clone(), class: 0, bytes: 0 }).collect(),
-        omitted: Vec::new(),
-    };
-    let decode = DecodeOptions {
-        target_size: Some(size),
-        interpolation,
-        crop_to_aspect_ratio: crop,
-        ..Default::default()
-    };
-    let options = BatchOptions {
-        batch_size: args.batch_size,
-        shuffle: None,
-        on_bad_image: if args.skip_bad_images {
-            BadImagePolicy::Skip { max_fraction: args.max_bad_fraction }
-        } else {
-            BadImagePolicy::FailFast
-        },
-        ..Default::default()
-    };
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(files.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_message("predict");
-    let mut batches = dataset::batches(&index, &decode, &options, 0)?;
-    let mut rows = Vec::with_capacity(files.len());
-    let mut visited = 0;
-    for batch in batches.by_ref() {
-        let batch = batch?;
-        let [n, bh, bw, c] = batch.shape();
-        let pixels = Tensor::from_slice(&batch.images)
-            .view([n as i64, bh as i64, bw as i64, c as i64])
-            .to_device(model.device());
-        let probs = model
-            .predict_proba(&pixels)
-            .with_context(|| {
-                format!("classifying the batch starting at {}", batch.paths[0].display())
-            })?
-            .to_device(tch::Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
-        let classes = probs.size()[1] as usize;
-        let flat = Vec::<f32>::try_from(probs.view([-1])).context("reading probabilities")?;
-        for (path, p) in batch.paths.iter().zip(flat.chunks(classes)) {
-            rows.push(Row { path: path.clone(), probabilities: p.to_vec() });
-        }
-        let last = batch.indices.last().copied().unwrap_or(visited);
-        visited = last + 1;
-        bar.set_position(visited as u64);
-    }
-    bar.finish_and_clear();
-    Ok((rows, batches.skipped()))
-}
-
-/// Index of the largest probability (the first on ties).
-fn argmax(p: &[f32]) -> usize {
-    p.iter().enumerate().fold(0, |best, (i, &v)| if v > p[best] { i } else { best })
-}
-
-/// Class indices by decreasing probability (stable: lower index first on ties), first `k`.
-fn top_k(p: &[f32], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..p.len()).collect();
-    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
-    order.truncate(k);
-    order
-}
-
 /// One CSV field, quoted when it holds a comma, quote, CR, LF or leading/trailing space.
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
@@ -307,7 +152,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-fn render_csv(classes: &[String], rows: &[Row], k: Option<usize>) -> String {
+fn render_csv(classes: &[String], rows: &[Prediction], k: Option<usize>) -> String {
     let mut header = vec!["path".to_owned(), "predicted".to_owned()];
     match k {
         Some(k) => {
@@ -342,7 +187,7 @@ fn render_csv(classes: &[String], rows: &[Row], k: Option<usize>) -> String {
 
 fn render_json(
     classes: &[String],
-    rows: &[Row],
+    rows: &[Prediction],
     skipped: &[dataset::Skipped],
     k: Option<usize>,
 ) -> Result<String> {
