@@ -26,6 +26,9 @@ pub struct Prediction {
     /// Position of the image in the classified index's `files`.
     pub index: usize,
     pub path: PathBuf,
+    /// The head's outputs before the sigmoid/softmax (`[1]` for a two-class sigmoid head,
+    /// `[classes]` otherwise), for losses computed as training computes them.
+    pub logits: Vec<f32>,
     /// `[classes]`, class-index order, summing to 1 (`Classifier::predict_proba`).
     pub probabilities: Vec<f32>,
 }
@@ -151,7 +154,8 @@ pub fn classify_files(
 }
 
 /// Decodes the files of `index` in batches (the dataset crate's loader, in index order, with the
-/// model header's [`decode_options`]) and runs `Classifier::predict_proba` on each batch.
+/// model header's [`decode_options`]) and runs the classifier on each batch (`Classifier::forward_t` in inference mode, then
+/// `models::head::probabilities`: what `Classifier::predict_proba` gives).
 ///
 /// Returns the predictions of the images kept, in index order, and the images skipped under
 /// `BadImagePolicy::Skip`. Errors: a bad image under fail-fast (named), too many bad images, a
@@ -190,21 +194,17 @@ pub fn classify(
         let pixels = Tensor::from_slice(&batch.images)
             .view([n as i64, bh as i64, bw as i64, c as i64])
             .to_device(model.device());
-        let probs = model
-            .predict_proba(&pixels)
-            .with_context(|| {
-                format!("classifying the batch starting at {}", batch.paths[0].display())
-            })?
-            .to_device(tch::Device::Cpu)
-            .to_kind(Kind::Float)
-            .contiguous();
-        let classes = probs.size()[1] as usize;
-        let flat = Vec::<f32>::try_from(probs.view([-1])).context("reading probabilities")?;
-        for ((path, &i), p) in batch.paths.iter().zip(&batch.indices).zip(flat.chunks(classes)) {
+        let context = || format!("classifying the batch starting at {}", batch.paths[0].display());
+        let logits = tch::no_grad(|| model.forward_t(&pixels, false)).with_context(context)?;
+        let probs = models::head::probabilities(&logits).with_context(context)?;
+        let logits = rows(&logits).context("reading logits")?;
+        let probs = rows(&probs).context("reading probabilities")?;
+        for (((path, &i), l), p) in batch.paths.iter().zip(&batch.indices).zip(logits).zip(probs) {
             predictions.push(Prediction {
                 index: i,
                 path: path.clone(),
-                probabilities: p.to_vec(),
+                logits: l,
+                probabilities: p,
             });
         }
         if let Some(&last) = batch.indices.last() {
@@ -213,6 +213,14 @@ pub fn classify(
     }
     bar.finish_and_clear();
     Ok((predictions, batches.skipped()))
+}
+
+/// The rows of a `[N, K]` float tensor, on the CPU as f32.
+fn rows(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let t = t.to_device(tch::Device::Cpu).to_kind(Kind::Float).contiguous();
+    let k = t.size()[1] as usize;
+    let flat = Vec::<f32>::try_from(t.view([-1]))?;
+    Ok(flat.chunks(k).map(<[f32]>::to_vec).collect())
 }
 
 /// Index of the largest probability (the first on ties).
@@ -226,4 +234,13 @@ pub fn top_k(p: &[f32], k: usize) -> Vec<usize> {
     order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
     order.truncate(k);
     order
+}
+
+/// One CSV field, quoted when it holds a comma, quote, CR, LF or leading/trailing space.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
 }

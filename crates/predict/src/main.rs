@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use dataset::BadImagePolicy;
 use models::{Classifier, DeviceChoice};
-use predict::{ClassifyOptions, Prediction, argmax, top_k};
+use predict::{ClassifyOptions, Prediction, argmax, csv_field, top_k};
 
 /// Classifies images with a trained model file; writes one row of class probabilities per image.
 #[derive(Debug, Parser)]
@@ -141,15 +141,6 @@ fn run(args: Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// One CSV field, quoted when it holds a comma, quote, CR, LF or leading/trailing space.
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) || s.starts_with(' ') || s.ends_with(' ') {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
 }
 
 fn render_csv(classes: &[String], rows: &[Prediction], k: Option<usize>) -> String {

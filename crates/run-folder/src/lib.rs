@@ -10,9 +10,13 @@
 //!   that is not done, never one that looks done.
 
 mod dataset;
+mod history;
 mod metrics;
 
 pub use dataset::{DATASET_FILE, DatasetRecord, SplitRecord};
+pub use history::{
+    EpochRecord, HISTORY_FILE, HISTORY_HEADER, history_csv, read_history, write_history,
+};
 pub use metrics::{ClassMetrics, KeptEpoch, METRICS_FILE, SplitMetrics, StageMetrics};
 
 use std::collections::BTreeMap;

@@ -28,3 +28,9 @@ pub enum TrainError {
     #[error("libtorch error: {0}")]
     Torch(#[from] tch::TchError),
 }
+
+impl From<plots::PlotError> for TrainError {
+    fn from(e: plots::PlotError) -> Self {
+        TrainError::Plot { path: e.path, reason: e.reason }
+    }
+}

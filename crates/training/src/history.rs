@@ -1,40 +1,11 @@
-//! Per-epoch training history, written as `history.csv` after every epoch so a crash leaves a
-//! record of what happened.
+//! `history.csv` for the training stages: the record and format live in `run_folder` (the
+//! pipeline's report reads them too); these wrappers report errors as [`TrainError`].
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+pub use run_folder::{EpochRecord, history_csv as to_csv};
 
 use crate::TrainError;
-
-/// One epoch, as Keras' `History` records it, plus the learning rate and wall time.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    /// 1-based, like Keras' progress output.
-    pub epoch: usize,
-    /// Mean training loss over the epoch's batches (dropout on, as Keras reports it).
-    pub loss: f64,
-    pub acc: f64,
-    pub val_loss: f64,
-    pub val_acc: f64,
-    pub lr: f64,
-    pub seconds: f64,
-}
-
-pub const HEADER: &str = "epoch,loss,acc,val_loss,val_acc,lr,seconds";
-
-/// The CSV text of `history` (fixed precision so identical runs give identical files except the
-/// timing column).
-pub fn to_csv(history: &[EpochRecord]) -> String {
-    let mut out = format!("{HEADER}\n");
-    for r in history {
-        out.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:e},{:.3}\n",
-            r.epoch, r.loss, r.acc, r.val_loss, r.val_acc, r.lr, r.seconds
-        ));
-    }
-    out
-}
 
 /// Writes `history.csv` atomically.
 pub fn write_csv(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError> {
@@ -43,60 +14,8 @@ pub fn write_csv(path: &Path, history: &[EpochRecord]) -> Result<(), TrainError>
 
 /// Reads a `history.csv` written by [`write_csv`] (for resuming and reports).
 pub fn read_csv(path: &Path) -> Result<Vec<EpochRecord>, TrainError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| TrainError::Io { path: path.to_owned(), source })?;
-    let bad = |line: usize, why: &str| TrainError::Weights {
-        path: path.to_owned(),
-        reason: format!("line {line}: {why}"),
-    };
-    let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(bad(1, "unexpected header"));
-    }
-    lines
-        .enumerate()
-        .map(|(i, line)| {
-            let f: Vec<&str> = line.split(',').collect();
-            if f.len() != 7 {
-                return Err(bad(i + 2, "expected 7 fields"));
-            }
-            let num = |j: usize| f[j].parse::<f64>().map_err(|_| bad(i + 2, "not a number"));
-            Ok(EpochRecord {
-                epoch: f[0].parse().map_err(|_| bad(i + 2, "bad epoch"))?,
-                loss: num(1)?,
-                acc: num(2)?,
-                val_loss: num(3)?,
-                val_acc: num(4)?,
-                lr: num(5)?,
-                seconds: num(6)?,
-            })
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_round_trips() {
-        let h = vec![EpochRecord {
-            epoch: 1,
-            loss: 0.5,
-            acc: 0.75,
-            val_loss: 0.625,
-            val_acc: 0.5,
-            lr: 2e-5,
-            seconds: 1.25,
-        }];
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("history.csv");
-        write_csv(&path, &h).unwrap();
-        assert_eq!(read_csv(&path).unwrap(), h);
-        assert!(
-            std::fs::read_to_string(&path)
-                .unwrap()
-                .starts_with("epoch,loss,acc,val_loss,val_acc,lr,seconds\n1,0.500000,")
-        );
-    }
+    run_folder::read_history(path).map_err(|e| match e {
+        run_folder::RunError::Io { path, source } => TrainError::Io { path, source },
+        run_folder::RunError::Invalid { path, reason } => TrainError::Weights { path, reason },
+    })
 }

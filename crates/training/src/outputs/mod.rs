@@ -10,16 +10,13 @@
 //! [`StageEvaluation`]; [`StageEvaluation::write`] derives every figure from them and returns
 //! the metrics and the names of the files it wrote, for `stage.json`.
 
-mod confusion;
-pub mod plot;
-
 use std::path::Path;
 
-pub use confusion::ConfusionMatrix;
+pub use plots::ConfusionMatrix;
+use plots::{Cells, Metric, plot_confusion, plot_history};
 use run_folder::{KeptEpoch, SplitMetrics, StageMetrics};
 
 use crate::{EpochRecord, TrainError};
-use plot::{Cells, Metric, plot_confusion, plot_history};
 
 /// The per-epoch history, rewritten by [`StageEvaluation::write`] (stages also write it after
 /// every epoch).
@@ -104,31 +101,9 @@ impl StageEvaluation<'_> {
 
         let mut figures = Vec::with_capacity(splits.len());
         for (split, eval) in &splits {
-            let matrix = ConfusionMatrix::new(self.classes, eval.truth, eval.predicted);
-            let csv = format!("confusion_{split}.csv");
-            crate::write_atomic_ctx(&dir.join(&csv), matrix.to_csv().as_bytes())?;
-            let counts = format!("confusion_{split}.png");
-            plot_confusion(
-                &dir.join(&counts),
-                &matrix,
-                &format!("Confusion matrix ({split})"),
-                Cells::Counts,
-            )?;
-            let normalised = format!("confusion_{split}_normalised.png");
-            plot_confusion(
-                &dir.join(&normalised),
-                &matrix,
-                &format!("Confusion matrix ({split}, fraction of each true class)"),
-                Cells::RowNormalised,
-            )?;
-            files.extend([csv, counts, normalised]);
-            figures.push(SplitMetrics {
-                loss: eval.loss,
-                acc: accuracy(eval.truth, eval.predicted),
-                images: eval.truth.len() as u64,
-                source: eval.source.clone(),
-                per_class: matrix.per_class(),
-            });
+            let (metrics, written) = write_split(dir, split, self.classes, eval)?;
+            figures.push(metrics);
+            files.extend(written);
         }
         let mut figures = figures.into_iter();
         let validation = figures.next().expect("the validation split is always evaluated");
@@ -185,6 +160,46 @@ impl StageEvaluation<'_> {
             val_acc: record.val_acc,
         }))
     }
+}
+
+/// Writes one split's confusion matrix into `dir` (`confusion_<split>.csv`, `.png` of counts,
+/// `_normalised.png` row-normalised; each atomically) and returns its figures (loss, accuracy,
+/// per-class precision/recall/F1, as `metrics.json` records them) and the names of the files.
+/// The stages call it through [`StageEvaluation::write`]; `evaluate` calls it for the split it
+/// evaluates. Indices in `eval` must lie in `0..classes.len()` (those outside are not counted).
+///
+/// Errors: [`TrainError::Io`] / [`TrainError::Plot`] when a file cannot be written or drawn.
+pub fn write_split(
+    dir: &Path,
+    split: &str,
+    classes: &[String],
+    eval: &SplitEvaluation,
+) -> Result<(SplitMetrics, Vec<String>), TrainError> {
+    let matrix = ConfusionMatrix::new(classes, eval.truth, eval.predicted);
+    let csv = format!("confusion_{split}.csv");
+    crate::write_atomic_ctx(&dir.join(&csv), matrix.to_csv().as_bytes())?;
+    let counts = format!("confusion_{split}.png");
+    plot_confusion(
+        &dir.join(&counts),
+        &matrix,
+        &format!("Confusion matrix ({split})"),
+        Cells::Counts,
+    )?;
+    let normalised = format!("confusion_{split}_normalised.png");
+    plot_confusion(
+        &dir.join(&normalised),
+        &matrix,
+        &format!("Confusion matrix ({split}, fraction of each true class)"),
+        Cells::RowNormalised,
+    )?;
+    let metrics = SplitMetrics {
+        loss: eval.loss,
+        acc: accuracy(eval.truth, eval.predicted),
+        images: eval.truth.len() as u64,
+        source: eval.source.clone(),
+        per_class: matrix.per_class(),
+    };
+    Ok((metrics, vec![csv, counts, normalised]))
 }
 
 /// Fraction of `truth` equal to `predicted` pairwise, 0..=1 (0 for no images): the stages'
@@ -312,10 +327,10 @@ mod tests {
             assert!(dir.path().join(f).is_file(), "{f}");
         }
         for (f, size) in [
-            ("accuracy.png", plot::HISTORY_SIZE),
-            ("loss_smoothed.png", plot::HISTORY_SIZE),
-            ("confusion_test.png", plot::CONFUSION_SIZE),
-            ("confusion_validation_normalised.png", plot::CONFUSION_SIZE),
+            ("accuracy.png", plots::HISTORY_SIZE),
+            ("loss_smoothed.png", plots::HISTORY_SIZE),
+            ("confusion_test.png", plots::CONFUSION_SIZE),
+            ("confusion_validation_normalised.png", plots::CONFUSION_SIZE),
         ] {
             let img = image::open(dir.path().join(f)).unwrap();
             assert_eq!((img.width(), img.height()), size, "{f}");

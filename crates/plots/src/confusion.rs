@@ -17,7 +17,7 @@ pub struct ConfusionMatrix {
 impl ConfusionMatrix {
     /// Counts the pairs of `truth` and `predicted` (class indices, zipped); a pair with an index
     /// outside `0..classes.len()` is not counted (callers validate indices first, as
-    /// `outputs::StageEvaluation::write` does).
+    /// `training::outputs::StageEvaluation::write` does).
     pub fn new(classes: &[String], truth: &[i64], predicted: &[i64]) -> Self {
         let n = classes.len();
         let mut counts = vec![vec![0u64; n]; n];

@@ -1,9 +1,10 @@
-//! PNG plots of a run: training vs validation accuracy and loss as the seed draws them (training
-//! as dots, validation as a line, whole epochs on the x axis), optionally with Chollet's
-//! exponentially smoothed curves, and confusion-matrix heat maps (counts, or each row as
-//! fractions of the class's images) with one label per class at the centre of its row and
-//! column and each cell's figure centred in it. Text uses an embedded DejaVu font, so no system
-//! fonts are needed.
+//! The charts of a run: training vs validation accuracy and loss as the seed draws them
+//! (training as dots, validation as a line, whole epochs on the x axis), optionally with
+//! Chollet's exponentially smoothed curves; one chart comparing several runs' validation curves;
+//! and confusion-matrix heat maps (counts, or each row as fractions of the class's images) with
+//! one label per class at the centre of its row and column and each cell's figure centred in it.
+//! Also the drawing helpers the other modules share (embedded font, centred and shortened text,
+//! atomic PNG writing).
 
 use std::path::Path;
 use std::sync::Once;
@@ -12,16 +13,17 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{FontStyle, FontTransform};
 
-use super::ConfusionMatrix;
-use crate::{EpochRecord, TrainError};
+use run_folder::EpochRecord;
+
+use crate::{ConfusionMatrix, PlotError};
 
 /// Pixel size (width, height) of the history plots.
 pub const HISTORY_SIZE: (u32, u32) = (800, 500);
 /// Pixel size (width, height) of the confusion-matrix plots.
 pub const CONFUSION_SIZE: (u32, u32) = (800, 800);
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The font is compiled in; registering it cannot fail for valid TTF bytes.
@@ -53,14 +55,13 @@ pub enum Metric {
 
 /// Draws `accuracy.png` or `loss.png` style plots ([`HISTORY_SIZE`]) into `path`; `smoothing`
 /// (e.g. 0.8) applies [`smooth`] to both curves. The x axis is the epoch number, labelled in
-/// whole epochs. Errors: [`TrainError::Plot`] when drawing or encoding fails, [`TrainError::Io`]
-/// when the file cannot be written.
+/// whole epochs. Errors: [`PlotError`] when drawing, encoding or writing the file fails.
 pub fn plot_history(
     path: &Path,
     history: &[EpochRecord],
     metric: Metric,
     smoothing: Option<f64>,
-) -> Result<(), TrainError> {
+) -> Result<(), PlotError> {
     let (train, val): (Vec<f64>, Vec<f64>) = history
         .iter()
         .map(|r| match metric {
@@ -130,6 +131,68 @@ pub fn plot_history(
     })
 }
 
+/// Draws one line per named series of `(epoch, value)` points (epochs 1-based) on shared axes
+/// ([`HISTORY_SIZE`]), each in its own colour with markers (so a one-epoch series still shows)
+/// and named in a legend: e.g. every approach's validation accuracy by epoch, the seed's
+/// comparison as one picture. Non-finite values are left out. Errors as [`plot_history`].
+pub fn plot_comparison(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    series: &[(String, Vec<(usize, f64)>)],
+) -> Result<(), PlotError> {
+    let finite = |points: &[(usize, f64)]| -> Vec<(u32, f64)> {
+        points.iter().filter(|(_, v)| v.is_finite()).map(|&(e, v)| (e as u32, v)).collect()
+    };
+    let series: Vec<(&str, Vec<(u32, f64)>)> =
+        series.iter().map(|(name, points)| (name.as_str(), finite(points))).collect();
+    render(path, HISTORY_SIZE, |root| {
+        let values = series.iter().flat_map(|(_, p)| p.iter().map(|&(_, v)| v));
+        let (lo, hi) =
+            values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.05).max(1e-3);
+        let x_max =
+            series.iter().flat_map(|(_, p)| p.iter().map(|&(e, _)| e)).max().unwrap_or(1).max(1);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FONT, 24))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0u32..x_max + 1, (lo - pad)..(hi + pad))?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc(y_desc)
+            .x_labels((x_max as usize + 2).min(12))
+            .x_label_formatter(&|e| {
+                if (1..=x_max).contains(e) { e.to_string() } else { String::new() }
+            })
+            .label_style((FONT, 14))
+            .draw()?;
+        for (i, (name, points)) in series.iter().enumerate() {
+            let colour = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+        }
+        if !series.is_empty() {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .label_font((FONT, 14))
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
+        Ok(())
+    })
+}
+
 /// What the cells of a confusion plot show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cells {
@@ -150,7 +213,7 @@ pub fn plot_confusion(
     matrix: &ConfusionMatrix,
     title: &str,
     cells: Cells,
-) -> Result<(), TrainError> {
+) -> Result<(), PlotError> {
     let n = matrix.classes.len();
     // Shade in 0..=1 and text of every cell, row by row.
     let max = matrix.counts.iter().flatten().copied().max().unwrap_or(0).max(1) as f64;
@@ -314,8 +377,8 @@ struct Layout {
     vertical: bool,
 }
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+pub(crate) type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The colour of a cell whose shade is `t` in 0..=1: from near-white to dark blue (the ends of
 /// matplotlib's `Blues`).
@@ -329,7 +392,12 @@ fn heat(t: f64) -> RGBColor {
 /// centring uses a box 1/1.24 of the font size whose baseline sits at half the size, so the
 /// glyphs would land a fifth of the size too high; the offset below is DejaVu Sans' cap height
 /// (0.626 of the font size) worked back from that baseline.
-fn text_centred(area: &Area<'_>, text: &str, style: &TextStyle, centre: (i32, i32)) -> DrawResult {
+pub(crate) fn text_centred(
+    area: &Area<'_>,
+    text: &str,
+    style: &TextStyle,
+    centre: (i32, i32),
+) -> DrawResult {
     let size = style.font.get_size();
     let style = style.pos(Pos::new(HPos::Center, VPos::Top));
     area.draw_text(text, &style, (centre.0, centre.1 - (size * 0.187).round() as i32))?;
@@ -338,7 +406,7 @@ fn text_centred(area: &Area<'_>, text: &str, style: &TextStyle, centre: (i32, i3
 
 /// `text`, or the longest `start…end` of it at most `max_width` pixels wide: both ends are kept,
 /// so names that differ only at their end (`class_1`, `class_2`) stay apart.
-fn fit_text(
+pub(crate) fn fit_text(
     area: &Area<'_>,
     text: &str,
     style: &TextStyle,
@@ -361,13 +429,13 @@ fn fit_text(
 }
 
 /// Draws into an RGB buffer of `size`, encodes PNG, writes atomically.
-fn render(
+pub(crate) fn render(
     path: &Path,
     size: (u32, u32),
     draw: impl FnOnce(&Area<'_>) -> DrawResult,
-) -> Result<(), TrainError> {
+) -> Result<(), PlotError> {
     register_font();
-    let plot_err = |reason: String| TrainError::Plot { path: path.to_owned(), reason };
+    let plot_err = |reason: String| PlotError { path: path.to_owned(), reason };
     let mut buffer = vec![255u8; (size.0 * size.1 * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, size).into_drawing_area();
@@ -381,7 +449,8 @@ fn render(
     image
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| plot_err(e.to_string()))?;
-    crate::write_atomic_ctx(path, &png)
+    run_folder::write_atomic(path, &png)
+        .map_err(|e| PlotError { path: path.to_owned(), reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -442,6 +511,27 @@ mod tests {
             }
         }
         (sx / n.max(1) as f64, sy / n.max(1) as f64, n)
+    }
+
+    #[test]
+    fn comparison_draws_each_series_in_its_colour() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("compare.png");
+        let series = vec![
+            ("head".to_owned(), vec![(1, 0.7), (2, 0.75), (3, 0.8)]),
+            ("fine-tune".to_owned(), vec![(1, 0.8), (2, f64::NAN), (3, 0.85)]),
+            ("one epoch".to_owned(), vec![(1, 0.6)]),
+        ];
+        plot_comparison(&path, "Validation accuracy", "val_acc", &series).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), HISTORY_SIZE);
+        for i in 0..series.len() {
+            let c = Palette99::pick(i).to_rgba();
+            let n = img.pixels().filter(|px| px.0 == [c.0, c.1, c.2]).count();
+            assert!(n > 20, "series {i}: {n} pixels of its colour");
+        }
+        // No series at all still draws the axes.
+        plot_comparison(&path, "empty", "val_acc", &[]).unwrap();
     }
 
     #[test]
@@ -516,7 +606,7 @@ mod tests {
 
     /// Draws sample plots (2 and 10 classes, counts and row-normalised, 30 classes with long
     /// names; history plots of 1, 7 and 30 epochs) and checks each is a whole PNG of its size.
-    /// To look at them: `TRANSFER_KIT_PLOT_SAMPLES=DIR cargo test -p training --lib
+    /// To look at them: `TRANSFER_KIT_PLOT_SAMPLES=DIR cargo test -p plots --lib
     /// render_samples` keeps them in DIR.
     #[test]
     fn render_samples() {
