@@ -254,6 +254,33 @@ fn outputs_follow_the_stage_contract() {
     assert_eq!(header.class_names, ["cat", "dog"]);
     assert_eq!(header.trained_on["config"], record.config_sha256);
 
+    // `evaluate` on the model file alone reproduces the stage's own test figures: the same
+    // confusion matrix (so the same class for every image but equal-count swaps), accuracy,
+    // per-class figures, and the loss.
+    let eval_out = fixture().root.join("evaluate-reference");
+    let model_path = dir.join("model.safetensors");
+    let model = models::Classifier::load(&model_path, Device::Cpu, None::<&str>).unwrap();
+    let options = evaluate::EvaluateOptions {
+        split: "test".into(),
+        top_losses: 0,
+        classify: Default::default(),
+    };
+    let report =
+        evaluate::evaluate(&model, &model_path, &fixture().data, &options, &eval_out).unwrap();
+    let stage_test = metrics.test.as_ref().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(eval_out.join("confusion_test.csv")).unwrap(),
+        std::fs::read_to_string(dir.join("confusion_test.csv")).unwrap()
+    );
+    assert_eq!(report.metrics.acc, stage_test.acc);
+    assert_eq!(report.metrics.per_class, stage_test.per_class);
+    assert!(
+        (report.metrics.loss - stage_test.loss).abs() <= 1e-5 * stage_test.loss.max(1.0),
+        "evaluate's loss {} vs the stage's {}",
+        report.metrics.loss,
+        stage_test.loss
+    );
+
     // One time breakdown per epoch, every part present.
     let breakdown = record.summary["epoch_breakdown"].as_array().unwrap();
     assert_eq!(breakdown.len(), 2);

@@ -299,6 +299,32 @@ fn binary_writes_a_complete_stage() {
     assert_eq!(test.images, test.per_class.iter().map(|c| c.support).sum::<u64>());
     assert!(record.outputs.contains_key("confusion_validation_normalised.png"));
 
+    // `evaluate` on the model file alone reproduces the stage's own test figures: the same
+    // confusion matrix (so the same class for every image but equal-count swaps), accuracy,
+    // per-class figures, and the loss.
+    let eval_out = dir.path().join("evaluate");
+    let model_path = out.join("model.safetensors");
+    let model = models::Classifier::load(&model_path, Device::Cpu, None::<&str>).unwrap();
+    let options = evaluate::EvaluateOptions {
+        split: "test".into(),
+        top_losses: 0,
+        classify: Default::default(),
+    };
+    let report = evaluate::evaluate(&model, &model_path, &data, &options, &eval_out).unwrap();
+    let stage_test = test;
+    assert_eq!(
+        std::fs::read_to_string(eval_out.join("confusion_test.csv")).unwrap(),
+        std::fs::read_to_string(out.join("confusion_test.csv")).unwrap()
+    );
+    assert_eq!(report.metrics.acc, stage_test.acc);
+    assert_eq!(report.metrics.per_class, stage_test.per_class);
+    assert!(
+        (report.metrics.loss - stage_test.loss).abs() <= 1e-5 * stage_test.loss.max(1.0),
+        "evaluate's loss {} vs the stage's {}",
+        report.metrics.loss,
+        stage_test.loss
+    );
+
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_pretrain"))
         .args(["--input-size", "40", "--device", "cpu", "--data"])
         .arg(&data)
