@@ -9,7 +9,12 @@
 //! `predictions.csv` (one row per image) and `top_losses.png`: the images the model got most
 //! confidently wrong, each captioned with its true class, the predicted class and its
 //! probability (fastai's `plot_top_losses`).
+//!
+//! The output folder follows the run-folder contract of the training stages (`config.json`
+//! first, `stage.json` with the digests of the model file, the split and every output last), so
+//! `cargo xtask pipeline` runs `evaluate` as a stage and skips it while it is up to date.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -27,6 +32,17 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub const PREDICTIONS_FILE: &str = "predictions.csv";
 /// The top-losses grid.
 pub const TOP_LOSSES_FILE: &str = "top_losses.png";
+
+/// `config.json` of an evaluation: what decides its outputs.
+#[derive(Debug, Serialize)]
+struct EvaluateConfig<'a> {
+    model: &'a Path,
+    /// The split folder.
+    data: &'a Path,
+    top_losses: usize,
+    batch_size: usize,
+    on_bad_image: dataset::BadImagePolicy,
+}
 
 /// What to evaluate and how.
 #[derive(Debug, Clone)]
@@ -78,7 +94,8 @@ pub struct EvaluationReport {
 }
 
 /// Evaluates `model` (read from `model_path`) on `data/<split>` and writes the report files into
-/// `out` (created if missing); returns what `metrics.json` holds.
+/// `out` (created if missing): `config.json` first, then the figures, `metrics.json`, and
+/// `stage.json` last (inputs `model` and `data` digested); returns what `metrics.json` holds.
 ///
 /// Errors: the split folder is missing, lacks a folder for one of the model's classes, or holds
 /// a class folder the model does not know (named, with the model's classes: its images could not
@@ -90,8 +107,16 @@ pub fn evaluate(
     options: &EvaluateOptions,
     out: &Path,
 ) -> Result<EvaluationReport> {
+    let started = std::time::Instant::now();
     let classes = model.header().class_names.clone();
     let split_dir = data.join(&options.split);
+    let config = EvaluateConfig {
+        model: model_path,
+        data: &split_dir,
+        top_losses: options.top_losses,
+        batch_size: options.classify.batch_size,
+        on_bad_image: options.classify.on_bad_image,
+    };
     let scan = ScanOptions {
         classes: Some(classes.clone()),
         allow_empty_classes: true,
@@ -116,6 +141,16 @@ pub fn evaluate(
     if index.files.is_empty() {
         bail!("{}: no images to evaluate", split_dir.display());
     }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // A record of an earlier evaluation must not outlive the files it vouches for.
+    match std::fs::remove_file(out.join(run_folder::STAGE_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e)
+                .with_context(|| format!("removing the old stage.json in {}", out.display()));
+        }
+        _ => {}
+    }
+    run_folder::write_json(&out.join(run_folder::CONFIG_FILE), &config)?;
     tracing::info!(images = index.files.len(), split = %split_dir.display(), "evaluating");
     let (predictions, skipped) = predict::classify(model, &index, &options.classify)?;
 
@@ -124,7 +159,6 @@ pub fn evaluate(
     let truth_i: Vec<i64> = truth.iter().map(|&t| t as i64).collect();
     let predicted: Vec<i64> = predictions.iter().map(|p| p.predicted() as i64).collect();
 
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let eval = SplitEvaluation {
         truth: &truth_i,
         predicted: &predicted,
@@ -133,7 +167,7 @@ pub fn evaluate(
     };
     let (metrics, mut files) = write_split(out, &options.split, &classes, &eval)?;
 
-    write_atomic(
+    run_folder::write_atomic(
         &out.join(PREDICTIONS_FILE),
         predictions_csv(&classes, &predictions, &truth, &losses).as_bytes(),
     )?;
@@ -148,7 +182,7 @@ pub fn evaluate(
     let report = EvaluationReport {
         model: model_path.to_owned(),
         model_sha256: run_folder::file_sha256(model_path)?.sha256,
-        data: split_dir,
+        data: split_dir.clone(),
         split: options.split.clone(),
         classes,
         metrics,
@@ -156,9 +190,32 @@ pub fn evaluate(
         top_losses: top,
         files,
     };
-    let mut json = serde_json::to_vec_pretty(&report)?;
-    json.push(b'\n');
-    write_atomic(&out.join(METRICS_FILE), &json)?;
+    run_folder::write_json(&out.join(METRICS_FILE), &report)?;
+
+    let scan_all = ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
+    let data_digest = dataset::tree_digest(&split_dir, &scan_all)
+        .with_context(|| format!("digesting {}", split_dir.display()))?;
+    let inputs = BTreeMap::from([
+        ("model".to_owned(), report.model_sha256.clone()),
+        ("data".to_owned(), data_digest),
+    ]);
+    let names: Vec<&str> = report.files.iter().map(String::as_str).collect();
+    let summary = serde_json::json!({
+        "test_acc": report.metrics.acc,
+        "test_loss": report.metrics.loss,
+        "images": report.metrics.images,
+        "skipped": report.skipped.len(),
+        "model_stage": model.header().stage,
+    });
+    run_folder::StageRecord::write(
+        out,
+        "evaluate",
+        run_folder::json_sha256(&config),
+        inputs,
+        &names,
+        started.elapsed().as_secs_f64(),
+        summary,
+    )?;
     Ok(report)
 }
 
@@ -181,11 +238,6 @@ fn cross_entropy(predictions: &[Prediction], truth: &[usize]) -> Result<(f64, Ve
         })
         .collect::<Result<Vec<f32>>>()?;
     Ok((mean, each))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    run_folder::write_atomic(path, bytes)?;
-    Ok(())
 }
 
 /// The `k` wrongly classified images with the highest loss (the most confidently wrong), most

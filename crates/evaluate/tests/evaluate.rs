@@ -178,6 +178,14 @@ fn figures_equal_predict_proba_on_the_same_files() {
     let grid = image::open(out.join("top_losses.png")).unwrap();
     assert!(grid.width() >= 150 && grid.height() > SIZE as u32, "{:?}", grid.width());
     assert!(report.files.contains(&"top_losses.png".to_owned()));
+
+    // The folder is a stage folder: stage.json vouches for every file, names model and data.
+    let record = run_folder::StageRecord::read(&out).unwrap();
+    assert_eq!(record.stage, "evaluate");
+    assert_eq!(record.damaged_output(&out), None);
+    assert_eq!(record.outputs.len(), report.files.len());
+    assert_eq!(record.inputs["model"], report.model_sha256);
+    assert!(record.inputs.contains_key("data"));
 }
 
 #[test]
