@@ -153,8 +153,16 @@ fn cargo() -> Command {
 /// dataset tool. They are always built together, in one `cargo build --release`, because cargo
 /// unifies dependency features per invocation: building subsets one after another (the weights
 /// tool, then the stages) would compile shared dependencies again.
-const RELEASE_PACKAGES: &[&str] =
-    &["extract-features", "train-head", "fine-tune", "pretrain", "models", "dataset"];
+const RELEASE_PACKAGES: &[&str] = &[
+    "extract-features",
+    "train-head",
+    "fine-tune",
+    "pretrain",
+    "models",
+    "dataset",
+    "predict",
+    "evaluate",
+];
 
 /// Builds [`RELEASE_PACKAGES`] in release mode against `torch` (cargo's progress shows: the first
 /// build takes minutes) and returns the folder their binaries are in (`<target>/release`).

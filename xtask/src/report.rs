@@ -46,6 +46,11 @@ pub struct Context<'a> {
     /// Another run whose accuracies are shown beside this one's, only if its dataset record has
     /// this run's digest: accuracies on other data are not comparable.
     pub compare_with: Option<Compared<'a>>,
+    /// Where the release binaries are, as the "use the model" commands spell it (relative to
+    /// the repository root when inside it).
+    pub binaries: String,
+    /// The dataset root, as the "use the model" commands spell it.
+    pub data: String,
 }
 
 /// The run a report sets beside its own (`[compare]`).
@@ -227,6 +232,8 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
     if let Some(why) = not_compared {
         writeln!(md, "{why}\n")?;
     }
+    comparison_chart(&mut md, run_dir, &planned)?;
+    use_the_model(&mut md, run_dir, context)?;
     if let Some(record) = &record {
         dataset_section(&mut md, record, context.input_size)?;
     }
@@ -281,6 +288,99 @@ pub fn write(run_dir: &Path, context: &Context, timings: &[(&str, f64, bool)]) -
          img{{max-width:48%;margin:.2em}}</style></head><body>\n{body}</body></html>\n"
     );
     run_folder::write_atomic(&run_dir.join("report.html"), html.as_bytes())?;
+    Ok(())
+}
+
+/// The file of [`comparison_chart`], in the run folder.
+pub const COMPARISON_CHART: &str = "val_acc_by_epoch.png";
+
+/// One chart with every planned approach's validation accuracy by epoch (from its
+/// `history.csv`; the pretraining stage, on another task, is left out), so the seed's comparison
+/// of approaches is one picture. Nothing when no approach has a history.
+fn comparison_chart(md: &mut String, run_dir: &Path, planned: &[String]) -> Result<()> {
+    let series: Vec<(String, Vec<(usize, f64)>)> = APPROACHES
+        .iter()
+        .filter(|(stage, _)| *stage != "pretrain" && planned.iter().any(|s| s == stage))
+        .filter_map(|(stage, _)| {
+            let history =
+                run_folder::read_history(&run_dir.join(stage).join(run_folder::HISTORY_FILE))
+                    .ok()?;
+            Some(((*stage).to_owned(), history.iter().map(|r| (r.epoch, r.val_acc)).collect()))
+        })
+        .collect();
+    if series.is_empty() {
+        return Ok(());
+    }
+    plots::plot_comparison(
+        &run_dir.join(COMPARISON_CHART),
+        "Validation accuracy by epoch, every approach",
+        "val_acc",
+        &series,
+    )?;
+    writeln!(
+        md,
+        "## Validation accuracy by epoch
+"
+    )?;
+    writeln!(
+        md,
+        "![validation accuracy of every approach by epoch]({COMPARISON_CHART})
+"
+    )?;
+    Ok(())
+}
+
+/// How the `evaluate` stage's config names the model it evaluated.
+#[derive(serde::Deserialize)]
+struct EvaluatedModel {
+    model: std::path::PathBuf,
+}
+
+/// "Use the model": the best model (the one the `evaluate` stage evaluated, as its
+/// `config.json` and `stage.json` record it), its test figures, the exact commands that apply
+/// it, and the top-losses grid. Nothing when the run has no `evaluate` stage.
+fn use_the_model(md: &mut String, run_dir: &Path, context: &Context) -> Result<()> {
+    let dir = run_dir.join("evaluate");
+    let (Ok(record), Ok(config)) = (
+        run_folder::StageRecord::read(&dir),
+        run_folder::read_json::<EvaluatedModel>(&dir.join(run_folder::CONFIG_FILE)),
+    ) else {
+        return Ok(());
+    };
+    let root = crate::workspace_root();
+    let model = config.model.strip_prefix(&root).unwrap_or(&config.model).display().to_string();
+    let stage = record.summary["model_stage"].as_str().unwrap_or("?").to_owned();
+    let pct =
+        |v: &serde_json::Value| v.as_f64().map_or("-".into(), |a| format!("{:.2}%", 100.0 * a));
+    writeln!(
+        md,
+        "## Use the model
+"
+    )?;
+    writeln!(
+        md,
+        "The best model of this run by validation accuracy is the `{stage}` stage's, `{model}` \
+         (test accuracy {} on {} images, measured by `evaluate` from the model file alone). \
+         It needs nothing else: the file holds the network, the class names and the \
+         preprocessing.\n",
+        pct(&record.summary["test_acc"]),
+        record.summary["images"]
+    )?;
+    let bin = &context.binaries;
+    writeln!(md, "```sh")?;
+    writeln!(md, "# classify photos (CSV: path, predicted class, one probability per class)")?;
+    writeln!(md, "{bin}/predict --model {model} path/to/photo.jpg path/to/folder/")?;
+    writeln!(md, "# accuracy, confusion matrix, per-class figures and top losses on a split")?;
+    writeln!(md, "{bin}/evaluate --model {model} --data {} --split test", context.data)?;
+    writeln!(md, "# the whole classifier as ONNX (input: RGB 0-255 float32 NCHW)")?;
+    writeln!(md, "{bin}/export --format onnx --model {model} --out model.onnx")?;
+    writeln!(md, "# Grad-CAM heatmaps over the photos")?;
+    writeln!(md, "{bin}/explain --model {model} path/to/photo.jpg --out heatmaps/")?;
+    writeln!(md, "```\n")?;
+    if dir.join("top_losses.png").exists() {
+        writeln!(md, "The test images it got most confidently wrong:\n")?;
+        writeln!(md, "![top losses](evaluate/top_losses.png)\n")?;
+    }
     Ok(())
 }
 
@@ -363,9 +463,64 @@ mod tests {
                 dir,
                 stages: stages.clone(),
             }),
+            binaries: "target/release".into(),
+            data: "data/pets".into(),
         };
         write(run, &context, &[("dataset", 1.0, false), ("head", 1.0, false)]).unwrap();
         std::fs::read_to_string(run.join("report.md")).unwrap()
+    }
+
+    #[test]
+    fn use_the_model_names_the_evaluated_model_and_the_chart_has_every_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let (record, acc) = pets("abc", 0.8);
+        fixture_run(run, &record, acc);
+        let history = |acc: f64| {
+            (1..=3)
+                .map(|epoch| run_folder::EpochRecord {
+                    epoch,
+                    loss: 0.5,
+                    acc,
+                    val_loss: 0.5,
+                    val_acc: acc + 0.01 * epoch as f64,
+                    lr: 1e-3,
+                    seconds: 1.0,
+                })
+                .collect::<Vec<_>>()
+        };
+        run_folder::write_history(&run.join("head").join(run_folder::HISTORY_FILE), &history(0.7))
+            .unwrap();
+        // Without an evaluate stage: the chart, and no "use the model" section.
+        let md = render(run, None);
+        assert!(run.join(COMPARISON_CHART).exists());
+        assert!(md.contains(&format!("]({COMPARISON_CHART})")), "{md}");
+        assert!(section(&md, "Use the model").is_empty(), "{md}");
+
+        // With one: its model, figures and the exact commands.
+        let eval = run.join("evaluate");
+        let model = run.join("head").join("model.safetensors");
+        run_folder::write_json(
+            &eval.join(run_folder::CONFIG_FILE),
+            &serde_json::json!({"model": model, "data": "x"}),
+        )
+        .unwrap();
+        run_folder::StageRecord::write(
+            &eval,
+            "evaluate",
+            "0".into(),
+            BTreeMap::new(),
+            &[],
+            1.0,
+            serde_json::json!({"test_acc": 0.8125, "images": 16, "model_stage": "head"}),
+        )
+        .unwrap();
+        let md = render(run, None);
+        let lines = section(&md, "Use the model").join("\n");
+        assert!(lines.contains("`head` stage") && lines.contains("81.25%"), "{lines}");
+        let model = model.display().to_string();
+        assert!(lines.contains(&format!("target/release/predict --model {model} ")), "{lines}");
+        assert!(lines.contains("--data data/pets --split test"), "{lines}");
     }
 
     /// The lines of the section `## title`, up to the next section.

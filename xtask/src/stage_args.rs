@@ -38,6 +38,7 @@ pub mod flag {
     pub const JSON: &str = "--json";
     pub const LAYER: &str = "--layer";
     pub const LR: &str = "--lr";
+    pub const MODEL: &str = "--model";
     pub const NO_AUGMENTED_PASSES: &str = "--no-augmented-passes";
     pub const OPTIMIZER: &str = "--optimizer";
     pub const OUT: &str = "--out";
@@ -50,6 +51,7 @@ pub mod flag {
     pub const SPLIT: &str = "--split";
     pub const SPLITS: &str = "--splits";
     pub const STEPS_PER_EPOCH: &str = "--steps-per-epoch";
+    pub const TOP_LOSSES: &str = "--top-losses";
     pub const TRUNK_CACHE: &str = "--trunk-cache";
     pub const UNFREEZE_FROM: &str = "--unfreeze-from";
     pub const WEIGHTS: &str = "--weights";
@@ -300,6 +302,34 @@ impl StageArgs for TrainHead {
         }
         opt_path(&mut out, flag::CACHE_DIR, &self.cache_dir);
         opt_path(&mut out, flag::WEIGHTS, &self.weights);
+        out
+    }
+}
+
+/// `evaluate`: a model file on a labelled split (figures, confusion matrix, top losses).
+#[derive(Debug, Clone)]
+pub struct Evaluate {
+    pub model: PathBuf,
+    /// Dataset root (`<data>/<split>/<class>/`).
+    pub data: PathBuf,
+    /// Stage folder.
+    pub out: PathBuf,
+    pub split: Option<String>,
+    pub top_losses: Option<u32>,
+    pub device: Option<String>,
+}
+
+impl StageArgs for Evaluate {
+    const BINARY: &'static str = "evaluate";
+    fn args(&self) -> Vec<Arg> {
+        let mut out = vec![
+            path(flag::MODEL, &self.model),
+            path(flag::DATA, &self.data),
+            path(flag::OUT, &self.out),
+        ];
+        opt(&mut out, flag::SPLIT, &self.split);
+        opt(&mut out, flag::TOP_LOSSES, &self.top_losses);
+        opt(&mut out, flag::DEVICE, &self.device);
         out
     }
 }

@@ -188,10 +188,17 @@ fn run_pipeline(args: PipelineArgs, session: &Session) -> Result<Vec<&'static st
                 stages: stages.iter().map(|s| (*s).to_owned()).collect(),
             }
         }),
+        binaries: relative_to(&tools.release, workspace),
+        data: relative_to(&data, workspace),
     };
     crate::report::write(&run_dir, &context, &timings)?;
     eprintln!("report: {}", run_dir.join("report.html").display());
     Ok(timings.iter().map(|t| t.0).collect())
+}
+
+/// `path` relative to `base` when inside it (as commands typed at the repository root spell it).
+fn relative_to(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base).unwrap_or(path).display().to_string()
 }
 
 /// `--status`: the settings checked and derived from the layer tables when the release

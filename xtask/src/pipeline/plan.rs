@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 
 use super::config::{Config, FineTuneMode, absolute};
 use super::layers::Derived;
-use crate::stage_args::{DatasetCheck, ExtractFeatures, FineTune, Pretrain, StageArgs, TrainHead};
+use crate::stage_args::{
+    DatasetCheck, Evaluate, ExtractFeatures, FineTune, Pretrain, StageArgs, TrainHead,
+};
 
 /// One stage invocation: which binary, where, with what, on what.
 #[derive(Debug, Clone)]
@@ -103,7 +105,43 @@ pub(super) fn plan(
         };
         steps.push(Step::new("scratch", &args, named("dataset", &dataset)));
     }
+    let trained: Vec<&'static str> =
+        steps.iter().map(|s| s.name).filter(|n| MODEL_STAGES.contains(n)).collect();
+    if let Some(best) = best_model_stage(run_dir, &trained) {
+        let model = run_dir.join(best).join(MODEL_FILE);
+        let args = Evaluate {
+            model: model.clone(),
+            data: data.to_owned(),
+            out: run_dir.join("evaluate"),
+            split: Some("test".into()),
+            top_losses: Some(16),
+            device: Some(config.run.device.clone()),
+        };
+        let mut inputs = named("dataset", &dataset);
+        inputs.insert(format!("{best}/{MODEL_FILE}"), digest_or_absent(&model));
+        steps.push(Step::new("evaluate", &args, inputs));
+    }
     Ok(steps)
+}
+
+/// The stages that write a whole classifier, in plan order.
+pub(super) const MODEL_STAGES: [&str; 4] = ["head", "head-augmented", "fine-tune", "scratch"];
+/// The classifier file those stages write.
+pub(super) const MODEL_FILE: &str = "model.safetensors";
+
+/// The run's best model among `trained` stages: the highest validation accuracy of the kept
+/// epoch in its `metrics.json` (the first of equals, in plan order); before any has run (or
+/// when none has a readable `metrics.json`), the last of them, so the plan names a stage.
+pub(super) fn best_model_stage(run_dir: &Path, trained: &[&'static str]) -> Option<&'static str> {
+    let scored = trained.iter().filter_map(|&name| {
+        let m = run_folder::StageMetrics::read(&run_dir.join(name)).ok()?;
+        run_dir.join(name).join(MODEL_FILE).is_file().then_some((name, m.kept.val_acc))
+    });
+    let best = scored.fold(None, |best: Option<(&'static str, f64)>, (name, acc)| match best {
+        Some((_, b)) if b >= acc => best,
+        _ => Some((name, acc)),
+    });
+    best.map(|(name, _)| name).or_else(|| trained.last().copied())
 }
 
 fn named(name: &str, digest: &str) -> BTreeMap<String, String> {

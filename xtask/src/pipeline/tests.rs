@@ -61,8 +61,24 @@ fn default_plan_fine_tunes_from_the_head_on_the_cached_trunk() {
     let steps = planned(&Config::default(), &run, &data, &weights);
     assert_eq!(
         names(&steps),
-        ["dataset", "extract-trunk", "extract", "head", "head-augmented", "fine-tune", "scratch"]
+        [
+            "dataset",
+            "extract-trunk",
+            "extract",
+            "head",
+            "head-augmented",
+            "fine-tune",
+            "scratch",
+            "evaluate"
+        ]
     );
+    // Before any training stage ran, the evaluation names the last of them.
+    let evaluate = step(&steps, "evaluate");
+    assert_eq!(
+        arg(evaluate, flag::MODEL).map(PathBuf::from),
+        Some(run.join("scratch/model.safetensors"))
+    );
+    assert_eq!(evaluate.inputs["scratch/model.safetensors"], "absent");
     let trunk = step(&steps, "extract-trunk");
     assert_eq!(arg(trunk, flag::LAYER), Some("block4_pool"));
     assert_eq!(arg(trunk, flag::AUGMENT_PASSES), Some("5"));
@@ -105,6 +121,41 @@ fn default_plan_fine_tunes_from_the_head_on_the_cached_trunk() {
 }
 
 #[test]
+fn the_best_model_by_validation_accuracy_is_evaluated() {
+    let (dir, data, weights) = inputs();
+    let run = dir.path().join("run");
+    let metrics = |stage: &str, val_acc: f64| {
+        let m = run_folder::StageMetrics {
+            validation: run_folder::SplitMetrics {
+                loss: 0.5,
+                acc: val_acc,
+                images: 10,
+                source: None,
+                per_class: Vec::new(),
+            },
+            test: None,
+            kept: run_folder::KeptEpoch { epoch: 1, of: 1, val_loss: 0.5, val_acc },
+            median_epoch_seconds: 1.0,
+        };
+        m.write(&run.join(stage)).unwrap();
+        std::fs::write(run.join(stage).join("model.safetensors"), stage).unwrap();
+    };
+    metrics("head", 0.8);
+    metrics("fine-tune", 0.9);
+    metrics("scratch", 0.9);
+    let steps = planned(&Config::default(), &run, &data, &weights);
+    let evaluate = step(&steps, "evaluate");
+    // The highest; of equals, the first in plan order.
+    let model = run.join("fine-tune/model.safetensors");
+    assert_eq!(arg(evaluate, flag::MODEL).map(PathBuf::from), Some(model.clone()));
+    assert_eq!(
+        evaluate.inputs["fine-tune/model.safetensors"],
+        run_folder::file_sha256(&model).unwrap().sha256
+    );
+    assert_eq!(arg(evaluate, flag::SPLIT).as_deref(), Some("test"));
+}
+
+#[test]
 fn plain_mode_and_head_phase_need_no_trunk_extraction() {
     let (dir, data, weights) = inputs();
     let mut config = Config::default();
@@ -113,14 +164,14 @@ fn plain_mode_and_head_phase_need_no_trunk_extraction() {
     let steps = planned(&config, &dir.path().join("run"), &data, &weights);
     assert_eq!(
         names(&steps),
-        ["dataset", "extract", "head", "head-augmented", "fine-tune", "scratch"]
+        ["dataset", "extract", "head", "head-augmented", "fine-tune", "scratch", "evaluate"]
     );
     assert_eq!(arg(step(&steps, "fine-tune"), flag::TRUNK_CACHE), None);
     assert_eq!(arg(step(&steps, "fine-tune"), flag::HEAD_EPOCHS), Some("30"));
     config.fine_tune.enabled = false;
     assert_eq!(
         names(&planned(&config, &dir.path().join("run"), &data, &weights)),
-        ["dataset", "extract", "head", "head-augmented", "scratch"]
+        ["dataset", "extract", "head", "head-augmented", "scratch", "evaluate"]
     );
 }
 
@@ -144,7 +195,7 @@ fn homework_pretrains_first_and_transfers_that_base() {
     let base = pretrained_base(&run);
     let steps = planned(&config, &run, &data, &base);
     assert_eq!(names(&steps)[..3], ["dataset", "pretrain", "extract"]);
-    assert_eq!(steps.last().map(|s| s.name), Some("scratch"));
+    assert_eq!(steps.last().map(|s| s.name), Some("evaluate"));
     let pretrain = step(&steps, "pretrain");
     let extract = step(&steps, "extract");
     assert_eq!(arg(pretrain, flag::DATA).map(PathBuf::from), Some(digits));
@@ -548,6 +599,21 @@ fn default_config_snapshot() {
             auto
             --augment
           input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        evaluate = evaluate
+            --model
+            $TMP/run/scratch/model.safetensors
+            --data
+            $TMP/data
+            --out
+            $TMP/run/evaluate
+            --split
+            test
+            --top-losses
+            16
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input scratch/model.safetensors: absent
     "#]]
     .assert_eq(&render(&steps, dir.path()));
 }
@@ -690,6 +756,21 @@ fn homework_config_snapshot() {
             --device
             auto
           input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        evaluate = evaluate
+            --model
+            $TMP/run/scratch/model.safetensors
+            --data
+            $TMP/data
+            --out
+            $TMP/run/evaluate
+            --split
+            test
+            --top-losses
+            16
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input scratch/model.safetensors: absent
     "#]].assert_eq(&render(&steps, dir.path()));
 }
 
@@ -827,6 +908,21 @@ fn seed_profile_snapshot() {
             auto
             --augment
           input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+        evaluate = evaluate
+            --model
+            $TMP/run/scratch/model.safetensors
+            --data
+            $TMP/data
+            --out
+            $TMP/run/evaluate
+            --split
+            test
+            --top-losses
+            16
+            --device
+            auto
+          input dataset: 1 files, b3380228304910a042172ebe86fd640895ef267c130cfd8c00b87be17ea9ef7f
+          input scratch/model.safetensors: absent
     "#]]
     .assert_eq(&render(&steps, dir.path()));
 }
