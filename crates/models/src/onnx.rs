@@ -1,45 +1,14 @@
 //! Reads the float initializers of an ONNX model (weights only; the graph is not interpreted).
 //!
-//! Only the protobuf fields needed are declared (`ModelProto.graph`, `GraphProto.initializer`,
-//! `TensorProto` dims/type/name/data); prost skips every other field, so any valid ONNX file
-//! parses. Field numbers are those of onnx.proto.
+//! The protobuf messages are the workspace's one declaration of them, `onnx_proto` (prost
+//! derives, field numbers of onnx.proto), which `export` also writes with; prost skips every
+//! field they do not declare, so any valid ONNX file parses.
 
 use std::path::Path;
 
-use prost::Message;
+use onnx_proto::{DATA_LOCATION_EXTERNAL, Message, ModelProto, data_type};
 
 use crate::ModelError;
-
-#[derive(Clone, PartialEq, Message)]
-struct ModelProto {
-    #[prost(message, optional, tag = "7")]
-    graph: Option<GraphProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct GraphProto {
-    #[prost(message, repeated, tag = "5")]
-    initializer: Vec<TensorProto>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TensorProto {
-    #[prost(int64, repeated, tag = "1")]
-    dims: Vec<i64>,
-    #[prost(int32, tag = "2")]
-    data_type: i32,
-    #[prost(float, repeated, tag = "4")]
-    float_data: Vec<f32>,
-    #[prost(string, tag = "8")]
-    name: String,
-    #[prost(bytes = "vec", tag = "9")]
-    raw_data: Vec<u8>,
-    #[prost(int32, tag = "14")]
-    data_location: i32,
-}
-
-/// ONNX `TensorProto.DataType.FLOAT`.
-const FLOAT: i32 = 1;
 
 /// A float32 initializer: name, shape and values.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,10 +28,10 @@ pub fn read_initializers(path: &Path) -> Result<Vec<Initializer>, ModelError> {
     let graph = model.graph.ok_or_else(|| err("the ONNX model has no graph".into()))?;
     let mut out = Vec::new();
     for t in graph.initializer {
-        if t.data_type != FLOAT {
+        if t.data_type != data_type::FLOAT {
             continue;
         }
-        if t.data_location == 1 {
+        if t.data_location == DATA_LOCATION_EXTERNAL {
             return Err(err(format!(
                 "initializer {} keeps its data in an external file, which is not supported",
                 t.name
@@ -104,19 +73,20 @@ pub fn read_initializers(path: &Path) -> Result<Vec<Initializer>, ModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use onnx_proto::{GraphProto, TensorProto};
 
     fn model_bytes(tensors: Vec<TensorProto>) -> Vec<u8> {
-        ModelProto { graph: Some(GraphProto { initializer: tensors }) }.encode_to_vec()
+        let graph = GraphProto { initializer: tensors, ..Default::default() };
+        ModelProto { graph: Some(graph), ..Default::default() }.encode_to_vec()
     }
 
     fn tensor(name: &str, dims: Vec<i64>, raw: &[f32]) -> TensorProto {
         TensorProto {
             dims,
-            data_type: FLOAT,
-            float_data: vec![],
+            data_type: data_type::FLOAT,
             name: name.into(),
             raw_data: raw.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            data_location: 0,
+            ..Default::default()
         }
     }
 
@@ -155,9 +125,9 @@ mod tests {
             Err("short: 4 bytes of raw data for 3 floats"),
         );
         let mut ext = tensor("ext", vec![1], &[1.0]);
-        ext.data_location = 1;
+        ext.data_location = DATA_LOCATION_EXTERNAL;
         check(&model_bytes(vec![ext]), Err("ext keeps its data in an external file"));
         check(b"\xff\xff\xff not protobuf", Err("not an ONNX model"));
-        check(&ModelProto { graph: None }.encode_to_vec(), Err("no graph"));
+        check(&ModelProto::default().encode_to_vec(), Err("no graph"));
     }
 }
