@@ -1,6 +1,7 @@
 //! What every binary of the workspace does the same way: a `tracing` subscriber on stderr
 //! (filtered by `RUST_LOG`, default `info`, colours only on a terminal so logs piped into files
-//! stay plain), and a failure printed as `error: <whole context chain>` with exit status 1.
+//! stay plain), a failure printed as `error: <whole context chain>` with exit status 1, and the
+//! process's peak memory for the summaries benchmarks read.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -44,4 +45,13 @@ pub fn main_resumable(run: impl FnOnce() -> anyhow::Result<bool>) -> ExitCode {
     exit_code(
         run().map(|finished| if finished { ExitCode::SUCCESS } else { ExitCode::from(STOPPED) }),
     )
+}
+
+/// The process's peak resident memory in MiB (Linux `VmHWM` of `/proc/self/status`); `None`
+/// where that file is missing or unreadable (other systems).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -548,7 +548,7 @@ fn run(args: Args) -> Result<()> {
         "images_per_second": if totals.images > 0 { totals.images as f64 / wall } else { 0.0 },
         "model_time_fraction": model_share,
         "skipped": totals.skipped,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": cli_support::peak_rss_mb(),
         "feature_shape": row_shapes[0],
         "layers": records.iter().map(|r| serde_json::json!({ "layer": r.layer, "feature_shape": r.feature_shape })).collect::<Vec<_>>(),
         "precision": args.precision.name(),
@@ -600,20 +600,6 @@ fn run(args: Args) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// The process's peak resident memory (`VmHWM`), for the streaming-memory benchmark.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
 }
 
 fn tool() -> &'static str {

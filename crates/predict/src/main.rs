@@ -123,7 +123,17 @@ fn run(args: Args) -> Result<()> {
         },
         progress_label: "predict",
     };
+    let started = std::time::Instant::now();
     let (rows, skipped) = predict::classify_files(&model, &files, &options)?;
+    let seconds = started.elapsed().as_secs_f64();
+    // The summary `cargo xtask bench predict` reads (throughput and peak memory).
+    tracing::info!(
+        images = rows.len(),
+        seconds,
+        images_per_second = rows.len() as f64 / seconds,
+        peak_rss_mb = cli_support::peak_rss_mb().unwrap_or(f64::NAN),
+        "classified"
+    );
     for s in &skipped {
         eprintln!("skipped bad image {}: {}", s.path.display(), s.reason);
     }

@@ -99,7 +99,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 let mut cmd = Command::new(&ours);
                 cmd.args(stage.to_args()).env("NO_COLOR", "1");
                 torch.configure(&mut cmd);
-                let seconds = timed(&mut cmd, "extract-features")?;
+                let (seconds, _) = timed(&mut cmd, "extract-features")?;
                 let record: serde_json::Value = run_folder::read_json(&out.join("stage.json"))?;
                 let rate = images.len() as f64 / seconds;
                 if precision == "f32" {
@@ -131,7 +131,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 .arg(&list)
                 .env_remove("OPENBLAS_CORETYPE")
                 .env_remove("OPENBLAS_L2_SIZE");
-            let seconds = timed(&mut cmd, "pytorch_reference.py")?;
+            let (seconds, _) = timed(&mut cmd, "pytorch_reference.py")?;
             refs.push(images.len() as f64 / seconds);
         }
         let (o, b, r) = (median(&mut f32s), median(&mut bf16s), median(&mut refs));
@@ -148,8 +148,8 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Wall time of a whole process: start-up, model load and writes included.
-fn timed(cmd: &mut Command, what: &str) -> Result<f64> {
+/// Wall time of a whole process (start-up, model load and writes included) and its stderr.
+pub(super) fn timed(cmd: &mut Command, what: &str) -> Result<(f64, String)> {
     let started = Instant::now();
     let out = cmd
         .stdout(Stdio::null())
@@ -157,13 +157,14 @@ fn timed(cmd: &mut Command, what: &str) -> Result<f64> {
         .output()
         .with_context(|| format!("could not start {what}"))?;
     let seconds = started.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
-        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!("{what} failed ({}): {stderr}", out.status);
     }
-    Ok(seconds)
+    Ok((seconds, stderr))
 }
 
-fn list_images(data: &Path, splits: &str) -> Result<Vec<PathBuf>> {
+pub(super) fn list_images(data: &Path, splits: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for split in splits.split(',') {
         let mut stack = vec![data.join(split)];
@@ -184,7 +185,7 @@ fn list_images(data: &Path, splits: &str) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }

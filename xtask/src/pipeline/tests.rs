@@ -152,7 +152,7 @@ fn the_best_model_by_validation_accuracy_is_evaluated() {
         evaluate.inputs["fine-tune/model.safetensors"],
         run_folder::file_sha256(&model).unwrap().sha256
     );
-    assert_eq!(arg(evaluate, flag::SPLIT).as_deref(), Some("test"));
+    assert_eq!(arg(evaluate, flag::SPLIT), Some("test"));
 }
 
 #[test]
