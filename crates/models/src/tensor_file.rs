@@ -85,8 +85,17 @@ pub fn load(path: &Path) -> Result<Loaded, ModelError> {
     let err = |reason: String| ModelError::Weights { path: path.to_owned(), reason };
     let bytes =
         std::fs::read(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        err(match e {
+            // The header parsed but promises more tensor bytes than the file holds.
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
+                "the file is truncated: its header describes more tensor data than its {} bytes \
+                 (an interrupted copy or download?)",
+                bytes.len()
+            ),
+            e => format!("not a safetensors file: {e}"),
+        })
+    })?;
     let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| err(format!("not a safetensors file: {e}")))?;
