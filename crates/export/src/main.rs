@@ -42,7 +42,7 @@ fn run(args: Args) -> Result<()> {
             tracing::info!(
                 out = %done.out.display(),
                 bytes = done.bytes,
-                sha256 = done.sha256,
+                sha256 = %done.sha256,
                 nodes = done.nodes,
                 initializers = done.initializers,
                 classes = ?done.class_names,
