@@ -357,6 +357,16 @@ impl Classifier {
     /// trunk's output `[N, C, H', W']` (the preprocessed input when nothing is frozen). No
     /// gradients.
     pub fn trunk(&self, pixels: &Tensor) -> Result<Tensor, ModelError> {
+        let xs = self.preprocessed(pixels)?;
+        tch::no_grad(|| match (&self.trunk, self.trunk_until) {
+            (Some(trunk), Some(layer)) => trunk.forward_to(&xs, layer),
+            _ => Ok(xs),
+        })
+    }
+
+    /// pixels (see [`Classifier::trunk`]), checked against the header's input size ->
+    /// preprocessed `[N, 3, H, W]` float, no gradients.
+    fn preprocessed(&self, pixels: &Tensor) -> Result<Tensor, ModelError> {
         let shape = pixels.size();
         let [h, w] = self.header.input_size;
         let size = match (pixels.kind(), shape.as_slice()) {
@@ -370,13 +380,7 @@ impl Classifier {
                 expected: format!("images of the model's input size {h}x{w} (resize them first)"),
             });
         }
-        tch::no_grad(|| {
-            let xs = preprocess(pixels, self.header.preprocessing)?;
-            match (&self.trunk, self.trunk_until) {
-                (Some(trunk), Some(layer)) => trunk.forward_to(&xs, layer),
-                _ => Ok(xs),
-            }
-        })
+        tch::no_grad(|| preprocess(pixels, self.header.preprocessing))
     }
 
     /// xs: the trunk's output `[N, C, H, W]` -> logits `[N, 1 | classes]`. `train` turns dropout
@@ -391,24 +395,119 @@ impl Classifier {
         let run_top = || -> Result<Tensor, ModelError> {
             // After a trunk the top runs NCHW-contiguous (faster on small maps, see `on_base`);
             // with no trunk the preprocessed input goes in as it is.
-            let mut ys =
+            let xs =
                 if self.trunk_until.is_some() { xs.f_contiguous()? } else { xs.shallow_clone() };
-            for layer in &self.top {
-                ys = match layer {
-                    TopLayer::Conv { weight, bias, kernel, padding } => {
-                        run_conv(&ys, weight, Some(bias), *kernel, *padding)?
-                    }
-                    TopLayer::Pool => run_pool(&ys)?,
-                };
-            }
-            Ok(ys)
+            self.run_top(&xs, 0..self.top.len())
         };
         let ys = if train_top { run_top()? } else { tch::no_grad(run_top)? };
+        self.pool_and_head(&ys, train)
+    }
+
+    /// Runs the top's layers `range` (indices into the top, input to output) on `xs`, building a
+    /// graph unless called under `no_grad`.
+    fn run_top(&self, xs: &Tensor, range: std::ops::Range<usize>) -> Result<Tensor, ModelError> {
+        let mut ys = xs.shallow_clone();
+        for layer in &self.top[range] {
+            ys = match layer {
+                TopLayer::Conv { weight, bias, kernel, padding } => {
+                    run_conv(&ys, weight, Some(bias), *kernel, *padding)?
+                }
+                TopLayer::Pool => run_pool(&ys)?,
+            };
+        }
+        Ok(ys)
+    }
+
+    /// The cut's output `[N, C, h, w]` -> global pooling or the channels-last flatten -> head
+    /// logits `[N, 1 | classes]`.
+    fn pool_and_head(&self, ys: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         let features = match self.header.pooling {
             Pooling::None => ys.f_permute([0, 2, 3, 1])?,
-            pooling => pooling.apply(&ys)?,
+            pooling => pooling.apply(ys)?,
         };
         self.head.forward_t(&features, train)
+    }
+
+    /// The last convolution layer at or before the cut (VGG16 cut at `block5_pool`:
+    /// `block5_conv3`): where Grad-CAM looks. Errors when the base has no convolution up to the
+    /// cut.
+    pub fn last_conv_layer(&self) -> Result<Layer, ModelError> {
+        let arch = self.header.arch()?;
+        let cut = arch.layer(&self.header.cut)?;
+        arch.layers()
+            .filter(|l| *l <= cut && matches!(arch.spec(*l).kind, LayerKind::Conv { .. }))
+            .last()
+            .ok_or_else(|| ModelError::BadArchitecture {
+                name: arch.name().to_owned(),
+                reason: format!("no convolution layer at or before the cut {}", self.header.cut),
+            })
+    }
+
+    /// Runs the network on `pixels` (see [`Classifier::trunk`]; dropout off) keeping the output
+    /// of `layer` (any base layer at or before the cut, frozen trunk included) as a gradient
+    /// leaf: returns `(activation, logits)`, activation `[N, C, h, w]` (the layer's output,
+    /// after its ReLU; `requires_grad`, no graph behind it), logits `[N, 1 | classes]` computed
+    /// from it with a graph, so `Tensor::run_backward(&[score], &[&activation], ..)` gives
+    /// d score / d activation (Grad-CAM). The parameters' own `requires_grad` is left as it is,
+    /// and no parameter needs a gradient for this.
+    ///
+    /// The same forward pass as [`Classifier::forward_t`], split at `layer`: the part up to it
+    /// runs under `no_grad` (the trunk's [`ConvBase::forward_to`], or the trunk then the top's
+    /// first layers), its output is detached and marked `requires_grad`, and the rest (the
+    /// trunk's remaining layers through [`ConvBase::forward_layers`], the top, pooling, head)
+    /// runs with gradient tracking.
+    ///
+    /// Errors: a layer the architecture lacks or above the cut (named), and the input errors of
+    /// [`Classifier::trunk`].
+    pub fn forward_keeping(
+        &self,
+        pixels: &Tensor,
+        layer: impl ToLayer,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        let arch = self.header.arch()?;
+        let layer = layer.to_layer(&arch)?;
+        let cut = arch.layer(&self.header.cut)?;
+        if layer > cut {
+            return Err(ModelError::BadArchitecture {
+                name: arch.name().to_owned(),
+                reason: format!(
+                    "layer {} lies above the cut {}: the classifier never runs it",
+                    arch.name_of(layer),
+                    self.header.cut
+                ),
+            });
+        }
+        let leaf = |t: Tensor| t.f_detach()?.f_set_requires_grad(true);
+        let xs = self.preprocessed(pixels)?;
+        // The top's index of base layer `layer` (its first layer follows the trunk's last).
+        let top_start = self.trunk_until.map_or(0, |l| l.position() + 1);
+        match (&self.trunk, self.trunk_until) {
+            (Some(trunk), Some(until)) if layer <= until => {
+                let activation = leaf(tch::no_grad(|| trunk.forward_to(&xs, layer))?)?;
+                let trunk_out = if layer == until {
+                    activation.shallow_clone()
+                } else {
+                    trunk.forward_layers(&activation, Some(layer), &[until])?.remove(0)
+                };
+                let ys = self.run_top(&trunk_out.f_contiguous()?, 0..self.top.len())?;
+                Ok((activation, self.pool_and_head(&ys, false)?))
+            }
+            _ => {
+                let split = layer.position() + 1 - top_start;
+                let below = tch::no_grad(|| -> Result<Tensor, ModelError> {
+                    let xs = match (&self.trunk, self.trunk_until) {
+                        (Some(trunk), Some(until)) => {
+                            trunk.forward_to(&xs, until)?.f_contiguous()?
+                        }
+                        _ => xs,
+                    };
+                    self.run_top(&xs, 0..split)
+                })?;
+                let activation = leaf(below)?;
+                let ys = self.run_top(&activation, split..self.top.len())?;
+                Ok((activation, self.pool_and_head(&ys, false)?))
+            }
+        }
     }
 
     /// pixels (see [`Classifier::trunk`]) -> logits `[N, 1 | classes]`, graph through the top.
@@ -593,4 +692,115 @@ fn keras_conv_init(vs: &nn::VarStore, arch: &ConvArch) -> Result<(), ModelError>
         })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::HeadSpec;
+    use crate::classifier::head_input_width;
+    use tch::Kind;
+
+    /// A random small convnet at 48x48 (2x2 at `conv2d_4`), saved and loaded back with the
+    /// layers from `trainable_from` up in the top and the rest in the frozen trunk.
+    fn model(dir: &Path, trainable_from: Option<&str>) -> Classifier {
+        let arch = ConvArch::small_convnet();
+        let cut = "max_pooling2d_4";
+        let width = head_input_width(&arch, arch.layer(cut).unwrap(), Pooling::None, 48).unwrap();
+        let header = ModelHeader {
+            format_version: MODEL_FORMAT_VERSION,
+            architecture: arch.name().to_owned(),
+            layers: arch.defs().to_vec(),
+            cut: cut.to_owned(),
+            pooling: Pooling::None,
+            head: HeadSpec::seed(width, 3),
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            preprocessing: Preprocessing::Rescale,
+            input_size: [48, 48],
+            resize: "nearest".into(),
+            base_weights_sha256: "0".repeat(64),
+            trained_on: BTreeMap::new(),
+            stage: "test".into(),
+        };
+        let path = dir.join("model.safetensors");
+        // Random weights, unseeded: nothing is compared across models.
+        Classifier::from_scratch(header, Device::Cpu).unwrap().save(&path).unwrap();
+        Classifier::load(&path, Device::Cpu, trainable_from).unwrap()
+    }
+
+    #[test]
+    fn forward_keeping_gives_forward_t_logits_and_a_gradient_at_any_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let pixels =
+            (Tensor::rand([2, 48, 48, 3], (Kind::Float, Device::Cpu)) * 255.0).to_kind(Kind::Uint8);
+        // Frozen only, trunk + top, top only (nothing frozen).
+        for from in [None, Some("conv2d_3"), Some("conv2d_1")] {
+            let model = model(dir.path(), from);
+            let want = tch::no_grad(|| model.forward_t(&pixels, false)).unwrap();
+            for (layer, shape) in [
+                ("conv2d_1", [2, 32, 46, 46]),
+                ("max_pooling2d_2", [2, 64, 10, 10]),
+                ("conv2d_3", [2, 128, 8, 8]),
+                ("conv2d_4", [2, 128, 2, 2]),
+                ("max_pooling2d_4", [2, 128, 1, 1]),
+            ] {
+                let (activation, logits) = model.forward_keeping(&pixels, layer).unwrap();
+                assert_eq!(activation.size(), shape, "{from:?} {layer}");
+                assert!(activation.requires_grad() && activation.is_leaf(), "{from:?} {layer}");
+                let diff = f64::try_from((&logits - &want).abs().max()).unwrap();
+                assert!(diff < 1e-5, "{from:?} {layer}: logits differ by {diff}");
+                let score = logits.select(1, 1).sum(Kind::Float);
+                let grad = Tensor::run_backward(&[&score], &[&activation], false, false);
+                assert_eq!(grad[0].size(), shape);
+                assert!(f64::try_from(grad[0].abs().sum(Kind::Float)).unwrap() > 0.0);
+            }
+            assert_eq!(
+                model.last_conv_layer().unwrap(),
+                model.header.arch().unwrap().layer("conv2d_4").unwrap()
+            );
+            // The frozen trunk's variables never get a gradient.
+            assert!(model.frozen().iter().all(|(_, v)| !v.grad().defined()));
+        }
+    }
+
+    #[test]
+    fn a_frozen_layer_gives_the_gradient_it_gives_when_trainable() {
+        // One file, loaded all frozen (the layer in the trunk) and all trainable (in the top):
+        // the same activation and the same gradient of a logit with respect to it.
+        let dir = tempfile::tempdir().unwrap();
+        let frozen = model(dir.path(), None);
+        let path = dir.path().join("model.safetensors");
+        let trainable = Classifier::load(&path, Device::Cpu, Some("conv2d_1")).unwrap();
+        let pixels =
+            (Tensor::rand([2, 48, 48, 3], (Kind::Float, Device::Cpu)) * 255.0).to_kind(Kind::Uint8);
+        for layer in ["conv2d_2", "conv2d_4"] {
+            let grads: Vec<(Tensor, Tensor)> = [&frozen, &trainable]
+                .iter()
+                .map(|m| {
+                    let (activation, logits) = m.forward_keeping(&pixels, layer).unwrap();
+                    let score = logits.select(1, 2).sum(Kind::Float);
+                    let grad = Tensor::run_backward(&[&score], &[&activation], false, false);
+                    (activation.detach(), grad[0].shallow_clone())
+                })
+                .collect();
+            let close = |a: &Tensor, b: &Tensor| {
+                let scale = f64::try_from(b.abs().max()).unwrap().max(1e-12);
+                f64::try_from((a - b).abs().max()).unwrap() / scale < 1e-4
+            };
+            assert!(close(&grads[0].0, &grads[1].0), "{layer}: activations differ");
+            assert!(close(&grads[0].1, &grads[1].1), "{layer}: gradients differ");
+        }
+    }
+
+    #[test]
+    fn forward_keeping_refuses_a_layer_above_the_cut_or_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = model(dir.path(), None);
+        model.header_mut().cut = "conv2d_4".into();
+        let pixels = Tensor::zeros([1, 48, 48, 3], (Kind::Uint8, Device::Cpu));
+        let err = model.forward_keeping(&pixels, "max_pooling2d_4").unwrap_err().to_string();
+        assert!(err.contains("above the cut conv2d_4"), "{err}");
+        let err = model.forward_keeping(&pixels, "block5_conv3").unwrap_err().to_string();
+        assert!(err.contains("block5_conv3"), "{err}");
+    }
 }
