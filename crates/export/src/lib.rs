@@ -102,11 +102,13 @@ fn model_message(path: &Path, source: &ModelError) -> String {
 pub struct Exported {
     /// The ONNX file.
     pub out: PathBuf,
-    /// Its length in bytes and sha256 (hex).
+    /// Its length in bytes.
     pub bytes: u64,
+    /// Its sha256 (lower-case hex).
     pub sha256: String,
-    /// Operators and initializers in the graph.
+    /// Operators (nodes) in the graph.
     pub nodes: usize,
+    /// Initializers (weights and constants) in the graph.
     pub initializers: usize,
     /// Class names in output-column order.
     pub class_names: Vec<String>,
