@@ -1,11 +1,11 @@
-//! By-hand check of an exported model on real images: decodes the first `--count` images of
-//! the given files and folders exactly as `predict` does (`dataset::decode` at the header's input
-//! size and resize mode), classifies them with `Classifier::predict_proba` and with onnxruntime
-//! on the ONNX file (`TRANSFER_KIT_PYTHON`, onnxruntime installed when missing), and prints the
-//! largest absolute and relative differences.
+//! By-hand check of an exported model on real images: decodes the first 20 images (`COUNT` in
+//! the environment overrides) of the given files and folders exactly as `predict` does
+//! (`dataset::decode` with `predict::decode_options`: the header's input size and resize mode),
+//! taking folders in turn, classifies them with `Classifier::predict_proba` and with onnxruntime
+//! on the ONNX file (`TRANSFER_KIT_PYTHON`, onnxruntime installed when missing), and prints both
+//! rows per image and the largest absolute and relative differences.
 //!
-//! `cargo run -p export --example compare_images -- MODEL.safetensors MODEL.onnx IMAGES_OR_FOLDERS...`
-//! (`COUNT` in the environment overrides the default of 20 images).
+//! `cargo run -p export --example compare_images -- MODEL.safetensors MODEL.onnx PATHS...`
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -13,7 +13,6 @@ mod support;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use dataset::{DecodeOptions, Interpolation, Size};
 use models::Classifier;
 use tch::{Device, Tensor};
 
@@ -25,20 +24,8 @@ fn main() -> Result<()> {
     let count: usize = std::env::var("COUNT").ok().map_or(Ok(20), |c| c.parse())?;
     let model = Classifier::load(model_path, Device::Cpu, None::<&str>)?;
     let header = model.header().clone();
-    let (interpolation, crop) = match header.resize.as_str() {
-        "nearest" => (Interpolation::Nearest, false),
-        "bilinear" => (Interpolation::Bilinear, false),
-        "nearest+center-crop" => (Interpolation::Nearest, true),
-        "bilinear+center-crop" => (Interpolation::Bilinear, true),
-        other => bail!("unknown resize mode {other:?}"),
-    };
     let [h, w] = header.input_size;
-    let decode = DecodeOptions {
-        target_size: Some(Size::new(u32::try_from(h)?, u32::try_from(w)?)),
-        interpolation,
-        crop_to_aspect_ratio: crop,
-        ..Default::default()
-    };
+    let decode = predict::decode_options(&header)?;
     let files = image_files(inputs, count)?;
     let mut pixels = Vec::new();
     for file in &files {
