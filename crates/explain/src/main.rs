@@ -11,8 +11,11 @@
 //! the jet-coloured heatmap added; names made unique when stems repeat), each file written
 //! atomically. `DIR/gradcam.json` ([`explain::Report`]) lists per image the path, the class
 //! explained and its probability, the predicted class, the heatmap's maximum (row, col in the
-//! image's pixels) and the PNG's name. The first image that cannot be decoded stops the run,
-//! naming it.
+//! image's pixels) and the PNG's name; `DIR/gradcam_grid.png` shows every overlay (enlarged to
+//! at least 128 px) captioned with its file, class and probability, to look at in one go. The
+//! folder follows the run-folder contract (`config.json` first, `stage.json` last with the
+//! digests of the model and the images), so the pipeline runs `explain` as a stage. The first
+//! image that cannot be decoded stops the run, naming it.
 
 use std::path::PathBuf;
 
@@ -85,8 +88,23 @@ fn run(args: Args) -> Result<()> {
         bail!("no image files found under the given paths");
     }
     let names = output_names(&files);
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output folder {}", args.out.display()))?;
+    // A record of an earlier run must not outlive the files it vouches for.
+    match std::fs::remove_file(args.out.join(run_folder::STAGE_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", args.out.display()));
+        }
+        _ => {}
+    }
+    let config = serde_json::json!({
+        "model": args.model,
+        "images": files,
+        "class": args.class,
+        "layer": arch.name_of(layer),
+    });
+    run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
     let [height, width] = header.input_size;
     let [_, h, w] = arch.output_shape(height, width, layer)?;
     tracing::info!(
@@ -97,6 +115,7 @@ fn run(args: Args) -> Result<()> {
     );
 
     let mut images = Vec::with_capacity(files.len());
+    let mut tiles = Vec::with_capacity(files.len());
     for (file, name) in files.iter().zip(&names) {
         // Decode errors name the file and say why.
         let image = dataset::decode(file, &decode)?;
@@ -106,6 +125,13 @@ fn run(args: Args) -> Result<()> {
             .with_context(|| format!("drawing the overlay of {}", file.display()))?;
         run_folder::write_atomic(&args.out.join(name), &png)?;
         let record = ImageRecord::new(&header, file, &explained, name);
+        tiles.push(plots::Tile {
+            image: enlarged(&explained.overlay, GRID_MIN_SIDE),
+            caption: vec![
+                file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                format!("{} ({:.3})", record.class, record.probability),
+            ],
+        });
         if record.heatmap_all_zero {
             tracing::warn!(
                 image = %file.display(),
@@ -135,5 +161,46 @@ fn run(args: Args) -> Result<()> {
     let mut json = serde_json::to_string_pretty(&report)?;
     json.push('\n');
     run_folder::write_atomic(&args.out.join(REPORT_FILE), json.as_bytes())?;
+    let title = format!("Grad-CAM at {} ({})", report.layer, args.model.display());
+    plots::plot_image_grid(&args.out.join(GRID_FILE), &title, &tiles, 4)?;
+
+    let mut outputs: Vec<&str> = names.iter().map(String::as_str).collect();
+    outputs.extend([REPORT_FILE, GRID_FILE]);
+    let image_digests =
+        files.iter().map(|f| Ok(run_folder::file_sha256(f)?.sha256)).collect::<Result<Vec<_>>>()?;
+    let inputs = std::collections::BTreeMap::from([
+        ("model".to_owned(), run_folder::file_sha256(&args.model)?.sha256),
+        ("images".to_owned(), run_folder::sha256_hex(image_digests.join("\n").as_bytes())),
+    ]);
+    run_folder::StageRecord::write(
+        &args.out,
+        "explain",
+        run_folder::json_sha256(&config),
+        inputs,
+        &outputs,
+        started.elapsed().as_secs_f64(),
+        serde_json::json!({ "images": files.len(), "layer": report.layer }),
+    )?;
     Ok(())
+}
+
+/// The sheet of every overlay.
+const GRID_FILE: &str = "gradcam_grid.png";
+/// Overlays smaller than this (pixels, longer side) are enlarged on the sheet.
+const GRID_MIN_SIDE: u32 = 128;
+
+/// `image` scaled by the smallest whole factor that makes its longer side at least `min_side`
+/// (nearest neighbour, so the model's pixels stay visible); unchanged when already as large.
+fn enlarged(image: &image::RgbImage, min_side: u32) -> image::RgbImage {
+    let side = image.width().max(image.height()).max(1);
+    let factor = min_side.div_ceil(side);
+    if factor <= 1 {
+        return image.clone();
+    }
+    image::imageops::resize(
+        image,
+        image.width() * factor,
+        image.height() * factor,
+        image::imageops::FilterType::Nearest,
+    )
 }

@@ -270,6 +270,13 @@ fn heatmap_maximum_lies_on_the_square_side() {
     // The overlay is the image plus 0.4 x jet: never darker than the image.
     let overlay = image::open(out_dir.join("img1_gradcam.png")).unwrap().to_rgb8();
     assert!(overlay.as_raw().iter().zip(held_out[1].0.as_raw()).all(|(o, i)| o >= i));
+    // The sheet of all overlays, and a stage record vouching for every file.
+    assert!(image::open(out_dir.join("gradcam_grid.png")).unwrap().width() >= 4 * 128);
+    let record = run_folder::StageRecord::read(&out_dir).unwrap();
+    assert_eq!(record.stage, "explain");
+    assert_eq!(record.damaged_output(&out_dir), None);
+    assert_eq!(record.outputs.len(), 8 + 2);
+    assert!(record.inputs.contains_key("model") && record.inputs.contains_key("images"));
 
     // --class right on a left image: explained as asked, with that class's probability.
     let left = &files[0];
