@@ -381,6 +381,14 @@ fn use_the_model(md: &mut String, run_dir: &Path, context: &Context) -> Result<(
         writeln!(md, "The test images it got most confidently wrong:\n")?;
         writeln!(md, "![top losses](evaluate/top_losses.png)\n")?;
     }
+    if run_dir.join("explain").join("gradcam_grid.png").exists() {
+        writeln!(
+            md,
+            "Grad-CAM (Chollet 5.4.3): where the last conv layer found evidence for the \
+             predicted class, on the first test images of each class:\n"
+        )?;
+        writeln!(md, "![Grad-CAM heatmaps](explain/gradcam_grid.png)\n")?;
+    }
     Ok(())
 }
 

@@ -334,6 +334,26 @@ impl StageArgs for Evaluate {
     }
 }
 
+/// `explain`: Grad-CAM overlays of a model file's predictions on some images.
+#[derive(Debug, Clone)]
+pub struct Explain {
+    pub model: PathBuf,
+    pub images: Vec<PathBuf>,
+    /// Stage folder.
+    pub out: PathBuf,
+    pub device: Option<String>,
+}
+
+impl StageArgs for Explain {
+    const BINARY: &'static str = "explain";
+    fn args(&self) -> Vec<Arg> {
+        let mut out = vec![path(flag::MODEL, &self.model), path(flag::OUT, &self.out)];
+        opt(&mut out, flag::DEVICE, &self.device);
+        out.extend(self.images.iter().map(|p| Arg::Word(p.clone().into_os_string())));
+        out
+    }
+}
+
 /// `fine-tune`: the top of the base and the head, trained together on augmented images (or on
 /// the cached trunk's passes).
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use super::config::{Config, FineTuneMode, absolute};
 use super::layers::Derived;
 use crate::stage_args::{
-    DatasetCheck, Evaluate, ExtractFeatures, FineTune, Pretrain, StageArgs, TrainHead,
+    DatasetCheck, Evaluate, Explain, ExtractFeatures, FineTune, Pretrain, StageArgs, TrainHead,
 };
 
 /// One stage invocation: which binary, where, with what, on what.
@@ -119,9 +119,41 @@ pub(super) fn plan(
         };
         let mut inputs = named("dataset", &dataset);
         inputs.insert(format!("{best}/{MODEL_FILE}"), digest_or_absent(&model));
-        steps.push(Step::new("evaluate", &args, inputs));
+        steps.push(Step::new("evaluate", &args, inputs.clone()));
+        // Without test images (a dataset the `dataset` stage will refuse) there is nothing to
+        // explain.
+        let images = explained_images(&data.join("test"), EXPLAINED_PER_CLASS);
+        if !images.is_empty() {
+            let explain = Explain {
+                model,
+                images,
+                out: run_dir.join("explain"),
+                device: Some(config.run.device.clone()),
+            };
+            steps.push(Step::new("explain", &explain, inputs));
+        }
     }
     Ok(steps)
+}
+
+/// Test images per class the `explain` stage draws Grad-CAM heatmaps for.
+const EXPLAINED_PER_CLASS: usize = 2;
+
+/// The first `per_class` images of every class of `split`, in the dataset crate's order (the
+/// order the stages read them in); none when the split cannot be listed.
+fn explained_images(split: &Path, per_class: usize) -> Vec<PathBuf> {
+    let Ok(index) = dataset::scan_dir(split, &dataset::ScanOptions::default()) else {
+        return Vec::new();
+    };
+    let mut taken = vec![0; index.classes.len()];
+    let mut images = Vec::new();
+    for file in &index.files {
+        if taken[file.class] < per_class {
+            taken[file.class] += 1;
+            images.push(file.path.clone());
+        }
+    }
+    images
 }
 
 /// The stages that write a whole classifier, in plan order.

@@ -153,6 +153,25 @@ fn the_best_model_by_validation_accuracy_is_evaluated() {
         run_folder::file_sha256(&model).unwrap().sha256
     );
     assert_eq!(arg(evaluate, flag::SPLIT), Some("test"));
+    assert!(steps.iter().all(|s| s.name != "explain"), "no test split, nothing to explain");
+
+    // Grad-CAM of the same model on the first two test images of each class, in dataset order.
+    for file in ["a/y.png", "a/x.png", "a/z.png", "b/w.png", "b/.hidden.png", "b/notes.txt"] {
+        let path = data.join("test").join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"1").unwrap();
+    }
+    let steps = planned(&Config::default(), &run, &data, &weights);
+    let explain = step(&steps, "explain");
+    assert_eq!(arg(explain, flag::MODEL).map(PathBuf::from), Some(model));
+    let images: Vec<&String> = explain.args.iter().filter(|a| a.ends_with(".png")).collect();
+    let test = data.join("test");
+    let expected: Vec<String> = ["a/x.png", "a/y.png", "b/w.png"]
+        .iter()
+        .map(|f| test.join(f).display().to_string())
+        .collect();
+    assert_eq!(images, expected.iter().collect::<Vec<_>>());
+    assert_eq!(explain.inputs, step(&steps, "evaluate").inputs);
 }
 
 #[test]
