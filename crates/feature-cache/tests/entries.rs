@@ -383,3 +383,22 @@ fn verify_entry_checks_one_entry_by_root_and_key_and_changes_nothing() {
     assert!(msg.contains(LABELS) && msg.contains("recorded") && msg.contains(&k.digest()), "{msg}");
     assert!(path.exists(), "verify_entry must not remove what it checks");
 }
+
+/// A failure's reason appears once on stderr, even where an error type shows its source in its
+/// own message (`{path}: {source}`) and exposes it as its source too.
+#[test]
+fn error_reasons_are_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_feature-cache"))
+        .args(["--cache-dir", dir.path().to_str().unwrap(), "export", "abc", "--out"])
+        .arg(dir.path().join("bundle.tar"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    // The missing file's OS error, e.g. "No such file or directory (os error 2)", once.
+    assert!(lines[0].contains("abc"), "{stderr}");
+    assert_eq!(lines[0].matches("(os error").count(), 1, "the reason twice: {}", lines[0]);
+}
