@@ -2,6 +2,13 @@
 //! and class the image counts, bytes, formats and pixel sizes; files whose content appears in
 //! more than one split (train/test leakage) or more than once in a split; bad files; entries the
 //! scan left out. Every file is read, hashed and fully decoded, in parallel.
+//!
+//! Copies are found twice: by the file's bytes (sha256) and by its decoded pixels (sha256 of
+//! the RGB8 image [`decode_bytes`] gives, with its size), so a picture saved again (another PNG
+//! compression level, other metadata) is a copy too. A copy in two splits is leakage, a copy
+//! under two classes a label conflict (both errors, naming every path); other copies within a
+//! split are listed. The class set of the first split must be trainable
+//! ([`crate::require_training_classes`]) and every split must have the same classes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,7 +21,7 @@ use serde::Serialize;
 use crate::batch::Skipped;
 use crate::decode::{DecodeLimits, DecodeOptions, decode_bytes, read_image_file};
 use crate::error::{Error, Result};
-use crate::scan::{ClassMode, Omitted, ScanOptions, SplitIndex, scan_dir};
+use crate::scan::{ClassMode, Omission, Omitted, ScanOptions, SplitIndex, scan_dir};
 
 #[derive(Debug, Clone, Default)]
 pub struct CheckOptions {
@@ -39,7 +46,11 @@ pub enum CheckProgress {
 pub struct CheckReport {
     pub root: PathBuf,
     pub splits: Vec<SplitReport>,
-    /// Groups of files with identical content (cross-split groups are leakage).
+    /// Entries directly under the root left out of the check (a symlinked split folder when
+    /// following links is off, as a symlinked class folder is left out of its split).
+    pub omitted: Vec<Omitted>,
+    /// Groups of files with identical content (cross-split groups are leakage, groups under
+    /// two classes label conflicts).
     pub duplicates: Vec<Duplicate>,
     /// Problems that make the dataset unusable as it is: the command exits non-zero.
     pub errors: Vec<String>,
@@ -64,8 +75,21 @@ pub struct ClassReport {
     pub sizes: BTreeMap<String, usize>,
 }
 
+/// What makes the copies of a [`Duplicate`] the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sameness {
+    /// The same file bytes.
+    Bytes,
+    /// Different bytes (another encoder setting, other metadata), the same decoded pixels.
+    Pixels,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Duplicate {
+    pub same: Sameness,
+    /// sha256 of the bytes, or for [`Sameness::Pixels`] of the decoded RGB8 image (width and
+    /// height as 4-byte little-endian, then the pixels).
     pub digest: String,
     /// `(split, class, path)` of every copy, sorted.
     pub copies: Vec<(String, String, PathBuf)>,
@@ -74,6 +98,11 @@ pub struct Duplicate {
 impl Duplicate {
     pub fn crosses_splits(&self) -> bool {
         self.copies.iter().any(|c| c.0 != self.copies[0].0)
+    }
+
+    /// The same content under two classes: at least one of the labels is wrong.
+    pub fn conflicting_labels(&self) -> bool {
+        self.copies.iter().any(|c| c.1 != self.copies[0].1)
     }
 }
 
@@ -171,7 +200,22 @@ impl CheckReport {
         for d in &leaks {
             render_duplicate(w, d);
         }
-        let within: Vec<_> = self.duplicates.iter().filter(|d| !d.crosses_splits()).collect();
+        let conflicts: Vec<_> = self.duplicates.iter().filter(|d| d.conflicting_labels()).collect();
+        if !conflicts.is_empty() {
+            let _ = writeln!(
+                w,
+                "label conflicts: {} contents appear under more than one class",
+                conflicts.len()
+            );
+            for d in &conflicts {
+                render_duplicate(w, d);
+            }
+        }
+        let within: Vec<_> = self
+            .duplicates
+            .iter()
+            .filter(|d| !d.crosses_splits() && !d.conflicting_labels())
+            .collect();
         if !within.is_empty() {
             let _ = writeln!(w, "duplicates within a split: {}", within.len());
             for d in &within {
@@ -189,7 +233,8 @@ impl CheckReport {
                     writeln!(w, "warning: {}: content does not match the extension", p.display());
             }
         }
-        let omitted: Vec<_> = self.splits.iter().flat_map(|s| &s.omitted).collect();
+        let omitted: Vec<_> =
+            self.omitted.iter().chain(self.splits.iter().flat_map(|s| &s.omitted)).collect();
         if !omitted.is_empty() {
             let _ = writeln!(w, "left out: {}", omitted.len());
             for o in omitted {
@@ -232,7 +277,11 @@ fn render_row(w: &mut String, split: &str, c: &ClassReport) {
 }
 
 fn render_duplicate(w: &mut String, d: &Duplicate) {
-    let _ = writeln!(w, "  sha256 {}:", &d.digest[..16]);
+    let what = match d.same {
+        Sameness::Bytes => "same bytes",
+        Sameness::Pixels => "same decoded pixels, different bytes",
+    };
+    let _ = writeln!(w, "  sha256 {} ({what}):", &d.digest[..16]);
     for (split, class, path) in &d.copies {
         let _ = writeln!(w, "    {split}/{class}: {}", path.display());
     }
@@ -268,15 +317,31 @@ pub fn check(
     progress: &(dyn Fn(CheckProgress) + Sync),
 ) -> Result<CheckReport> {
     let mut errors = Vec::new();
+    let mut root_omitted = Vec::new();
     let names = match &opts.splits {
         Some(s) => s.clone(),
         None => {
             let mut names = Vec::new();
             for entry in fs::read_dir(root).map_err(|e| Error::io(root, e))? {
                 let entry = entry.map_err(|e| Error::io(root, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !name.starts_with('.') && entry.path().is_dir() {
-                    names.push(name);
+                let path = entry.path();
+                if entry.file_name().as_encoded_bytes().starts_with(b".") || !path.is_dir() {
+                    continue;
+                }
+                // The rule of scan_dir for every linked folder: followed only on request.
+                if !opts.follow_links && entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                    root_omitted.push(Omitted { path, why: Omission::Symlink });
+                    continue;
+                }
+                match entry.file_name().into_string() {
+                    Ok(name) => names.push(name),
+                    Err(name) => errors.push(
+                        Error::NotUtf8 {
+                            path,
+                            name: name.as_encoded_bytes().escape_ascii().to_string(),
+                        }
+                        .to_string(),
+                    ),
                 }
             }
             names.sort_by(|a, b| split_rank(a).cmp(&split_rank(b)).then(a.cmp(b)));
@@ -310,14 +375,16 @@ pub fn check(
         }
     }
     if let Some((first, reference)) = indices.first() {
+        if let Err(e) = crate::classes::require_training_classes(
+            &reference.dir,
+            &reference.classes,
+            &reference.class_counts(),
+        ) {
+            errors.push(e.to_string());
+        }
         for (_, index) in &indices[1..] {
-            if index.classes != reference.classes {
-                errors.push(format!(
-                    "{}: classes {:?} differ from those of {first} {:?}",
-                    index.dir.display(),
-                    index.classes,
-                    reference.classes
-                ));
+            if let Err(e) = crate::classes::require_same_classes(index, first, &reference.classes) {
+                errors.push(e.to_string());
             }
         }
     }
@@ -326,7 +393,9 @@ pub fn check(
     progress(CheckProgress::Files(total as u64));
     let decode_opts = DecodeOptions { limits: opts.limits, ..Default::default() };
     let mut splits = Vec::new();
-    let mut by_digest: BTreeMap<String, Vec<(String, String, PathBuf)>> = BTreeMap::new();
+    let mut by_digest: BTreeMap<String, Vec<FileCopy>> = BTreeMap::new();
+    // pixel digest -> (byte digest, copy)
+    let mut by_pixels: BTreeMap<String, Vec<(String, FileCopy)>> = BTreeMap::new();
     for (name, index) in &indices {
         let results: Vec<_> = index
             .files
@@ -334,7 +403,8 @@ pub fn check(
             .map(|f| {
                 let r = read_image_file(&f.path).and_then(|bytes| {
                     let digest = run_folder::sha256_hex(&bytes);
-                    decode_bytes(&f.path, &bytes, &decode_opts).map(|(_, info)| (digest, info))
+                    decode_bytes(&f.path, &bytes, &decode_opts)
+                        .map(|(image, info)| (digest, pixel_digest(&image), info))
                 });
                 progress(CheckProgress::Tick);
                 r
@@ -357,17 +427,15 @@ pub fn check(
             class.images += 1;
             class.bytes += f.bytes;
             match r {
-                Ok((digest, info)) => {
+                Ok((digest, pixels, info)) => {
                     *class.formats.entry(info.format.clone()).or_default() += 1;
                     *class.sizes.entry(format!("{}x{}", info.width, info.height)).or_default() += 1;
                     if info.extension_mismatch {
                         report.extension_mismatches.push(f.path.clone());
                     }
-                    by_digest.entry(digest).or_default().push((
-                        name.clone(),
-                        index.classes[f.class].clone(),
-                        f.path.clone(),
-                    ));
+                    let copy = (name.clone(), index.classes[f.class].clone(), f.path.clone());
+                    by_pixels.entry(pixels).or_default().push((digest.clone(), copy.clone()));
+                    by_digest.entry(digest).or_default().push(copy);
                 }
                 Err(e) => {
                     *class.formats.entry("bad".into()).or_default() += 1;
@@ -384,17 +452,49 @@ pub fn check(
         report.classes = classes;
         splits.push(report);
     }
-    let duplicates: Vec<Duplicate> = by_digest
+    let mut duplicates: Vec<Duplicate> = by_digest
         .into_iter()
         .filter(|(_, copies)| copies.len() > 1)
         .map(|(digest, mut copies)| {
             copies.sort();
-            Duplicate { digest, copies }
+            Duplicate { same: Sameness::Bytes, digest, copies }
         })
         .collect();
-    for d in duplicates.iter().filter(|d| d.crosses_splits()) {
-        let places: Vec<String> = d.copies.iter().map(|c| c.2.display().to_string()).collect();
-        errors.push(format!("leakage: same content in {}", places.join(" and ")));
+    // Same pixels under more than one byte digest: re-saved copies the bytes do not show.
+    for (digest, copies) in by_pixels {
+        if copies.iter().any(|c| c.0 != copies[0].0) {
+            let mut copies: Vec<_> = copies.into_iter().map(|(_, copy)| copy).collect();
+            copies.sort();
+            duplicates.push(Duplicate { same: Sameness::Pixels, digest, copies });
+        }
     }
-    Ok(CheckReport { root: root.to_owned(), splits, duplicates, errors })
+    for d in &duplicates {
+        let places: Vec<String> = d.copies.iter().map(|c| c.2.display().to_string()).collect();
+        let what = match d.same {
+            Sameness::Bytes => "same content",
+            Sameness::Pixels => "same decoded pixels",
+        };
+        if d.crosses_splits() {
+            errors.push(format!("leakage: {what} in {}", places.join(" and ")));
+        }
+        if d.conflicting_labels() {
+            let labelled: Vec<String> =
+                d.copies.iter().map(|c| format!("{} (class {})", c.2.display(), c.1)).collect();
+            errors.push(format!("label conflict: {what} in {}", labelled.join(" and ")));
+        }
+    }
+    Ok(CheckReport { root: root.to_owned(), splits, omitted: root_omitted, duplicates, errors })
+}
+
+/// `(split, class, path)` of one file.
+type FileCopy = (String, String, PathBuf);
+
+/// sha256 of a decoded image: width and height (u32 little-endian), then the RGB8 pixels.
+fn pixel_digest(image: &image::RgbImage) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(image.width().to_le_bytes());
+    hasher.update(image.height().to_le_bytes());
+    hasher.update(image.as_raw());
+    hex::encode(hasher.finalize())
 }

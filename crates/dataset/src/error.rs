@@ -47,6 +47,30 @@ pub enum Error {
     MissingClass { path: PathBuf },
     #[error("{path}: binary class mode needs exactly 2 classes, found {found}")]
     BinaryClassCount { path: PathBuf, found: usize },
+    /// A class folder or image path component whose name is not UTF-8: it could not be
+    /// recorded faithfully (two such folders would share one lossy name), so it is refused.
+    #[error(
+        "{path}: the name {name} is not valid UTF-8; class names and image paths are recorded \
+         as UTF-8 (classes.json, cache keys, reports), so rename it"
+    )]
+    NotUtf8 { path: PathBuf, name: String },
+    #[error(
+        "{path}: the split folder is a symlink and following links is off (--follow-links \
+         follows it)"
+    )]
+    SymlinkedSplit { path: PathBuf },
+    /// See [`crate::classes::require_training_classes`].
+    #[error("training needs at least 2 classes, found {found} ({path})")]
+    TooFewClasses { path: PathBuf, found: usize },
+    #[error("{}: classes {classes:?} differ from those of {reference_split} {reference:?}", path.display())]
+    ClassMismatch {
+        path: PathBuf,
+        classes: Vec<String>,
+        reference_split: String,
+        reference: Vec<String>,
+    },
+    #[error("{path}: class {name:?} appears twice")]
+    DuplicateClass { path: PathBuf, name: String },
     #[error("{path}: symlink loop, it leads back to its ancestor {ancestor}")]
     SymlinkLoop { path: PathBuf, ancestor: PathBuf },
     #[error(

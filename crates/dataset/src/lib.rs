@@ -29,7 +29,10 @@
 //!
 //! - [`scan`] / [`scan_dir`] -> [`SplitIndex`] (classes, [`FileEntry`] with class and byte
 //!   size, [`Omitted`] entries with the reason); [`ClassMode`] binary / categorical / sparse;
-//!   [`ClassMap`] reads and writes `classes.json`.
+//!   [`ClassMap`] reads and writes `classes.json`; [`list_images`] walks one folder the same
+//!   way (predict's folders).
+//! - [`classes`](mod@classes): the one rule for a training class set
+//!   ([`scan_training_splits`], [`require_training_classes`]: at least 2 classes).
 //! - [`decode`] / [`decode_with_info`] / [`decode_bytes`] -> `image::RgbImage`, by one colour
 //!   rule for every input (see [`decode`](mod@decode)); [`DecodeLimits`] refuse decompression
 //!   bombs from the header.
@@ -50,6 +53,7 @@
 
 pub mod batch;
 pub mod check;
+pub mod classes;
 pub mod decode;
 pub mod decoded;
 pub mod digest;
@@ -61,6 +65,9 @@ pub use batch::{
     BadImagePolicy, Batch, BatchOptions, Batches, ShuffleSeed, Skipped, Targets, batches,
     epoch_order,
 };
+pub use classes::{
+    MIN_TRAINING_CLASSES, require_same_classes, require_training_classes, scan_training_splits,
+};
 pub use decode::{
     DecodeLimits, DecodeOptions, ImageInfo, Interpolation, Size, decode, decode_bytes,
     decode_with_info,
@@ -70,5 +77,5 @@ pub use digest::{digests, file_digest, tree_digest};
 pub use error::{BadImage, Error, Result};
 pub use scan::{
     CLASS_MAP_FILE, ClassMap, ClassMode, FileEntry, IMAGE_EXTENSIONS, Omission, Omitted,
-    ScanOptions, SplitIndex, scan, scan_dir,
+    ScanOptions, SplitIndex, keras_file_order, list_images, scan, scan_dir,
 };

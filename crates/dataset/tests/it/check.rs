@@ -69,11 +69,11 @@ fn leakage_bad_files_and_class_mismatch() {
             test         cats                   1         107  png 1          4x3
             test         (all)                  2         214  png 2          4x3
             leakage: 1 contents appear in more than one split
-              sha256 64e3534b9e678a56:
+              sha256 64e3534b9e678a56 (same bytes):
                 train/cats: <tmp>/train/cats/a.png
                 validation/cats: <tmp>/validation/cats/same-as-a.png
             duplicates within a split: 1
-              sha256 deac88541af2996a:
+              sha256 deac88541af2996a (same bytes):
                 train/dogs: <tmp>/train/dogs/b-copy.png
                 train/dogs: <tmp>/train/dogs/b.png
             bad files: 1
@@ -106,12 +106,14 @@ fn check_binary(entries: &[(&str, Option<Vec<u8>>)], expect_ok: bool) {
 
 #[test]
 fn binary_exit_status() {
-    check_binary(
-        &[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 2)))],
-        true,
-    );
-    check_binary(
-        &[("train/a/x.png", Some(png_rgb(2, 2, 1))), ("test/a/y.png", Some(png_rgb(2, 2, 1)))],
-        false,
-    );
+    let tree = |y: u8| {
+        [
+            ("train/a/x.png", Some(png_rgb(2, 2, 1))),
+            ("train/b/x.png", Some(png_rgb(2, 2, 3))),
+            ("test/a/y.png", Some(png_rgb(2, 2, y))),
+            ("test/b/y.png", Some(png_rgb(2, 2, 4))),
+        ]
+    };
+    check_binary(&tree(2), true);
+    check_binary(&tree(1), false);
 }

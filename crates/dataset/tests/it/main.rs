@@ -8,4 +8,5 @@ mod decode;
 mod demo_data;
 mod fixtures;
 mod pil_parity;
+mod real_inputs;
 mod scan;

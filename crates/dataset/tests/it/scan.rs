@@ -115,14 +115,15 @@ fn files_outside_class_folders_are_reported() {
 }
 
 #[test]
-fn a_folder_named_like_an_image_is_walked_as_a_folder() {
+fn folders_named_like_images_are_walked_and_reported() {
     check(
         &["cats/album.png/a.png", "cats/b.png"],
         &ScanOptions::default(),
         expect![[r#"
             classes ["cats"]
-            0 cats/album.png/a.png
             0 cats/b.png
+            0 cats/album.png/a.png
+            omitted cats/album.png (folder named like an image, not an image file; its contents are scanned)
         "#]],
     );
 }
@@ -168,14 +169,14 @@ mod symlinks {
     }
 
     #[test]
-    fn not_followed_by_default() {
+    fn linked_files_are_read_linked_folders_not_followed_by_default() {
         let dir = linked_tree();
         let index = scan(dir.path(), "train", &ScanOptions::default()).unwrap();
         expect![[r#"
             classes ["cats"]
             0 train/cats/a.png
-            omitted train/cats/b.png (symlink (following is off))
-            omitted train/dogs (symlink (following is off))
+            0 train/cats/b.png
+            omitted train/dogs (symlinked folder, not followed (--follow-links follows it))
         "#]]
         .assert_eq(&render(dir.path(), &index));
     }
