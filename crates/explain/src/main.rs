@@ -3,8 +3,8 @@
 //! 5.4.3 draws them.
 //!
 //! `explain --model M IMAGE_OR_FOLDER... --out DIR [--class NAME] [--layer NAME] [--device D]`:
-//! inputs are image files and folders (walked as predict walks them: recursively, sorted, dot
-//! entries and symlinks left out, the image extension allow-list). Each image is decoded exactly
+//! inputs are image files and folders (walked as predict walks them: recursively, Keras' order,
+//! dot-entries and symlinked folders left out, the image extension allow-list). Each image is decoded exactly
 //! as training and predict decode it (the header's input size and resize mode), explained at the
 //! last convolution layer at or before the model's cut (or `--layer`) for the predicted class (or
 //! `--class`), and written as `DIR/<file stem>_gradcam.png` (the image as the model sees it with
@@ -32,8 +32,8 @@ struct Args {
     /// pretrain).
     #[arg(long)]
     model: PathBuf,
-    /// Image files and folders (folders recursively: image extensions only, sorted, dot-entries
-    /// and symlinks left out). A file named here is used whatever its extension.
+    /// Image files and folders (folders recursively: image extensions only, Keras' order,
+    /// dot-entries and symlinked folders left out). A file named here is used whatever its extension.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// Folder for the overlays and gradcam.json (created if missing).

@@ -115,6 +115,10 @@ struct Args {
     /// With --skip-bad-images, fail when more than this fraction of a split is bad.
     #[arg(long, default_value_t = 0.01)]
     max_bad_fraction: f64,
+    /// Follow symlinked folders (split, class and subfolders; a loop is an error), as
+    /// `dataset check --follow-links`. Symlinked image files are read either way.
+    #[arg(long)]
+    follow_links: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
@@ -223,6 +227,16 @@ fn run(args: Args) -> Result<()> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
     }
+    // Scan first: a dataset no stage can train on (the class rule of dataset::classes) stops
+    // here, before any weights are loaded or features computed.
+    let scan_options = ScanOptions {
+        class_mode: ClassMode::Sparse,
+        follow_links: args.follow_links,
+        ..Default::default()
+    };
+    let split_names: Vec<&str> = args.splits.iter().map(String::as_str).collect();
+    let scanned = dataset::scan_training_splits(&args.data, &split_names, &scan_options)
+        .with_context(|| format!("scanning {}", args.data.display()))?;
     let model = FeatureModel::load(
         &args.weights,
         device,
@@ -288,27 +302,11 @@ fn run(args: Args) -> Result<()> {
 
     // Scan and fingerprint every split first: the keys need every file's content digest.
     let mut indexes = Vec::new();
-    for split in &args.splits {
-        let index = dataset::scan(
-            &args.data,
-            split,
-            &ScanOptions { class_mode: ClassMode::Sparse, ..Default::default() },
-        )
-        .with_context(|| format!("scanning split {split} of {}", args.data.display()))?;
+    for (split, index) in args.splits.iter().zip(scanned) {
         let digests = dataset::digests(&index)?;
         indexes.push((split.as_str(), index, digests));
     }
     let classes = indexes[0].1.classes.clone();
-    for (split, index, _) in &indexes {
-        if index.classes != classes {
-            bail!(
-                "split {split} has classes {:?}, but {} has {:?}",
-                index.classes,
-                indexes[0].0,
-                classes
-            );
-        }
-    }
     let base_key = |split: &str,
                     index: &SplitIndex,
                     digests: &[String],

@@ -81,10 +81,29 @@ impl EpochPlan {
 /// A split decoded to RGB8 at the input size, in file order.
 pub type Images = dataset::DecodedSplit;
 
-/// Scans `<root>/<split>` like Keras `flow_from_directory` (sparse labels).
-pub fn scan(root: &Path, split: &str) -> Result<SplitIndex> {
-    dataset::scan(root, split, &ScanOptions { class_mode: ClassMode::Sparse, ..Default::default() })
+/// Scans `<root>/<split>` like Keras `flow_from_directory` (sparse labels), following
+/// symlinked folders when `follow_links` (`--follow-links`).
+pub fn scan(root: &Path, split: &str, follow_links: bool) -> Result<SplitIndex> {
+    dataset::scan(root, split, &scan_options(follow_links))
         .with_context(|| format!("scanning split {split} of {}", root.display()))
+}
+
+/// Scans `train` and every other split of `root` that exists, applying the class rule every
+/// training stage applies (`dataset::scan_training_splits`: at least 2 classes, the same in
+/// every split); returns the train split.
+pub fn scan_train(root: &Path, follow_links: bool) -> Result<SplitIndex> {
+    let splits: Vec<&str> = ["train", "validation", "test"]
+        .into_iter()
+        .filter(|s| *s == "train" || root.join(s).is_dir())
+        .collect();
+    let mut indexes = dataset::scan_training_splits(root, &splits, &scan_options(follow_links))
+        .with_context(|| format!("scanning {}", root.display()))?;
+    Ok(indexes.swap_remove(0))
+}
+
+/// The scan options of every split fine-tune reads (and of its data digest).
+pub fn scan_options(follow_links: bool) -> ScanOptions {
+    ScanOptions { class_mode: ClassMode::Sparse, follow_links, ..Default::default() }
 }
 
 /// Decodes every image of `index`, resized (nearest, Keras' default) to `size` x `size`.

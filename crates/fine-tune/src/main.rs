@@ -139,6 +139,10 @@ struct Args {
     /// Test hook: exit like a crash (status 3) after N steps, right after saving a checkpoint.
     #[arg(long, hide = true)]
     stop_after_steps: Option<usize>,
+    /// Follow symlinked folders (split, class and subfolders; a loop is an error), as
+    /// `dataset check --follow-links`. Symlinked image files are read either way.
+    #[arg(long)]
+    follow_links: bool,
 }
 
 /// Everything that determines the result, written to config.json before training starts; a
@@ -254,6 +258,8 @@ fn run(args: Args) -> Result<bool> {
         tracing::warn!(device = ?device, "--autocast applies to CUDA only: training in float32");
     }
     let size = args.input_size as i64;
+    // The class rule first (dataset::scan_training_splits), before any weights are loaded.
+    let train_index = data::scan_train(&args.data, args.follow_links)?;
     let weights = models::load_weights(&args.weights, device)
         .with_context(|| format!("loading weights {}", args.weights.display()))?;
     let arch = weights.base.arch().clone();
@@ -262,7 +268,6 @@ fn run(args: Args) -> Result<bool> {
         .with_context(|| format!("--input-size {}", args.input_size))?;
     let trunk_until = trunk_layer(&arch, unfreeze_from);
 
-    let train_index = data::scan(&args.data, "train")?;
     let classes = train_index.classes.clone();
     let weights_sha256 = weights.meta.digest.clone();
     let preprocessing = args.preprocessing.unwrap_or(weights.meta.preprocessing);
@@ -384,7 +389,7 @@ fn run(args: Args) -> Result<bool> {
         resize: "nearest".to_owned(),
         base_weights_sha256: weights_sha256.clone(),
         trained_on: BTreeMap::from([
-            ("data".to_owned(), data_digest(&args.data)?),
+            ("data".to_owned(), data_digest(&args.data, args.follow_links)?),
             ("config".to_owned(), config_sha256.clone()),
         ]),
         stage: "fine-tune".to_owned(),
@@ -411,7 +416,7 @@ fn run(args: Args) -> Result<bool> {
         if !args.data.join(split).is_dir() {
             return Ok(None);
         }
-        let index = data::scan(&args.data, split)?;
+        let index = data::scan(&args.data, split, args.follow_links)?;
         if index.classes != classes {
             bail!("split {split} has classes {:?}, train has {classes:?}", index.classes);
         }
@@ -550,7 +555,7 @@ fn run(args: Args) -> Result<bool> {
 
     let mut inputs = BTreeMap::from([
         ("weights".to_owned(), weights_sha256.clone()),
-        ("data".to_owned(), data_digest(&args.data)?),
+        ("data".to_owned(), data_digest(&args.data, args.follow_links)?),
     ]);
     if let Some(HeadInit { sha256, .. }) = &config.head_init {
         inputs.insert("head".to_owned(), sha256.clone());
@@ -593,9 +598,7 @@ fn run(args: Args) -> Result<bool> {
 }
 
 /// The dataset as an input of this stage (see `dataset::tree_digest`).
-fn data_digest(root: &Path) -> Result<String> {
-    let options =
-        dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
-    dataset::tree_digest(root, &options)
+fn data_digest(root: &Path, follow_links: bool) -> Result<String> {
+    dataset::tree_digest(root, &data::scan_options(follow_links))
         .with_context(|| format!("digesting the dataset {}", root.display()))
 }

@@ -104,9 +104,10 @@ pub fn read_list(list: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Every image file of `inputs`, in input order. A file named directly is kept whatever its
-/// extension (decoding says if it is no image); a folder is walked recursively in the dataset
-/// crate's order (sorted by file name), leaving out dot-entries, symlinks and files without an
-/// image extension.
+/// extension (decoding says if it is no image); a folder is walked by the dataset crate's walk
+/// of a class folder (`dataset::list_images`: Keras' order, a folder's files before its
+/// subfolders'; dot-entries, files without an image extension, dangling links and symlinked
+/// folders left out; symlinked files read), so a folder is read in the order training reads one.
 pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
@@ -115,24 +116,15 @@ pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             files.push(input.clone());
             continue;
         }
-        let before = files.len();
-        let mut it = walkdir::WalkDir::new(input).min_depth(1).sort_by_file_name().into_iter();
-        while let Some(entry) = it.next() {
-            let entry = entry.with_context(|| format!("walking {}", input.display()))?;
-            let ft = entry.file_type();
-            if entry.file_name().as_encoded_bytes().first() == Some(&b'.') {
-                if ft.is_dir() {
-                    it.skip_current_dir();
-                }
-                continue;
-            }
-            if ft.is_file() && dataset::scan::has_image_extension(entry.path()) {
-                files.push(entry.path().to_owned());
-            }
+        let (found, omitted) = dataset::list_images(input, false)
+            .with_context(|| format!("walking {}", input.display()))?;
+        for o in &omitted {
+            tracing::debug!(path = %o.path.display(), why = o.why.describe(), "left out");
         }
-        if files.len() == before {
+        if found.is_empty() {
             tracing::warn!(dir = %input.display(), "no image files in this folder");
         }
+        files.extend(found.into_iter().map(|f| f.path));
     }
     Ok(files)
 }

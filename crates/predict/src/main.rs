@@ -2,7 +2,8 @@
 //! fine-tune or pretrain; the file alone rebuilds the network).
 //!
 //! Inputs are image files, folders (walked recursively as the dataset crate walks a class folder:
-//! sorted by file name, dot-entries and symlinks left out, only the image extension allow-list)
+//! Keras' order, dot-entries and symlinked folders left out, linked files read, only the image
+//! extension allow-list)
 //! and list files (`--list FILE`: one path per line, each an image or a folder like a PATH
 //! argument; blank lines and lines starting with `#` are ignored; relative paths are taken from
 //! the working directory, as written). Every image is decoded exactly as training decoded it
@@ -37,8 +38,8 @@ struct Args {
     /// pretrain).
     #[arg(long)]
     model: PathBuf,
-    /// Image files and folders (folders recursively: image extensions only, sorted, dot-entries
-    /// and symlinks left out). A file named here is used whatever its extension.
+    /// Image files and folders (folders recursively: image extensions only, Keras' order,
+    /// dot-entries and symlinked folders left out). A file named here is used whatever its extension.
     paths: Vec<PathBuf>,
     /// A file listing inputs, one path (image or folder) per line; blank lines and `#` lines are
     /// ignored, relative paths are relative to the working directory. Repeatable.

@@ -93,6 +93,10 @@ struct Args {
     /// Stop after this many steps, checkpointed, with exit status 3 (to test --resume).
     #[arg(long, hide = true)]
     stop_after_steps: Option<usize>,
+    /// Follow symlinked folders (split, class and subfolders; a loop is an error), as
+    /// `dataset check --follow-links`. Symlinked image files are read either way.
+    #[arg(long)]
+    follow_links: bool,
 }
 
 /// Everything that determines the result, written to config.json before training starts.
@@ -152,8 +156,8 @@ fn run(args: Args) -> Result<bool> {
     };
     let optimizer_spec = args.optimizer.spec(args.lr);
 
-    let data_sha256 = data_digest(&args.data)?;
-    let classes = data::scan(&args.data, "train")?.classes;
+    let classes = data::scan_train(&args.data, args.follow_links)?.classes;
+    let data_sha256 = data_digest(&args.data, args.follow_links)?;
     let config = StageConfig {
         data: &args.data,
         data_sha256: &data_sha256,
@@ -185,7 +189,8 @@ fn run(args: Args) -> Result<bool> {
     }
 
     let load = |split: &str| -> Result<Images> {
-        let images = data::load(&args.data, split, args.input_size as usize)?;
+        let images =
+            data::load_following(&args.data, split, args.input_size as usize, args.follow_links)?;
         if images.classes() != classes {
             bail!(
                 "split {split} of {} has classes {:?}, train has {:?}",
@@ -351,9 +356,12 @@ fn run(args: Args) -> Result<bool> {
 }
 
 /// The dataset as an input of this stage (see `dataset::tree_digest`).
-fn data_digest(root: &Path) -> Result<String> {
-    let options =
-        dataset::ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
+fn data_digest(root: &Path, follow_links: bool) -> Result<String> {
+    let options = dataset::ScanOptions {
+        class_mode: dataset::ClassMode::Sparse,
+        follow_links,
+        ..Default::default()
+    };
     dataset::tree_digest(root, &options)
         .with_context(|| format!("digesting the dataset {}", root.display()))
 }

@@ -140,6 +140,9 @@ fn run(args: Args) -> Result<()> {
     let test_ref = record.plain("test");
 
     let classes = record.classes.clone();
+    // The class rule of every training stage, first on the class list, then (below) on the
+    // labels the training entries hold, which skipped bad images may have thinned.
+    dataset::require_training_classes(&args.features, &classes, &[])?;
     let width: u64 = record.feature_shape.iter().product();
     let head_spec = HeadSpec {
         input_width: width as i64,
@@ -181,6 +184,13 @@ fn run(args: Args) -> Result<()> {
             );
         }
     }
+    let mut counts = vec![0usize; classes.len()];
+    for &label in &train_entries[0].labels {
+        if let Some(n) = usize::try_from(label).ok().and_then(|l| counts.get_mut(l)) {
+            *n += 1;
+        }
+    }
+    dataset::require_training_classes(&args.features, &classes, &counts)?;
     let train = FeatureSet {
         passes: train_entries.iter().map(|e| to_tensor(e, device)).collect::<Result<_>>()?,
         labels: labels(&train_entries[0], device),
