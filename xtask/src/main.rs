@@ -162,6 +162,8 @@ const RELEASE_PACKAGES: &[&str] = &[
     "dataset",
     "predict",
     "evaluate",
+    "export",
+    "explain",
 ];
 
 /// Builds [`RELEASE_PACKAGES`] in release mode against `torch` (cargo's progress shows: the first

@@ -175,6 +175,27 @@ fn the_best_model_by_validation_accuracy_is_evaluated() {
 }
 
 #[test]
+fn every_planned_binary_is_built_by_the_release_build() {
+    let (dir, data, weights) = inputs();
+    std::fs::create_dir_all(data.join("test/a")).unwrap();
+    std::fs::write(data.join("test/a/x.png"), b"1").unwrap();
+    let run = dir.path().join("run");
+    let mut homework = config::read(&crate::workspace_root().join("homework.toml")).unwrap();
+    homework.pretrain.data = data.clone();
+    for config in [Config::default(), homework] {
+        for step in planned(&config, &run, &data, &weights) {
+            // Each stage binary is its package's (the dataset crate's is `dataset`).
+            assert!(
+                crate::RELEASE_PACKAGES.contains(&step.binary),
+                "{} runs {}, which `cargo xtask pipeline` does not build",
+                step.name,
+                step.binary
+            );
+        }
+    }
+}
+
+#[test]
 fn plain_mode_and_head_phase_need_no_trunk_extraction() {
     let (dir, data, weights) = inputs();
     let mut config = Config::default();
