@@ -2,19 +2,24 @@
 //! Chollet's augmented cats. Defaults reproduce the seed notebook's generator.
 //!
 //! cargo run -p augment --bin augment-preview -- cat.jpg --n 8 --out preview.png --seed 1
+//!
+//! The image is decoded and resized by `dataset::decode`, as every stage decodes its images
+//! (EXIF orientation applied, Pillow's nearest resize), so the tiles show what training sees.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use augment::{AugmentConfig, AugmentSpec, Compat, FillMode, ShiftRange, ZoomRange};
 use clap::{ArgAction, Parser};
+use dataset::{DecodeOptions, Interpolation, Size};
 use image::{Rgb, RgbImage, imageops};
 
 /// Write a grid of random augmentations of one image (Keras ImageDataGenerator semantics).
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// The image to augment (any format the `image` crate decodes).
+    /// The image to augment (PNG, JPEG, BMP, GIF or WebP; decoded as the stages decode, EXIF
+    /// orientation applied).
     image: PathBuf,
     /// Number of augmented tiles.
     #[arg(long, default_value_t = 8)]
@@ -27,7 +32,8 @@ struct Args {
     seed: u64,
     #[arg(long, default_value_t = 0)]
     epoch: u64,
-    /// Resize to this square size first (Keras target_size, nearest); 0 keeps the image as is.
+    /// Resize to this square size first (Keras target_size, nearest, as the stages resize); 0
+    /// keeps the image as is.
     #[arg(long, default_value_t = 150)]
     size: u32,
     /// Tiles per row.
@@ -67,9 +73,9 @@ struct Args {
     /// 0 (nearest) or 1 (bilinear); default from --compat.
     #[arg(long)]
     order: Option<u8>,
-    /// Brightness range as LO,HI.
-    #[arg(long, value_delimiter = ',', num_args = 2)]
-    brightness: Option<Vec<f64>>,
+    /// Brightness range as LO,HI (one value, e.g. `--brightness 0.5,1.5`).
+    #[arg(long, value_name = "LO,HI", value_parser = parse_range)]
+    brightness: Option<[f64; 2]>,
     /// Channel shift range (0-255 scale).
     #[arg(long, default_value_t = 0.0)]
     channel_shift: f64,
@@ -100,7 +106,7 @@ fn main() -> Result<()> {
             fill_mode: args.fill,
             cval: args.cval,
             interpolation_order: args.order,
-            brightness_range: args.brightness.as_deref().map(|b| [b[0], b[1]]),
+            brightness_range: args.brightness,
             channel_shift_range: args.channel_shift,
             rescale: None,
         },
@@ -108,14 +114,12 @@ fn main() -> Result<()> {
     let config = AugmentConfig::new(spec).context("invalid augmentation settings")?;
     tracing::info!(spec = %config.canonical_json(), "augmenting");
 
-    let img = image::open(&args.image)
-        .with_context(|| format!("could not decode {}", args.image.display()))?
-        .to_rgb8();
-    let img = if args.size > 0 {
-        imageops::resize(&img, args.size, args.size, imageops::FilterType::Nearest)
-    } else {
-        img
+    let decode = DecodeOptions {
+        target_size: (args.size > 0).then(|| Size::square(args.size)),
+        interpolation: Interpolation::Nearest,
+        ..Default::default()
     };
+    let img = dataset::decode(&args.image, &decode)?;
     let mut tiles: Vec<RgbImage> = Vec::new();
     if args.with_original {
         tiles.push(img.clone());
@@ -129,6 +133,15 @@ fn main() -> Result<()> {
     tracing::info!(tiles = tiles.len(), "wrote preview");
     println!("{}", args.out.display());
     Ok(())
+}
+
+/// `LO,HI`: two numbers separated by a comma.
+fn parse_range(text: &str) -> Result<[f64; 2], String> {
+    let parse = |s: &str| s.trim().parse::<f64>().map_err(|e| format!("{s:?}: {e}"));
+    match text.split_once(',') {
+        Some((lo, hi)) => Ok([parse(lo)?, parse(hi)?]),
+        None => Err(format!("expected LO,HI (two numbers and a comma), got {text:?}")),
+    }
 }
 
 /// Lays equal-sized tiles out in rows of `columns` with a white `gap`.
