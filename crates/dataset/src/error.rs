@@ -41,7 +41,7 @@ pub enum Error {
     NotADirectory { path: PathBuf },
     #[error("{path}: no class folders (expected <split>/<class>/<image>)")]
     NoClasses { path: PathBuf },
-    #[error("{path}: empty class folder (no images); allow empty classes to keep it")]
+    #[error("{path}: empty class folder (no images): add images to it, or remove it if unwanted")]
     EmptyClass { path: PathBuf },
     #[error("{path}: listed class has no folder")]
     MissingClass { path: PathBuf },
