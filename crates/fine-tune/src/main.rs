@@ -485,9 +485,7 @@ fn run(args: Args) -> Result<bool> {
             resume_tensors.as_deref().map(|t| (t, checkpoint_path.as_path())),
             |history| Ok(training::write_history(&history_path, history)?),
         )
-        .with_context(|| {
-            format!("the last good checkpoint is kept in {}", checkpoints.dir().display())
-        })?;
+        .with_context(|| checkpoints.slot_note(fit_loop::LATEST))?;
     let (state, breakdowns) = match outcome {
         Outcome::Finished(fitted) => (fitted.state, fitted.breakdowns),
         Outcome::Stopped(state) => {

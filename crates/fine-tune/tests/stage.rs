@@ -631,6 +631,39 @@ fn a_non_finite_loss_names_epoch_and_step_and_keeps_the_last_checkpoint() {
     assert!(!dir.join("stage.json").exists());
 }
 
+/// The kind: a failure message names only paths that exist. A loss that turns non-finite in
+/// the first epoch, before any checkpoint was saved, must not send the user to a checkpoint
+/// folder that was never written; with a checkpoint, the path named is there.
+#[test]
+fn failure_messages_name_only_paths_that_exist() {
+    let fx = fixture();
+    for (name, extra) in
+        [("diverged-early", &[][..]), ("diverged-late", &["--checkpoint-every", "1"][..])]
+    {
+        let dir = fx.root.join(name);
+        let mut args = vec!["--head-phase-lr", "1e30"];
+        args.extend_from_slice(extra);
+        let out = fine_tune(&dir, &args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("non-finite loss"), "{err}");
+        let prefix = dir.display().to_string();
+        let named: Vec<&str> = err
+            .split_whitespace()
+            .filter(|w| w.starts_with(&prefix))
+            .map(|w| w.trim_end_matches([':', ',', ';', ')', '.']))
+            .collect();
+        for path in &named {
+            assert!(Path::new(path).exists(), "{name}: names {path}, which does not exist:\n{err}");
+        }
+        if extra.is_empty() {
+            assert!(err.contains("no checkpoint was written"), "{err}");
+        } else {
+            assert!(!named.is_empty(), "{name}: names no checkpoint:\n{err}");
+        }
+    }
+}
+
 #[test]
 fn bad_settings_are_refused_before_training() {
     let out = fixture().root.join("bad");

@@ -76,6 +76,19 @@ impl CheckpointDir {
         self.dir.join(format!("{slot}.json"))
     }
 
+    /// For a failed run's message: where the current version of `slot` is (its pointer file),
+    /// or that none was written, so the message never names a folder that does not exist.
+    pub fn slot_note(&self, slot: &str) -> String {
+        match self.pointer(slot) {
+            Ok(Some(_)) => format!(
+                "the last good checkpoint is kept in {} (--resume continues from it)",
+                self.pointer_path(slot).display()
+            ),
+            Ok(None) => "no checkpoint was written before the failure".to_owned(),
+            Err(e) => format!("the checkpoint in {} is unusable ({e})", self.dir.display()),
+        }
+    }
+
     /// Saves a new version of `slot` and makes it current; returns its pointer. On error the
     /// slot's previous version stays current and loadable.
     pub fn save<S: Serialize>(
