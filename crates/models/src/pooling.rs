@@ -15,12 +15,14 @@ use crate::ModelError;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
-    /// Keep the whole map `[N, C, H, W]` (Keras `pooling=None`).
+    // These comments are the possible values' `--help` text: shapes are what the feature files
+    // hold (channels last, as Keras), not the NCHW tensors inside.
+    /// Keep the whole map (Keras `pooling=None`): `[H, W, C]` per image, channels last.
     #[default]
     None,
-    /// Global average over H and W: `[N, C]` (Keras `pooling='avg'`).
+    /// Global average over H and W (Keras `pooling='avg'`): `[C]` per image.
     Avg,
-    /// Global maximum over H and W: `[N, C]` (Keras `pooling='max'`).
+    /// Global maximum over H and W (Keras `pooling='max'`): `[C]` per image.
     Max,
 }
 
