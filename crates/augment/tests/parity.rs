@@ -256,3 +256,47 @@ fn every_golden_is_checked() {
     let worst = names.iter().map(|n| check(n)).fold(0.0f32, f32::max);
     println!("worst case over all goldens: {worst:.2e}");
 }
+
+/// What the stages feed the network (`apply_u8_to_f32`: u8 pixels in, Keras' floats out) against
+/// keras-preprocessing over every golden, every pixel, on the 0-255 scale; the rounded u8 path
+/// (`apply_u8`, what the stages used before FORMAT_VERSION 2) is measured beside it. Prints both
+/// (`cargo test -p augment --test parity stage_pixels -- --nocapture`).
+#[test]
+fn stage_pixels_match_keras_floats() {
+    let m = manifest();
+    let (shape, input) = read_npy(&m.input);
+    let (h, w, c) = (shape[0], shape[1], shape[2]);
+    let input_u8: Vec<u8> = input.iter().map(|&v| v as u8).collect();
+    let (mut float_max, mut float_sum, mut n) = (0f64, 0f64, 0usize);
+    let (mut round_max, mut round_sum, mut round_n) = (0f64, 0f64, 0usize);
+    for case in &m.cases {
+        let (_, want) = read_npy(&case.file);
+        let t = transform(case);
+        let scale = case.rescale.unwrap_or(1.0);
+        let mut got = vec![0f32; h * w * c];
+        t.apply_u8_to_f32(&input_u8, h, w, c, &mut got).unwrap();
+        let mut got_u8 = vec![0u8; h * w * c];
+        t.apply_u8(&input_u8, h, w, c, &mut got_u8).unwrap();
+        for ((&g, &r), &e) in got.iter().zip(&got_u8).zip(&want) {
+            let float_err = f64::from((g - e).abs()) / scale;
+            float_max = float_max.max(float_err);
+            float_sum += float_err;
+            n += 1;
+            // u8 output cannot hold rescaled values; the stages never rescale in augmentation.
+            if case.rescale.is_none() {
+                let round_err = (f64::from(r) - f64::from(e)).abs();
+                round_max = round_max.max(round_err);
+                round_sum += round_err;
+                round_n += 1;
+            }
+        }
+    }
+    println!(
+        "{} goldens, {n} values: float path max {float_max:.3e} mean {:.3e}; rounded u8 path \
+         ({round_n} values, no rescale) max {round_max:.3e} mean {:.3e} (0-255 units)",
+        m.cases.len(),
+        float_sum / n as f64,
+        round_sum / round_n as f64
+    );
+    assert!(float_max <= f64::from(TOL), "float path max {float_max}");
+}

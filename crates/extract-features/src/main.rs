@@ -681,24 +681,26 @@ fn extract(
     let (h, w) = (size.height as usize, size.width as usize);
     let mut batches = dataset::batches(job.index, &decode, &options, 0)?;
     // Decode (on the prefetch threads), augmentation and staging overlap the batch in flight.
+    // Augmented pixels stay floats, as Keras hands them to the network (rounding to u8 would
+    // move each by up to 0.5).
     let staged = batches.by_ref().map(|batch| -> Result<(Staged, Vec<i32>)> {
-        let mut batch = batch?;
-        if let Some(pass) = job.pass {
-            let image_len = h * w * 3;
-            let src = batch.images.clone();
-            batch
-                .images
-                .par_chunks_mut(image_len)
-                .zip(src.par_chunks(image_len))
-                .zip(batch.indices.par_iter())
-                .try_for_each(|((dst, src), &i)| {
-                    augment_config
-                        .sample(args.augment_seed, pass as u64, i as u64)
-                        .apply_u8(src, h, w, 3, dst)
-                })?;
-        }
+        let batch = batch?;
         let labels = batch.classes.iter().map(|&c| c as i32).collect();
-        Ok((model.stage(&batch.images, batch.len(), h, w)?, labels))
+        let Some(pass) = job.pass else {
+            return Ok((model.stage(&batch.images, batch.len(), h, w)?, labels));
+        };
+        let image_len = h * w * 3;
+        let mut pixels = vec![0f32; batch.images.len()];
+        pixels
+            .par_chunks_mut(image_len)
+            .zip(batch.images.par_chunks(image_len))
+            .zip(batch.indices.par_iter())
+            .try_for_each(|((dst, src), &i)| {
+                augment_config
+                    .sample(args.augment_seed, pass as u64, i as u64)
+                    .apply_u8_to_f32(src, h, w, 3, dst)
+            })?;
+        Ok((model.stage_f32(&pixels, batch.len(), h, w)?, labels))
     });
     let (mut writers, rows) =
         pump(model, staged, |s| model.submit(s, keep), writers, job, label, totals)?;

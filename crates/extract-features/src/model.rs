@@ -178,6 +178,22 @@ impl FeatureModel {
         Ok(Staged { batch, rows: n })
     }
 
+    /// Like [`Self::stage`], for augmented images: `n` RGB images of `h` x `w`, HWC, on the
+    /// 0-255 scale as floats (what Keras' `ImageDataGenerator` hands the network; rounding them
+    /// to u8 would move a pixel by up to 0.5), as a float32 `[n, h, w, 3]` tensor.
+    pub fn stage_f32(&self, images: &[f32], n: usize, h: usize, w: usize) -> Result<Staged> {
+        let expected = n.checked_mul(h * w * 3).context("batch size overflows")?;
+        if images.len() != expected {
+            bail!(
+                "a batch of {n} images of {h}x{w} RGB needs {expected} values, got {}",
+                images.len()
+            );
+        }
+        let batch = Tensor::from_slice(images).f_view([n as i64, h as i64, w as i64, 3])?;
+        let batch = if self.device.is_cuda() { batch.f_pin_memory(self.device)? } else { batch };
+        Ok(Staged { batch, rows: n })
+    }
+
     /// Host side of a batch of a lower layer's cached features: `n` rows of `row_shape`
     /// (`[H, W, C]`, as the cache stores them) back to back, as a float32 `[n, H, W, C]` tensor,
     /// pinned on CUDA like [`Self::stage`].
@@ -194,14 +210,17 @@ impl FeatureModel {
         Ok(Staged { batch, rows: n })
     }
 
-    /// Queues a staged image batch: upload (non-blocking), preprocessing on the device, one
-    /// forward pass giving every layer of `keep`, the casts to float32 rows, and non-blocking
-    /// downloads into pinned memory. On CUDA it returns as soon as the work is queued; call
-    /// [`Self::wait`] before [`Pending::rows`].
+    /// Queues a staged image batch ([`Self::stage`] or [`Self::stage_f32`]): upload
+    /// (non-blocking), preprocessing on the device, one forward pass giving every layer of
+    /// `keep`, the casts to float32 rows, and non-blocking downloads into pinned memory. On CUDA
+    /// it returns as soon as the work is queued; call [`Self::wait`] before [`Pending::rows`].
     pub fn submit(&self, staged: Staged, keep: &[Layer]) -> Result<Pending> {
         tch::no_grad(|| {
-            let batch = self.upload(staged.batch, Kind::Uint8)?;
-            // NHWC u8 -> float NCHW view with channels-last strides (no copy).
+            let kind = staged.batch.kind();
+            let batch = self.upload(staged.batch, kind)?;
+            // NHWC u8 -> float NCHW view with channels-last strides (no copy); float NHWC
+            // pixels are given as that view.
+            let batch = if kind == Kind::Uint8 { batch } else { batch.f_permute([0, 3, 1, 2])? };
             let xs = preprocess(&batch, self.preprocessing)?.f_to_kind(self.precision.kind())?;
             self.run(&xs, None, keep, staged.rows)
         })

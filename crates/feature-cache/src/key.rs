@@ -9,7 +9,11 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the entry layout and key schema; bump it when either changes meaning.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 2: augmented passes are computed from Keras' unrounded float pixels (1 rounded them to u8),
+/// so entries of version 1 are not reused (`verify` refuses their format version; `gc` removes
+/// them).
+pub const FORMAT_VERSION: u32 = 2;
 
 const DOMAIN: &[u8] = b"transfer-kit feature cache key\n";
 
@@ -127,7 +131,7 @@ pub(crate) mod tests {
     /// caches by this name. If this changes, bump FORMAT_VERSION.
     #[test]
     fn golden_key() {
-        expect_test::expect!["ed7b6541670d4ec6debb51368d55bfbb676d6f6aadae83d5707ea19211e383a3"]
+        expect_test::expect!["dd899663a84eee869fb8e595e09dd78e119a2cca28defa268d0478fc1acd8053"]
             .assert_eq(&sample_key().digest());
     }
 

@@ -196,31 +196,34 @@ impl TrainSource {
             Self::Images { images, augment } => {
                 let (size, n) = (images.size, images.len());
                 let len = size * size * 3;
-                let mut buf = vec![0u8; samples.len() * len];
-                buf.par_chunks_mut(len).zip(samples.par_iter()).try_for_each(|(dst, s)| {
-                    match augment {
-                        Some(config) => {
-                            let appearance = (s.round * n + s.index) as u64;
-                            config.sample(seed, epoch as u64, appearance).apply_u8(
-                                images.image(s.index),
-                                size,
-                                size,
-                                3,
-                                dst,
-                            )
-                        }
-                        None => {
-                            dst.copy_from_slice(images.image(s.index));
-                            Ok(())
-                        }
+                let shape = [samples.len() as i64, size as i64, size as i64, 3];
+                // Augmented pixels stay floats (float NHWC, given to the trunk as an NCHW
+                // view), as Keras hands them to the network; plain ones stay RGB8.
+                let host = match augment {
+                    Some(config) => {
+                        let mut buf = vec![0f32; samples.len() * len];
+                        buf.par_chunks_mut(len).zip(samples.par_iter()).try_for_each(
+                            |(dst, s)| {
+                                let appearance = (s.round * n + s.index) as u64;
+                                config.sample(seed, epoch as u64, appearance).apply_u8_to_f32(
+                                    images.image(s.index),
+                                    size,
+                                    size,
+                                    3,
+                                    dst,
+                                )
+                            },
+                        )?;
+                        Tensor::from_slice(&buf).f_view(shape)?.f_permute([0, 3, 1, 2])?
                     }
-                })?;
-                let host = Tensor::from_slice(&buf).f_view([
-                    samples.len() as i64,
-                    size as i64,
-                    size as i64,
-                    3,
-                ])?;
+                    None => {
+                        let mut buf = vec![0u8; samples.len() * len];
+                        buf.par_chunks_mut(len)
+                            .zip(samples.par_iter())
+                            .for_each(|(dst, s)| dst.copy_from_slice(images.image(s.index)));
+                        Tensor::from_slice(&buf).f_view(shape)?
+                    }
+                };
                 Ok((net.trunk(&upload(host, net.device())?)?, labels(&images.labels)?))
             }
             Self::Cached { passes, n, labels: all, .. } => {

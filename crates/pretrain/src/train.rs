@@ -76,8 +76,9 @@ pub fn step_seed(seed: u64, epoch: usize, step: usize) -> i64 {
     training::order::step_seed(seed, 0x7072_6574_7261_696e, epoch, step)
 }
 
-/// Images `indices` of `images` as an RGB8 `[N, H, W, 3]` tensor on `device`, augmented with
-/// the transform of `(seed, epoch, index)` when `augment` is set.
+/// Images `indices` of `images` on `device`: an RGB8 `[N, H, W, 3]` tensor, or, augmented with
+/// the transform of `(seed, epoch, index)` when `augment` is set, float RGB on the 0-255 scale
+/// as an `[N, 3, H, W]` view of NHWC (Keras hands augmented pixels to the network unrounded).
 pub fn batch_tensor(
     images: &Images,
     indices: &[usize],
@@ -85,17 +86,23 @@ pub fn batch_tensor(
     device: Device,
 ) -> Result<Tensor> {
     let (len, s) = (images.image_len(), images.size);
-    let mut buf = vec![0u8; indices.len() * len];
-    buf.par_chunks_mut(len).zip(indices.par_iter()).try_for_each(|(dst, &i)| -> Result<()> {
-        match augment {
-            Some((config, seed, epoch)) => {
-                config.sample(seed, epoch, i as u64).apply_u8(images.image(i), s, s, 3, dst)?
-            }
-            None => dst.copy_from_slice(images.image(i)),
+    let shape = [indices.len() as i64, s as i64, s as i64, 3];
+    let t = match augment {
+        Some((config, seed, epoch)) => {
+            let mut buf = vec![0f32; indices.len() * len];
+            buf.par_chunks_mut(len).zip(indices.par_iter()).try_for_each(|(dst, &i)| {
+                config.sample(seed, epoch, i as u64).apply_u8_to_f32(images.image(i), s, s, 3, dst)
+            })?;
+            Tensor::from_slice(&buf).f_view(shape)?.f_permute([0, 3, 1, 2])?
         }
-        Ok(())
-    })?;
-    let t = Tensor::from_slice(&buf).f_view([indices.len() as i64, s as i64, s as i64, 3])?;
+        None => {
+            let mut buf = vec![0u8; indices.len() * len];
+            buf.par_chunks_mut(len)
+                .zip(indices.par_iter())
+                .for_each(|(dst, &i)| dst.copy_from_slice(images.image(i)));
+            Tensor::from_slice(&buf).f_view(shape)?
+        }
+    };
     Ok(t.f_to_device(device)?)
 }
 
