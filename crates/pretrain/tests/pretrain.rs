@@ -336,3 +336,37 @@ fn binary_writes_a_complete_stage() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("--input-size 40") && stderr.contains("46x46"), "{stderr}");
 }
+
+/// The kind: augmented pixels reach the network as Keras hands them over, floats on the 0-255
+/// scale, not rounded to whole values: a batch is exactly `apply_u8_to_f32` of each image.
+#[test]
+fn augmented_pixels_reach_the_network_unrounded() {
+    let dir = tempfile::tempdir().unwrap();
+    make_dataset(dir.path(), 2);
+    let images = data::load(dir.path(), "train", 8).unwrap();
+    // Bilinear sub-pixel shifts and a fractional fill value.
+    let spec: augment::AugmentSpec = serde_json::from_str(
+        r#"{"width_shift_range": 0.3, "height_shift_range": 0.3, "interpolation_order": 1,
+            "fill_mode": "constant", "cval": 76.5}"#,
+    )
+    .unwrap();
+    let config = augment::AugmentConfig::new(spec).unwrap();
+    let indices = [0usize, 3];
+    let batch =
+        pretrain::train::batch_tensor(&images, &indices, Some((&config, 7, 2)), Device::Cpu)
+            .unwrap();
+    assert_eq!(batch.size(), [2, 3, 8, 8]);
+    // Back to NHWC, image after image, as apply_u8_to_f32 writes them.
+    let got: Vec<f32> =
+        Vec::try_from(batch.permute([0, 2, 3, 1]).contiguous().to_kind(Kind::Float).view([-1]))
+            .unwrap();
+    let mut want = vec![0f32; indices.len() * 8 * 8 * 3];
+    for (k, &i) in indices.iter().enumerate() {
+        config
+            .sample(7, 2, i as u64)
+            .apply_u8_to_f32(images.image(i), 8, 8, 3, &mut want[k * 192..(k + 1) * 192])
+            .unwrap();
+    }
+    assert!(want.iter().any(|v| v.fract() != 0.0), "the draws gave whole pixels only");
+    assert_eq!(got, want);
+}
