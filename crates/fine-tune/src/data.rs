@@ -275,7 +275,8 @@ impl TrunkCache {
         let fail = |why: String| anyhow::anyhow!("trunk cache {}: {why}", path.display());
         if record.layer != expect.layer {
             return Err(fail(format!(
-                "holds {} features, but the frozen part ends at {}: extract with --layer {}",
+                "holds {} features, but the frozen part ends at {}: run extract-features with \
+                 --layer {}",
                 record.layer, expect.layer, expect.layer
             )));
         }
