@@ -142,14 +142,8 @@ pub fn evaluate(
         bail!("{}: no images to evaluate", split_dir.display());
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    // A record of an earlier evaluation must not outlive the files it vouches for.
-    match std::fs::remove_file(out.join(run_folder::STAGE_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e)
-                .with_context(|| format!("removing the old stage.json in {}", out.display()));
-        }
-        _ => {}
-    }
+    // A record of an earlier run must not outlive the files it vouches for.
+    run_folder::StageRecord::remove(out)?;
     run_folder::write_json(&out.join(run_folder::CONFIG_FILE), &config)?;
     tracing::info!(images = index.files.len(), split = %split_dir.display(), "evaluating");
     let (predictions, skipped) = predict::classify(model, &index, &options.classify)?;

@@ -92,12 +92,7 @@ fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating the output folder {}", args.out.display()))?;
     // A record of an earlier run must not outlive the files it vouches for.
-    match std::fs::remove_file(args.out.join(run_folder::STAGE_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", args.out.display()));
-        }
-        _ => {}
-    }
+    run_folder::StageRecord::remove(&args.out)?;
     let config = serde_json::json!({
         "model": args.model,
         "images": files,

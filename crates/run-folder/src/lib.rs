@@ -142,6 +142,18 @@ impl StageRecord {
         Ok(record)
     }
 
+    /// Removes `dir/stage.json` if it exists, so a stage about to rewrite its outputs never
+    /// leaves a record vouching for the old ones (a missing record is no error).
+    pub fn remove(dir: &Path) -> Result<(), RunError> {
+        let path = dir.join(STAGE_FILE);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(RunError::Io { path, source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn read(dir: &Path) -> Result<Self, RunError> {
         read_json(&dir.join(STAGE_FILE))
     }
