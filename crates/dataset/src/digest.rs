@@ -19,6 +19,18 @@ pub fn digests(index: &SplitIndex) -> Result<Vec<String>> {
     index.files.par_iter().map(|f| file_digest(&f.path)).collect()
 }
 
+/// One digest of a scanned split as a stage reads it: every file's path (relative to the split
+/// folder), class index and content digest, in index order. Any added, removed, moved, relabelled
+/// or changed image changes it; touching a file does not.
+pub fn split_digest(index: &SplitIndex) -> Result<String> {
+    let mut hasher = Sha256::new();
+    for (file, digest) in index.files.iter().zip(digests(index)?) {
+        let rel = file.path.strip_prefix(&index.dir).unwrap_or(&file.path);
+        hasher.update(format!("{}\t{}\t{digest}\n", rel.display(), file.class).as_bytes());
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// One digest of a dataset tree as training sees it: for each of `train`, `validation`, `test`
 /// that exists, every file's path (relative to `root`), class index and content digest, in
 /// scan order. A stage records it as its data input: any added, removed, moved, relabelled or

@@ -73,7 +73,7 @@ pub use decode::{
     decode_with_info,
 };
 pub use decoded::DecodedSplit;
-pub use digest::{digests, file_digest, tree_digest};
+pub use digest::{digests, file_digest, split_digest, tree_digest};
 pub use error::{BadImage, Error, Result};
 pub use scan::{
     CLASS_MAP_FILE, ClassMap, ClassMode, FileEntry, IMAGE_EXTENSIONS, Omission, Omitted,

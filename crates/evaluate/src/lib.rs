@@ -93,13 +93,20 @@ pub struct EvaluationReport {
     pub files: Vec<String>,
 }
 
+/// Whether `name` is a file `evaluate` writes (what [`run_folder::claim_stage_dir`] may clear).
+fn is_output(name: &str) -> bool {
+    [METRICS_FILE, PREDICTIONS_FILE, TOP_LOSSES_FILE].contains(&name)
+        || (name.starts_with("confusion_") && (name.ends_with(".csv") || name.ends_with(".png")))
+}
+
 /// Evaluates `model` (read from `model_path`) on `data/<split>` and writes the report files into
 /// `out` (created if missing): `config.json` first, then the figures, `metrics.json`, and
 /// `stage.json` last (inputs `model` and `data` digested); returns what `metrics.json` holds.
 ///
 /// Errors: the split folder is missing, lacks a folder for one of the model's classes, or holds
 /// a class folder the model does not know (named, with the model's classes: its images could not
-/// be scored); a bad image under fail-fast; a file that cannot be written.
+/// be scored); a bad image under fail-fast, or every image skipped; `out` holding anything but
+/// an earlier evaluation; a file that cannot be written.
 pub fn evaluate(
     model: &Classifier,
     model_path: &Path,
@@ -141,12 +148,19 @@ pub fn evaluate(
     if index.files.is_empty() {
         bail!("{}: no images to evaluate", split_dir.display());
     }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    // A record of an earlier run must not outlive the files it vouches for.
-    run_folder::StageRecord::remove(out)?;
+    // An empty folder, or one an earlier evaluation wrote (cleared, record first); anything
+    // else (a training stage's folder, a dataset) is refused, naming what it holds.
+    run_folder::claim_stage_dir(out, "evaluate", is_output)?;
     run_folder::write_json(&out.join(run_folder::CONFIG_FILE), &config)?;
     tracing::info!(images = index.files.len(), split = %split_dir.display(), "evaluating");
     let (predictions, skipped) = predict::classify(model, &index, &options.classify)?;
+    if predictions.is_empty() {
+        bail!(
+            "{}: all {} images were skipped as bad; nothing to evaluate",
+            split_dir.display(),
+            skipped.len()
+        );
+    }
 
     let truth: Vec<usize> = predictions.iter().map(|p| index.files[p.index].class).collect();
     let (mean_loss, losses) = cross_entropy(&predictions, &truth)?;
@@ -186,8 +200,7 @@ pub fn evaluate(
     };
     run_folder::write_json(&out.join(METRICS_FILE), &report)?;
 
-    let scan_all = ScanOptions { class_mode: dataset::ClassMode::Sparse, ..Default::default() };
-    let data_digest = dataset::tree_digest(&split_dir, &scan_all)
+    let data_digest = dataset::split_digest(&index)
         .with_context(|| format!("digesting {}", split_dir.display()))?;
     let inputs = BTreeMap::from([
         ("model".to_owned(), report.model_sha256.clone()),

@@ -186,6 +186,43 @@ fn figures_equal_predict_proba_on_the_same_files() {
     assert_eq!(record.outputs.len(), report.files.len());
     assert_eq!(record.inputs["model"], report.model_sha256);
     assert!(record.inputs.contains_key("data"));
+
+    // Evaluated again into the same folder: the earlier files are replaced, not kept beside the
+    // new ones; a changed image changes the recorded data digest.
+    std::fs::write(out.join("confusion_validation.csv"), "left by another split").unwrap();
+    image::RgbImage::new(9, 9).save(&files[0].0).unwrap();
+    let again = evaluate(&[
+        "--model",
+        path(&model_path),
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--top-losses",
+        "0",
+    ]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let second = run_folder::StageRecord::read(&out).unwrap();
+    assert_ne!(second.inputs["data"], record.inputs["data"]);
+    assert!(!out.join("confusion_validation.csv").exists() && !out.join("top_losses.png").exists());
+    assert_eq!(second.damaged_output(&out), None);
+
+    // A training stage's folder is not an evaluation's: refused, nothing touched.
+    let stage_dir = dir.path().join("fine-tune");
+    run_folder::StageRecord::write(
+        &stage_dir,
+        "fine-tune",
+        "c".into(),
+        BTreeMap::new(),
+        &[],
+        0.0,
+        serde_json::Value::Null,
+    )
+    .unwrap();
+    let refused =
+        evaluate(&["--model", path(&model_path), "--data", path(&data), "--out", path(&stage_dir)]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("`fine-tune` stage"), "{err}");
 }
 
 #[test]

@@ -89,10 +89,11 @@ fn run(args: Args) -> Result<()> {
     }
     let names = output_names(&files);
     let started = std::time::Instant::now();
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating the output folder {}", args.out.display()))?;
-    // A record of an earlier run must not outlive the files it vouches for.
-    run_folder::StageRecord::remove(&args.out)?;
+    // An empty folder, or one an earlier explain wrote (cleared, record first); anything else is
+    // refused, naming what it holds.
+    run_folder::claim_stage_dir(&args.out, "explain", |name| {
+        name.ends_with("_gradcam.png") || name == REPORT_FILE || name == GRID_FILE
+    })?;
     let config = serde_json::json!({
         "model": args.model,
         "images": files,

@@ -89,8 +89,8 @@ pub fn load(path: &Path) -> Result<Loaded, ModelError> {
         err(match e {
             // The header parsed but promises more tensor bytes than the file holds.
             safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
-                "the file is truncated: its header describes more tensor data than its {} bytes \
-                 (an interrupted copy or download?)",
+                "its size ({} bytes) does not match the tensor data its header describes: the \
+                 file is truncated (an interrupted copy or download?) or has bytes appended",
                 bytes.len()
             ),
             e => format!("not a safetensors file: {e}"),

@@ -248,6 +248,10 @@ fn other_versions_and_missing_fields_are_refused_naming_the_file() {
     std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
     let err = Classifier::load(&path, Device::Cpu, None::<&str>).unwrap_err().to_string();
     assert!(err.contains("m.safetensors") && err.contains("truncated"), "{err}");
+    // ... or one with bytes appended.
+    std::fs::write(&path, [bytes.as_slice(), b"trailing"].concat()).unwrap();
+    let err = Classifier::load(&path, Device::Cpu, None::<&str>).unwrap_err().to_string();
+    assert!(err.contains("m.safetensors") && err.contains("appended"), "{err}");
     // Images of another size than the header's are refused, not silently classified.
     let err = good.predict_proba(&pixels(2, 64)).unwrap_err().to_string();
     assert!(err.contains("48x48"), "{err}");

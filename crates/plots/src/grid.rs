@@ -50,7 +50,9 @@ pub fn plot_image_grid(
     let image_h = tiles.iter().map(|t| t.image.height()).max().unwrap_or(0);
     let lines = tiles.iter().map(|t| t.caption.len()).max().unwrap_or(0) as u32;
     let cell_h = image_h + 6 + lines * LINE_H;
-    let width = 2 * MARGIN + columns * cell_w + (columns - 1) * GAP;
+    // At least as wide as the title (DejaVu Sans at 20 px: under 12 px a character).
+    let title_w = 12 * title.chars().count() as u32;
+    let width = (2 * MARGIN + columns * cell_w + (columns - 1) * GAP).max(2 * MARGIN + title_w);
     let height = MARGIN + TITLE_H + rows * cell_h + rows.saturating_sub(1) * GAP + MARGIN;
     render(path, (width, height), |root| {
         let title_style = TextStyle::from((FONT, 20).into_font()).color(&BLACK);
@@ -65,7 +67,7 @@ pub fn plot_image_grid(
             .pos(Pos::new(HPos::Center, VPos::Top));
         for (i, tile) in tiles.iter().enumerate() {
             let (col, row) = (i as u32 % columns, i as u32 / columns);
-            let x0 = MARGIN + col * (cell_w + GAP);
+            let x0 = (width - columns * cell_w - (columns - 1) * GAP) / 2 + col * (cell_w + GAP);
             let y0 = MARGIN + TITLE_H + row * (cell_h + GAP);
             let (w, h) = tile.image.dimensions();
             let left = x0 + (cell_w - w) / 2;

@@ -19,9 +19,8 @@
 //! json` writes `{"classes": [...], "predictions": [{"path", "predicted", "probabilities" |
 //! "top_k"}]}`, plus `"skipped": [{"path", "reason"}]`.
 
-use std::fs;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -39,7 +38,8 @@ struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Image files and folders (folders recursively: image extensions only, Keras' order,
-    /// dot-entries and symlinked folders left out). A file named here is used whatever its extension.
+    /// dot-entries and symlinked folders left out, linked files read). A file named here is used
+    /// whatever its extension.
     paths: Vec<PathBuf>,
     /// A file listing inputs, one path (image or folder) per line; blank lines and `#` lines are
     /// ignored, relative paths are relative to the working directory. Repeatable.
@@ -113,6 +113,9 @@ fn run(args: Args) -> Result<()> {
     if files.is_empty() {
         bail!("no image files found under the given paths");
     }
+    if let Some(out) = &args.out {
+        refuse_overwriting_inputs(out, &args.model, &files)?;
+    }
     tracing::info!(images = files.len(), model = %args.model.display(), "classifying");
 
     let options = ClassifyOptions {
@@ -138,18 +141,40 @@ fn run(args: Args) -> Result<()> {
     for s in &skipped {
         eprintln!("skipped bad image {}: {}", s.path.display(), s.reason);
     }
+    if rows.is_empty() {
+        bail!("all {} images were skipped as bad; nothing was classified", skipped.len());
+    }
 
     let text = match args.format {
         Format::Csv => render_csv(&header.class_names, &rows, args.top_k),
         Format::Json => render_json(&header.class_names, &rows, &skipped, args.top_k)?,
     };
     match &args.out {
-        Some(out) => fs::write(out, text).with_context(|| format!("writing {}", out.display()))?,
+        Some(out) => run_folder::write_atomic(out, text.as_bytes())?,
         None => {
             let mut stdout = std::io::stdout().lock();
             stdout.write_all(text.as_bytes()).context("writing to stdout")?;
             stdout.flush().context("writing to stdout")?;
         }
+    }
+    Ok(())
+}
+
+/// `--out` must not name the model file or one of the images: writing it would destroy them.
+fn refuse_overwriting_inputs(out: &Path, model: &Path, files: &[PathBuf]) -> Result<()> {
+    let Ok(out_real) = out.canonicalize() else {
+        return Ok(()); // does not exist yet, so it is none of the inputs
+    };
+    let same = |p: &Path| p.canonicalize().is_ok_and(|p| p == out_real);
+    if same(model) {
+        bail!("--out {} is the model file itself; choose another --out", out.display());
+    }
+    if let Some(image) = files.iter().find(|f| same(f)) {
+        bail!(
+            "--out {} is one of the images to classify ({}); choose another --out",
+            out.display(),
+            image.display()
+        );
     }
     Ok(())
 }

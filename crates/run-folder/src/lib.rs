@@ -142,18 +142,6 @@ impl StageRecord {
         Ok(record)
     }
 
-    /// Removes `dir/stage.json` if it exists, so a stage about to rewrite its outputs never
-    /// leaves a record vouching for the old ones (a missing record is no error).
-    pub fn remove(dir: &Path) -> Result<(), RunError> {
-        let path = dir.join(STAGE_FILE);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(RunError::Io { path, source: e })
-            }
-            _ => Ok(()),
-        }
-    }
-
     pub fn read(dir: &Path) -> Result<Self, RunError> {
         read_json(&dir.join(STAGE_FILE))
     }
@@ -166,6 +154,51 @@ impl StageRecord {
             Err(err) => Some(err.to_string()),
         })
     }
+}
+
+/// Makes `dir` the output folder of a run of `stage` (a binary that writes a stage folder on its
+/// own, like `evaluate`): created if missing; refused when it holds anything that binary does not
+/// write (another stage's folder, a dataset, a subfolder), naming it; otherwise the files an
+/// earlier run left are removed, `stage.json` first, so nothing of it outlives the new run or
+/// passes for its outputs. `is_output` says which file names the stage writes (besides
+/// `config.json`, `stage.json` and `write_atomic`'s `.tmp-*` files).
+pub fn claim_stage_dir(
+    dir: &Path,
+    stage: &str,
+    is_output: impl Fn(&str) -> bool,
+) -> Result<(), RunError> {
+    let invalid = |reason: String| RunError::Invalid { path: dir.to_owned(), reason };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    if let Ok(record) = StageRecord::read(dir)
+        && record.stage != stage
+    {
+        return Err(invalid(format!(
+            "holds the outputs of the `{}` stage; choose another output folder",
+            record.stage
+        )));
+    }
+    let mut ours = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_file = entry.file_type().map_err(io(&entry.path()))?.is_file();
+        let known = name == CONFIG_FILE
+            || name == STAGE_FILE
+            || name.starts_with(".tmp-")
+            || is_output(&name);
+        if !is_file || !known {
+            return Err(invalid(format!(
+                "holds {name}, which {stage} does not write; choose an empty or new output folder"
+            )));
+        }
+        ours.push(entry.path());
+    }
+    // The record first: a kill between removals leaves no stage.json vouching for anything.
+    ours.sort_by_key(|p| p.file_name() != Some(std::ffi::OsStr::new(STAGE_FILE)));
+    for path in ours {
+        std::fs::remove_file(&path).map_err(io(&path))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -204,5 +237,47 @@ mod tests {
             json_sha256(&serde_json::json!({"a": 1})),
             json_sha256(&serde_json::json!({"a": 2}))
         );
+    }
+
+    #[test]
+    fn a_stage_dir_is_claimed_only_from_its_own_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("eval");
+        let is_output = |name: &str| name == "metrics.json" || name.ends_with("_grid.png");
+        // New, then an earlier run of the same stage: its files go, record first.
+        claim_stage_dir(&out, "evaluate", is_output).unwrap();
+        for name in ["metrics.json", "a_grid.png", CONFIG_FILE, ".tmp-x"] {
+            std::fs::write(out.join(name), "old").unwrap();
+        }
+        StageRecord::write(
+            &out,
+            "evaluate",
+            "c".into(),
+            BTreeMap::new(),
+            &["metrics.json"],
+            0.0,
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        claim_stage_dir(&out, "evaluate", is_output).unwrap();
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+        // Another stage's folder, or a file the stage does not write, is refused by name.
+        StageRecord::write(
+            &out,
+            "fine-tune",
+            "c".into(),
+            BTreeMap::new(),
+            &[],
+            0.0,
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        let err = claim_stage_dir(&out, "evaluate", is_output).unwrap_err().to_string();
+        assert!(err.contains("`fine-tune` stage"), "{err}");
+        std::fs::remove_file(out.join(STAGE_FILE)).unwrap();
+        std::fs::write(out.join("history.csv"), "x").unwrap();
+        let err = claim_stage_dir(&out, "evaluate", is_output).unwrap_err().to_string();
+        assert!(err.contains("history.csv") && err.contains("eval"), "{err}");
+        assert!(out.join("history.csv").exists(), "nothing removed from a refused folder");
     }
 }
