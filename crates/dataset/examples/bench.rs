@@ -34,6 +34,9 @@ struct Args {
     /// Tree to scan; default data/full/fashion-mnist if built, else 70,000 hard links.
     #[arg(long)]
     scan_tree: Option<PathBuf>,
+    /// RGB demo set re-encoded as 4:2:0 JPEGs (quality 90) for the JPEG decode figures.
+    #[arg(long, default_value = "data/cats-vs-dogs-small")]
+    jpeg_data: PathBuf,
 }
 
 const SPLITS: [&str; 3] = ["train", "validation", "test"];
@@ -104,6 +107,8 @@ fn main() -> Result<()> {
     println!("batches (nearest, 32 per batch, prefetch 2), all threads: {rate:.0} img/s");
 
     let tmp = tempfile::tempdir()?;
+    jpeg_decode_rates(&args.jpeg_data, &tmp.path().join("jpeg"), args.runs)?;
+
     let tree = match args.scan_tree.clone() {
         Some(t) => t,
         None if Path::new("data/full/fashion-mnist/train").is_dir() => {
@@ -147,6 +152,51 @@ fn main() -> Result<()> {
         println!(
             "peak RSS iterating once at {SIDE}x{SIDE} (process base {base:.0} MB): {} images {:.0} MB, {} images {:.0} MB",
             peaks[0].0, peaks[0].1, peaks[1].0, peaks[1].1
+        );
+    }
+    Ok(())
+}
+
+/// Decode-only rate on one thread of `root`'s images re-encoded as 4:2:0 JPEGs (quality 90),
+/// at their stored size and enlarged to 224x224 (bilinear) first.
+fn jpeg_decode_rates(root: &Path, dir: &Path, runs: usize) -> Result<()> {
+    let sources = demo_files(root)?;
+    for side in [None, Some(224)] {
+        let sub = dir.join(side.map_or("stored".into(), |s| s.to_string()));
+        std::fs::create_dir_all(&sub)?;
+        let opts = DecodeOptions {
+            target_size: side.map(Size::square),
+            interpolation: Interpolation::Bilinear,
+            ..Default::default()
+        };
+        let mut jpegs = Vec::new();
+        for (i, f) in sources.iter().enumerate() {
+            let img = decode(f, &opts)?;
+            let mut out = Vec::new();
+            let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
+            enc.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_2_0);
+            enc.encode(
+                img.as_raw(),
+                img.width() as u16,
+                img.height() as u16,
+                jpeg_encoder::ColorType::Rgb,
+            )?;
+            let path = sub.join(format!("{i:05}.jpg"));
+            std::fs::write(&path, out)?;
+            jpegs.push((path, img.dimensions()));
+        }
+        let rate = median(runs, || {
+            let t = Instant::now();
+            for (f, _) in &jpegs {
+                black_box(decode(f, &DecodeOptions::default())?);
+            }
+            Ok(jpegs.len() as f64 / t.elapsed().as_secs_f64())
+        })?;
+        let (w, h) = jpegs[0].1;
+        println!(
+            "JPEG decode only ({} files from {}, {w}x{h} 4:2:0 q90 -> RGB8), 1 thread: {rate:.0} img/s",
+            jpegs.len(),
+            root.display()
         );
     }
     Ok(())
