@@ -9,8 +9,12 @@
 //! - palette images are expanded through their palette (and its alpha dropped);
 //! - 16-bit samples are scaled to 8 bits as `round(v * 255 / 65535)` (PIL instead clips 16-bit
 //!   gray at 255, which turns most real 16-bit images white);
-//! - CMYK and YCCK JPEGs are converted to RGB by the JPEG decoder (Adobe inverted CMYK handled);
+//! - CMYK and YCCK JPEGs are converted to RGB as Pillow does (samples taken as Adobe-inverted,
+//!   then Pillow's `cmyk2rgb`);
 //! - GIF gives its first frame.
+//!
+//! JPEGs are decoded by libjpeg-turbo's decoder (see `jpeg.rs`), so their pixels equal Pillow's;
+//! every other format by the `image` crate.
 //!
 //! Strictness beyond the decoders: a JPEG must have an end-of-image marker after its last scan
 //! and a PNG must have its `IEND` chunk, because the decoders fill a truncated image with grey
@@ -138,38 +142,12 @@ pub fn decode_bytes(
     let name = format_name(format);
     check_complete(format, bytes).map_err(bad)?;
 
-    let limits = opts.limits;
-    // Width and height are checked below from the header, for a message with the numbers;
-    // the allocation limit also binds the decoder's own buffers.
-    let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_alloc);
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-    reader.limits(image_limits.clone());
-    let mut decoder = reader.into_decoder().map_err(|e| bad(classify(format, e)))?;
-
-    let (width, height) = decoder.dimensions();
-    if width > limits.max_width || height > limits.max_height {
-        return Err(bad(BadImage::TooLarge(format!(
-            "{width}x{height} pixels, over the {}x{} limit",
-            limits.max_width, limits.max_height
-        ))));
-    }
-    let total = decoder.total_bytes();
-    if total > limits.max_alloc {
-        return Err(bad(BadImage::TooLarge(format!(
-            "{width}x{height} pixels need {total} bytes, over the {} byte limit",
-            limits.max_alloc
-        ))));
-    }
-    image_limits.max_image_width = Some(limits.max_width);
-    image_limits.max_image_height = Some(limits.max_height);
-    decoder.set_limits(image_limits).map_err(|e| bad(classify(format, e)))?;
-    let color = format!("{:?}", decoder.color_type());
-    let orientation = decoder.orientation().unwrap_or_else(|e| {
-        tracing::debug!(path = %path.display(), error = %e, "unreadable EXIF, orientation ignored");
-        Orientation::NoTransforms
-    });
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| bad(classify(format, e)))?;
+    let (mut image, width, height, color, orientation) = if format == ImageFormat::Jpeg {
+        let jpeg = crate::jpeg::decode(bytes, &opts.limits).map_err(bad)?;
+        (jpeg.image, jpeg.width, jpeg.height, jpeg.color.to_owned(), jpeg.orientation)
+    } else {
+        decode_other(path, bytes, format, &opts.limits).map_err(bad)?
+    };
     image.apply_orientation(orientation);
 
     let extension_mismatch = path
@@ -189,6 +167,47 @@ pub fn decode_bytes(
         (image, None) => image.into_rgb8(),
     };
     Ok((out, info))
+}
+
+/// Every format but JPEG, through the `image` crate's decoders.
+fn decode_other(
+    path: &Path,
+    bytes: &[u8],
+    format: ImageFormat,
+    limits: &DecodeLimits,
+) -> Result<(DynamicImage, u32, u32, String, Orientation), BadImage> {
+    // Width and height are checked below from the header, for a message with the numbers;
+    // the allocation limit also binds the decoder's own buffers.
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(limits.max_alloc);
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(image_limits.clone());
+    let mut decoder = reader.into_decoder().map_err(|e| classify(format, e))?;
+
+    let (width, height) = decoder.dimensions();
+    if width > limits.max_width || height > limits.max_height {
+        return Err(BadImage::TooLarge(format!(
+            "{width}x{height} pixels, over the {}x{} limit",
+            limits.max_width, limits.max_height
+        )));
+    }
+    let total = decoder.total_bytes();
+    if total > limits.max_alloc {
+        return Err(BadImage::TooLarge(format!(
+            "{width}x{height} pixels need {total} bytes, over the {} byte limit",
+            limits.max_alloc
+        )));
+    }
+    image_limits.max_image_width = Some(limits.max_width);
+    image_limits.max_image_height = Some(limits.max_height);
+    decoder.set_limits(image_limits).map_err(|e| classify(format, e))?;
+    let color = format!("{:?}", decoder.color_type());
+    let orientation = decoder.orientation().unwrap_or_else(|e| {
+        tracing::debug!(path = %path.display(), error = %e, "unreadable EXIF, orientation ignored");
+        Orientation::NoTransforms
+    });
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| classify(format, e))?;
+    Ok((image, width, height, color, orientation))
 }
 
 /// The supported formats; everything `image` can only recognise is reported as unsupported.

@@ -58,6 +58,7 @@ pub mod decode;
 pub mod decoded;
 pub mod digest;
 pub mod error;
+mod jpeg;
 pub mod resize;
 pub mod scan;
 

@@ -84,6 +84,64 @@ fn corrupt_png_data() {
     );
 }
 
+/// `jpeg` with the frame header's (SOF) sample precision, or height and width, overwritten.
+fn patch_sof(jpeg: &[u8], precision: Option<u8>, size: Option<(u16, u16)>) -> Vec<u8> {
+    let mut out = jpeg.to_vec();
+    let sof = out
+        .windows(2)
+        .position(|w| w[0] == 0xFF && matches!(w[1], 0xC0 | 0xC2))
+        .expect("baseline or progressive frame header");
+    if let Some(p) = precision {
+        out[sof + 4] = p;
+    }
+    if let Some((w, h)) = size {
+        out[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+        out[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    }
+    out
+}
+
+#[test]
+fn corrupt_jpeg_header() {
+    // libjpeg's fatal errors come back as a named error, never a panic or an abort.
+    check(
+        "bits.jpg",
+        &patch_sof(&jpeg_noise(16, 16, 2), Some(9), None),
+        expect!["<tmp>/bits.jpg: corrupt jpeg: Unsupported JPEG data precision 9"],
+    );
+}
+
+#[test]
+fn jpeg_decompression_bombs_refused_from_header() {
+    let jpeg = jpeg_noise(16, 16, 3);
+    check(
+        "wide.jpg",
+        &patch_sof(&jpeg, None, Some((60_000, 8))),
+        expect!["<tmp>/wide.jpg: too large: 60000x8 pixels, over the 16384x16384 limit"],
+    );
+    check(
+        "big.jpg",
+        &patch_sof(&jpeg, None, Some((16_000, 16_000))),
+        expect![
+            "<tmp>/big.jpg: too large: 16000x16000 pixels need 768000000 bytes, over the 536870912 byte limit"
+        ],
+    );
+    // A progressive file also needs its whole coefficient buffer (2 bytes a coefficient):
+    // 12000x12000 4:2:0 is 432 MB of RGB8 plus 432 MB of coefficients.
+    let progressive = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/jpeg/noisy_progressive_420_q85.jpg"),
+    )
+    .unwrap();
+    check(
+        "prog.jpg",
+        &patch_sof(&progressive, None, Some((12_000, 12_000))),
+        expect![
+            "<tmp>/prog.jpg: too large: 12000x12000 pixels need 864000000 bytes, over the 536870912 byte limit"
+        ],
+    );
+}
+
 #[test]
 fn unsupported_format() {
     let tiff = [b"II*\0".as_slice(), &[8, 0, 0, 0], &[0; 32]].concat();

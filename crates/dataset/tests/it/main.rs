@@ -7,6 +7,7 @@ mod check;
 mod decode;
 mod demo_data;
 mod fixtures;
+mod jpeg_pixels;
 mod pil_parity;
 mod real_inputs;
 mod scan;
