@@ -13,7 +13,12 @@ use serde::{Deserialize, Serialize};
 /// 2: augmented passes are computed from Keras' unrounded float pixels (1 rounded them to u8),
 /// so entries of version 1 are not reused (`verify` refuses their format version; `gc` removes
 /// them).
-pub const FORMAT_VERSION: u32 = 2;
+///
+/// 3: JPEGs are decoded by libjpeg-turbo's decoder, so their pixels equal Pillow's (2 decoded
+/// them with zune-jpeg, up to tens of levels off on chroma-subsampled files); the key holds
+/// file digests and settings, not the decoder, so without the bump version 2 entries computed
+/// from the old pixels would be reused.
+pub const FORMAT_VERSION: u32 = 3;
 
 const DOMAIN: &[u8] = b"transfer-kit feature cache key\n";
 
@@ -131,7 +136,7 @@ pub(crate) mod tests {
     /// caches by this name. If this changes, bump FORMAT_VERSION.
     #[test]
     fn golden_key() {
-        expect_test::expect!["dd899663a84eee869fb8e595e09dd78e119a2cca28defa268d0478fc1acd8053"]
+        expect_test::expect!["dca3ab9433888a2840b24be6d1d7afe5cd092fdb77a101cdc150230962a6ad14"]
             .assert_eq(&sample_key().digest());
     }
 
