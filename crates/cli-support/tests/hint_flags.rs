@@ -49,20 +49,7 @@ const NOT_SHOWN: &[(&str, &str, &[&str], &str)] = &[
 /// binaries, what is wrong). The dataset crate's symlink hints name `--follow-links`, which the
 /// training stages take but evaluate, predict and explain do not; the fix (the flag on those
 /// binaries, or hints that name it only where it exists) belongs with the dataset scan work.
-const OPEN: &[(&str, &str, &[&str], &str)] = &[
-    (
-        "crates/dataset/src/scan.rs",
-        "follow-links",
-        &["evaluate", "predict", "explain"],
-        "Omission::Symlink's description, logged when they walk a folder",
-    ),
-    (
-        "crates/dataset/src/error.rs",
-        "follow-links",
-        &["evaluate"],
-        "Error::SymlinkedSplit from evaluate's dataset::scan_dir of a symlinked split",
-    ),
-];
+const OPEN: &[(&str, &str, &[&str], &str)] = &[];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };

@@ -42,6 +42,7 @@ struct EvaluateConfig<'a> {
     top_losses: usize,
     batch_size: usize,
     on_bad_image: dataset::BadImagePolicy,
+    follow_links: bool,
 }
 
 /// What to evaluate and how.
@@ -51,6 +52,9 @@ pub struct EvaluateOptions {
     pub split: String,
     /// How many of the most confidently wrong images the grid shows (0: no grid).
     pub top_losses: usize,
+    /// Follow symlinked folders (and a symlinked split folder), as the training stages'
+    /// `--follow-links`.
+    pub follow_links: bool,
     /// Batching and the bad-image policy, as `predict` takes them.
     pub classify: ClassifyOptions,
 }
@@ -123,10 +127,12 @@ pub fn evaluate(
         top_losses: options.top_losses,
         batch_size: options.classify.batch_size,
         on_bad_image: options.classify.on_bad_image,
+        follow_links: options.follow_links,
     };
     let scan = ScanOptions {
         classes: Some(classes.clone()),
         allow_empty_classes: true,
+        follow_links: options.follow_links,
         ..Default::default()
     };
     let index = dataset::scan_dir(&split_dir, &scan)?;

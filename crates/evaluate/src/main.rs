@@ -40,6 +40,10 @@ struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Follow symlinked folders inside the folders given (linked files are always read), as
+    /// `dataset check --follow-links` and the training stages do.
+    #[arg(long)]
+    follow_links: bool,
     /// Skip images that cannot be decoded (each named in the log and in metrics.json), instead
     /// of stopping at the first.
     #[arg(long)]
@@ -69,6 +73,7 @@ fn run(args: Args) -> Result<()> {
     let options = EvaluateOptions {
         split: args.split.clone(),
         top_losses: args.top_losses,
+        follow_links: args.follow_links,
         classify: ClassifyOptions {
             batch_size: args.batch_size,
             on_bad_image: if args.skip_bad_images {

@@ -46,6 +46,10 @@ struct Args {
     /// last convolution layer at or before the cut (VGG16 cut at block5_pool: block5_conv3).
     #[arg(long, value_name = "NAME")]
     layer: Option<LayerName>,
+    /// Follow symlinked folders inside the folders given (linked files are always read), as
+    /// `dataset check --follow-links` and the training stages do.
+    #[arg(long)]
+    follow_links: bool,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
@@ -83,7 +87,7 @@ fn run(args: Args) -> Result<()> {
         .transpose()
         .with_context(|| format!("--class: {}", model_name()))?;
 
-    let files = predict::collect_files(&args.paths)?;
+    let files = predict::collect_files(&args.paths, args.follow_links)?;
     if files.is_empty() {
         bail!("no image files found under the given paths");
     }

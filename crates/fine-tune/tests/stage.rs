@@ -263,6 +263,7 @@ fn outputs_follow_the_stage_contract() {
     let options = evaluate::EvaluateOptions {
         split: "test".into(),
         top_losses: 0,
+        follow_links: false,
         classify: Default::default(),
     };
     let report =

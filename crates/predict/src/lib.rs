@@ -106,9 +106,10 @@ pub fn read_list(list: &Path) -> Result<Vec<PathBuf>> {
 /// Every image file of `inputs`, in input order. A file named directly is kept whatever its
 /// extension (decoding says if it is no image); a folder is walked by the dataset crate's walk
 /// of a class folder (`dataset::list_images`: Keras' order, a folder's files before its
-/// subfolders'; dot-entries, files without an image extension, dangling links and symlinked
-/// folders left out; symlinked files read), so a folder is read in the order training reads one.
-pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+/// subfolders'; dot-entries, files without an image extension, dangling links and, unless
+/// `follow_links`, symlinked folders left out; symlinked files read), so a folder is read in the
+/// order training reads one.
+pub fn collect_files(inputs: &[PathBuf], follow_links: bool) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
         let meta = fs::metadata(input).with_context(|| format!("{}", input.display()))?;
@@ -116,7 +117,7 @@ pub fn collect_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             files.push(input.clone());
             continue;
         }
-        let (found, omitted) = dataset::list_images(input, false)
+        let (found, omitted) = dataset::list_images(input, follow_links)
             .with_context(|| format!("walking {}", input.display()))?;
         for o in &omitted {
             tracing::debug!(path = %o.path.display(), why = o.why.describe(), "left out");

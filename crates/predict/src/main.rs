@@ -62,6 +62,10 @@ struct Args {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Follow symlinked folders inside the folders given (linked files are always read), as
+    /// `dataset check --follow-links` and the training stages do.
+    #[arg(long)]
+    follow_links: bool,
     /// Skip images that cannot be decoded (each named on stderr and, in JSON, under `skipped`),
     /// instead of stopping at the first.
     #[arg(long)]
@@ -109,7 +113,7 @@ fn run(args: Args) -> Result<()> {
     if inputs.is_empty() {
         bail!("no input: name image files, folders or --list FILE");
     }
-    let files = predict::collect_files(&inputs)?;
+    let files = predict::collect_files(&inputs, args.follow_links)?;
     if files.is_empty() {
         bail!("no image files found under the given paths");
     }

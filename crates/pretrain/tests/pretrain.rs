@@ -308,6 +308,7 @@ fn binary_writes_a_complete_stage() {
     let options = evaluate::EvaluateOptions {
         split: "test".into(),
         top_losses: 0,
+        follow_links: false,
         classify: Default::default(),
     };
     let report = evaluate::evaluate(&model, &model_path, &data, &options, &eval_out).unwrap();
