@@ -84,7 +84,8 @@ impl ModelHeader {
 
     /// Checks that the fields agree with each other before any tensor is read: the layer list
     /// and cut resolve, the input survives the base up to the cut, the head's input width is the
-    /// cut's output at the input size, one distinct class name per class (at least 2), a
+    /// cut's output at the input size, one distinct class name per class (at least 2; each a
+    /// single folder name: not empty, `.`, `..`, nor holding `/`, `\` or NUL), a
     /// dropout rate in [0, 1), a sha256 digest. The reason names the field.
     pub fn check(&self) -> Result<(), String> {
         let arch = self.arch().map_err(|e| format!("layers: {e}"))?;
@@ -104,6 +105,15 @@ impl ModelHeader {
                 self.class_names.len(),
                 self.head.classes
             ));
+        }
+        // Class names are folder names (`<split>/<class>/`): a name that is no single folder
+        // name could never be the label of a scanned image.
+        if let Some(bad) = self
+            .class_names
+            .iter()
+            .find(|n| n.is_empty() || *n == "." || *n == ".." || n.contains(['/', '\\', '\0']))
+        {
+            return Err(format!("class_names holds {bad:?}, which is not a folder name"));
         }
         let distinct: std::collections::BTreeSet<&String> = self.class_names.iter().collect();
         if distinct.len() != self.class_names.len() {

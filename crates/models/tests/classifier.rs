@@ -216,6 +216,8 @@ fn other_versions_and_missing_fields_are_refused_naming_the_file() {
     // Fields that disagree with each other or with the tensors.
     check(&|v| v["class_names"] = serde_json::json!(["a", "b", "c"]), "class_names has 3 names");
     check(&|v| v["class_names"] = serde_json::json!(["a", "a"]), "repeats a name");
+    check(&|v| v["class_names"] = serde_json::json!(["a", ""]), "not a folder name");
+    check(&|v| v["class_names"] = serde_json::json!(["a", "../etc"]), "not a folder name");
     check(&|v| v["input_size"] = serde_json::json!([96, 96]), "head.input_width is");
     check(&|v| v["input_size"] = serde_json::json!([0, 0]), "input_size");
     check(&|v| v["cut"] = "conv2d_3".into(), "head.input_width is");
