@@ -161,7 +161,10 @@ fn run(args: Args) -> Result<()> {
     let mut json = serde_json::to_string_pretty(&report)?;
     json.push('\n');
     run_folder::write_atomic(&args.out.join(REPORT_FILE), json.as_bytes())?;
-    let title = format!("Grad-CAM at {} ({})", report.layer, args.model.display());
+    // The model's folder and file name (`fine-tune/model.safetensors`): enough to tell models apart.
+    let tail: Vec<_> = args.model.iter().rev().take(2).collect();
+    let model_name: std::path::PathBuf = tail.into_iter().rev().collect();
+    let title = format!("Grad-CAM at {} ({})", report.layer, model_name.display());
     plots::plot_image_grid(&args.out.join(GRID_FILE), &title, &tiles, 4)?;
 
     let mut outputs: Vec<&str> = names.iter().map(String::as_str).collect();
