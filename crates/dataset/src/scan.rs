@@ -214,7 +214,13 @@ pub fn scan_dir(dir: &Path, opts: &ScanOptions) -> Result<SplitIndex> {
     }
 
     for o in &omitted {
-        tracing::debug!(path = %o.path.display(), why = o.why.describe(), "omitted");
+        // A linked folder holds images the user meant to train on: say so where it is seen,
+        // with the flag that follows it (the description names `--follow-links`).
+        if o.why == Omission::Symlink {
+            tracing::warn!(path = %o.path.display(), why = o.why.describe(), "left out");
+        } else {
+            tracing::debug!(path = %o.path.display(), why = o.why.describe(), "omitted");
+        }
     }
     tracing::info!(
         dir = %dir.display(),

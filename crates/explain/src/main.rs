@@ -56,6 +56,9 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // Activations reuse warm heap pages instead of fresh zeroed ones (as extraction does).
+    // Not `cpu_runtime::init`: flushing denormals could change probabilities from training's.
+    cpu_runtime::keep_freed_memory();
     cli_support::main(|| run(Args::parse()))
 }
 

@@ -120,7 +120,11 @@ pub fn collect_files(inputs: &[PathBuf], follow_links: bool) -> Result<Vec<PathB
         let (found, omitted) = dataset::list_images(input, follow_links)
             .with_context(|| format!("walking {}", input.display()))?;
         for o in &omitted {
-            tracing::debug!(path = %o.path.display(), why = o.why.describe(), "left out");
+            if o.why == dataset::Omission::Symlink {
+                tracing::warn!(path = %o.path.display(), why = o.why.describe(), "left out");
+            } else {
+                tracing::debug!(path = %o.path.display(), why = o.why.describe(), "left out");
+            }
         }
         if found.is_empty() {
             tracing::warn!(dir = %input.display(), "no image files in this folder");
