@@ -330,7 +330,15 @@ pub fn check(
                 }
                 // The rule of scan_dir for every linked folder: followed only on request.
                 if !opts.follow_links && entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                    root_omitted.push(Omitted { path, why: Omission::Symlink });
+                    // A split the stages read (train, validation, test) is an error there, so
+                    // it is one here too; another linked folder is only left out.
+                    if ["train", "validation", "test"]
+                        .contains(&&*entry.file_name().to_string_lossy())
+                    {
+                        errors.push(Error::SymlinkedSplit { path }.to_string());
+                    } else {
+                        root_omitted.push(Omitted { path, why: Omission::Symlink });
+                    }
                     continue;
                 }
                 match entry.file_name().into_string() {

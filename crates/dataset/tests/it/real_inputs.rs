@@ -244,13 +244,17 @@ fn symlinked_split_folders_follow_the_folder_link_rule() {
     ]);
     let root = dir.path().join("data");
     symlink(dir.path().join("elsewhere"), root.join("test")).unwrap();
-    // Like a symlinked class folder: left out and reported unless links are followed.
+    symlink(dir.path().join("elsewhere"), root.join("extra")).unwrap();
+    // A split the stages read is an error, as in the stages; another linked folder is left out
+    // and reported, like a symlinked class folder, unless links are followed.
     let report = checked(&root, false);
     assert_eq!(report.splits.len(), 1);
+    assert!(!report.is_ok());
+    assert!(report.render().contains("the split folder is a symlink"), "{}", report.render());
     assert_eq!(report.omitted.len(), 1);
     assert_eq!(report.omitted[0].why, Omission::Symlink);
     assert!(
-        report.render().contains("test: symlinked folder, not followed"),
+        report.render().contains("extra: symlinked folder, not followed"),
         "{}",
         report.render()
     );
@@ -259,7 +263,7 @@ fn symlinked_split_folders_follow_the_folder_link_rule() {
         Err(Error::SymlinkedSplit { .. })
     ));
     let report = checked(&root, true);
-    assert_eq!(report.splits.len(), 2);
+    assert_eq!(report.splits.len(), 3);
     assert!(report.omitted.is_empty());
     let follow = ScanOptions { follow_links: true, ..Default::default() };
     assert_eq!(scan(&root, "test", &follow).unwrap().len(), 2);
