@@ -29,6 +29,13 @@ use sha2::{Digest, Sha256};
 pub const CONFIG_FILE: &str = "config.json";
 pub const STAGE_FILE: &str = "stage.json";
 
+/// What `cargo xtask pipeline` keeps in a stage folder beside the stage's own files: the
+/// invocation a stage was started with and has not finished (with the binary's sha256), the
+/// invocation once it succeeded, and the stage's output log.
+pub const PIPELINE_PENDING_FILE: &str = "pipeline.pending.json";
+pub const PIPELINE_INVOCATION_FILE: &str = "pipeline.json";
+pub const STAGE_LOG_FILE: &str = "log.txt";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("{path}: {source}")]
@@ -161,7 +168,8 @@ impl StageRecord {
 /// write (another stage's folder, a dataset, a subfolder), naming it; otherwise the files an
 /// earlier run left are removed, `stage.json` first, so nothing of it outlives the new run or
 /// passes for its outputs. `is_output` says which file names the stage writes (besides
-/// `config.json`, `stage.json` and `write_atomic`'s `.tmp-*` files).
+/// `config.json`, `stage.json` and `write_atomic`'s `.tmp-*` files); the pipeline's files
+/// (`pipeline.pending.json`, `pipeline.json`, `log.txt`) are left where they are.
 pub fn claim_stage_dir(
     dir: &Path,
     stage: &str,
@@ -181,6 +189,12 @@ pub fn claim_stage_dir(
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        // The pipeline's own files are its to keep.
+        if [PIPELINE_PENDING_FILE, PIPELINE_INVOCATION_FILE, STAGE_LOG_FILE]
+            .contains(&name.as_str())
+        {
+            continue;
+        }
         let is_file = entry.file_type().map_err(io(&entry.path()))?.is_file();
         let known = name == CONFIG_FILE
             || name == STAGE_FILE
@@ -259,8 +273,18 @@ mod tests {
             serde_json::Value::Null,
         )
         .unwrap();
+        std::fs::write(out.join(PIPELINE_PENDING_FILE), "{}").unwrap();
+        std::fs::write(out.join(STAGE_LOG_FILE), "$ evaluate").unwrap();
         claim_stage_dir(&out, "evaluate", is_output).unwrap();
-        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+        // Only the pipeline's files are left.
+        let mut left: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [STAGE_LOG_FILE, PIPELINE_PENDING_FILE]);
+        std::fs::remove_file(out.join(PIPELINE_PENDING_FILE)).unwrap();
+        std::fs::remove_file(out.join(STAGE_LOG_FILE)).unwrap();
         // Another stage's folder, or a file the stage does not write, is refused by name.
         StageRecord::write(
             &out,

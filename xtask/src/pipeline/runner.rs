@@ -76,7 +76,7 @@ pub(super) fn run_stage(tools: &Tools, step: &Step, dir: &Path, resume: bool) ->
         (Some(resume_args), true) => resume_args,
         _ => &step.args,
     };
-    let log_path = dir.join("log.txt");
+    let log_path = dir.join(run_folder::STAGE_LOG_FILE);
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -24,10 +24,10 @@ pub(super) struct Invocation {
 
 /// `pipeline.pending.json`: the invocation a stage was started with and has not finished, and
 /// the sha256 of the binary that ran it.
-pub(super) const PENDING: &str = "pipeline.pending.json";
+pub(super) const PENDING: &str = run_folder::PIPELINE_PENDING_FILE;
 
 /// The file [`Invocation`] is recorded in once a stage succeeded.
-pub(super) const INVOCATION: &str = "pipeline.json";
+pub(super) const INVOCATION: &str = run_folder::PIPELINE_INVOCATION_FILE;
 
 /// The content of [`PENDING`].
 #[derive(Serialize, Deserialize)]
