@@ -74,7 +74,8 @@ pub enum Error {
     #[error("{path}: symlink loop, it leads back to its ancestor {ancestor}")]
     SymlinkLoop { path: PathBuf, ancestor: PathBuf },
     #[error(
-        "{path}: skipped {skipped} of {total} images, more than the allowed fraction {max_fraction}"
+        "{path}: {skipped} of {total} images were bad when the allowed fraction {max_fraction} \
+         was passed; stopped there, so later images were not checked"
     )]
     TooManySkipped { path: PathBuf, skipped: usize, total: usize, max_fraction: f64 },
     #[error("{path}: invalid {what}: {reason}")]

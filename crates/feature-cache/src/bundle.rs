@@ -19,7 +19,12 @@ const ENTRY_FILES: [&str; 4] = [FEATURES, LABELS, MANIFEST, CHECKSUMS];
 /// Writes the entries `keys` (each verified first) to the tar file `out`, atomically.
 pub fn export(cache: &Cache, keys: &[String], out: &Path) -> Result<(), CacheError> {
     for key in keys {
-        entry::verify(&cache.entry_dir(key))?;
+        let dir = cache.entry_dir(key);
+        // A key that names no entry says so, rather than naming a file inside it.
+        if !dir.is_dir() {
+            return Err(CacheError::Missing { path: dir });
+        }
+        entry::verify(&dir)?;
     }
     // Streamed to a temp file beside `out`, fsynced and renamed: `run_folder::write_atomic` does
     // the same for bytes in memory, but a bundle can be larger than memory.

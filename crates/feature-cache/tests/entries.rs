@@ -270,6 +270,13 @@ fn tampered_bundle_is_refused_naming_entry_and_digests() {
     let k = key("train", 3);
     write_entry(&ca, &k);
     let bundle = a.path().join("bundle.tar");
+    // A key that names no entry is said to be one, not a missing file inside it.
+    let unknown = "0".repeat(64);
+    let err = feature_cache::export(&ca, std::slice::from_ref(&unknown), &bundle)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&unknown) && err.contains("no such cache entry"), "{err}");
+    assert!(!bundle.exists());
     feature_cache::export(&ca, &[k.digest()], &bundle).unwrap();
     let mut bytes = fs::read(&bundle).unwrap();
     // Flip a byte of the feature data (the first member's data starts after a 512-byte header

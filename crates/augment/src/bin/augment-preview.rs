@@ -84,14 +84,12 @@ struct Args {
     spec: Option<PathBuf>,
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    // The workspace's logging and one-line `error: <chain>` (no backtrace), as every binary.
+    cli_support::main(|| run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<()> {
     let spec = match &args.spec {
         Some(path) => AugmentSpec::read(path)?,
         None => AugmentSpec {
