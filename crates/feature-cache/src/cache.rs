@@ -10,8 +10,20 @@ use crate::CacheError;
 use crate::entry::{self, EntryWriter, LoadedEntry, Manifest};
 use crate::folders::{TMP_PREFIX, aside_name, hostname, remove_dir_quietly};
 use crate::key::{FeatureKey, is_key};
+use crate::split::{ChunkIndex, INDEX_DIR, SplitReader, index_path};
 /// Temp folders of other hosts (or whose owner we cannot check) are old leftovers after this long.
 const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// One line of `verify` for a split index.
+#[derive(Debug)]
+pub struct IndexStatus {
+    /// The index name (64 hex digits).
+    pub key: String,
+    /// The index file, `<root>/index/<key>.json`.
+    pub path: PathBuf,
+    /// The index when it and every chunk it lists verified, else the first problem found.
+    pub result: Result<ChunkIndex, CacheError>,
+}
 
 /// A cache root folder.
 #[derive(Debug, Clone)]
@@ -112,6 +124,38 @@ impl Cache {
             .collect())
     }
 
+    /// Split index names under `<root>/index`, sorted.
+    pub fn index_keys(&self) -> Result<Vec<String>, CacheError> {
+        let dir = self.root.join(INDEX_DIR);
+        let read = match fs::read_dir(&dir) {
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(CacheError::Io { path: dir, source: err }),
+        };
+        let mut keys: Vec<String> = read
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_suffix(".json").filter(|k| is_key(k)).map(str::to_owned)
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Every split index, each verified with every chunk it lists (reads every byte).
+    pub fn verify_indexes(&self) -> Result<Vec<IndexStatus>, CacheError> {
+        Ok(self
+            .index_keys()?
+            .into_iter()
+            .map(|key| {
+                let path = index_path(&self.root, &key);
+                let result = verify_split(&self.root, &key);
+                IndexStatus { key, path, result }
+            })
+            .collect())
+    }
+
     /// Entry names under the root, sorted.
     pub fn keys(&self) -> Result<Vec<String>, CacheError> {
         let mut keys: Vec<String> = fs::read_dir(&self.root)
@@ -141,12 +185,30 @@ impl Cache {
         Ok(removed)
     }
 
-    /// Removes leftovers and every entry that does not verify (and, with `keep`, every entry not
-    /// listed). Returns what was removed.
+    /// Removes leftovers, every entry that does not verify and every split index that does not
+    /// read; with `keep` (split index keys, e.g. those of a `features.json`, or entry keys), also
+    /// every index not listed and every entry neither listed nor a chunk of a kept index.
+    /// Returns what was removed.
     pub fn gc(&self, keep: Option<&[String]>) -> Result<Vec<PathBuf>, CacheError> {
         let mut removed = self.clean_leftovers()?;
+        let mut kept_chunks: std::collections::HashSet<String> =
+            keep.unwrap_or_default().iter().cloned().collect();
+        for key in self.index_keys()? {
+            let path = index_path(&self.root, &key);
+            let index = ChunkIndex::read(&path);
+            let unwanted = keep.is_some_and(|k| !k.contains(&key));
+            match index {
+                Ok(index) if !unwanted => {
+                    kept_chunks.extend(index.chunks.into_iter().map(|c| c.key));
+                }
+                _ => {
+                    fs::remove_file(&path).map_err(CacheError::io(&path))?;
+                    removed.push(path);
+                }
+            }
+        }
         for status in self.verify_all()? {
-            let unwanted = keep.is_some_and(|k| !k.contains(&status.key));
+            let unwanted = keep.is_some() && !kept_chunks.contains(&status.key);
             if status.result.is_err() || unwanted {
                 self.discard(&status.path);
                 removed.push(status.path);
@@ -166,6 +228,16 @@ impl Cache {
             }
         }
     }
+}
+
+/// Verifies the split index `key` of the cache rooted at `root` and every chunk it lists,
+/// completely (the checks of [`SplitReader::open`]), and returns the index. Nothing is changed,
+/// so it is safe on a shared or read-only cache.
+///
+/// Errors: [`CacheError::Missing`] naming the index or the first missing chunk; otherwise the
+/// first problem found ([`CacheError::is_corruption`] tells damage from an unreadable cache).
+pub fn verify_split(root: &Path, key: &str) -> Result<ChunkIndex, CacheError> {
+    Ok(SplitReader::open(&[root], key)?.index().clone())
 }
 
 /// `rest` is `<host>-<pid>-...` (or `trash-...`): a leftover if its process is gone or it is old.

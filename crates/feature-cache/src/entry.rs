@@ -431,7 +431,7 @@ pub fn load(dir: &Path) -> Result<LoadedEntry, CacheError> {
     read_entry(dir, true)
 }
 
-fn read_entry(dir: &Path, keep: bool) -> Result<LoadedEntry, CacheError> {
+pub(crate) fn read_entry(dir: &Path, keep: bool) -> Result<LoadedEntry, CacheError> {
     let checksums_path = dir.join(CHECKSUMS);
     let checksums = read_small(&checksums_path)?;
     let recorded = parse_checksums(&checksums).ok_or_else(|| {

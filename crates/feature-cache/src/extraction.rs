@@ -1,11 +1,11 @@
 //! `features.json`: the record the extraction stage leaves in its run folder, telling later
-//! stages which cache entries hold which split (and which augmented pass).
+//! stages which split index (and so which chunk entries) holds each split and augmented pass.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Cache, CacheError, LoadedEntry};
+use crate::{Cache, CacheError, LoadedSplit, SplitReader};
 
 /// File name of the [`ExtractionRecord`] in the extraction stage's run folder.
 pub const EXTRACTION_FILE: &str = "features.json";
@@ -34,9 +34,10 @@ pub struct EntryRef {
     pub split: String,
     /// `None` for plain features, `Some(p)` for augmented pass `p`.
     pub pass: Option<u32>,
-    /// The entry's name in the cache (64 hex digits).
+    /// The split index's name in the cache (64 hex digits; `<cache>/index/<key>.json`), which
+    /// lists the chunk entries holding the rows.
     pub key: String,
-    /// Feature rows in the entry (`N`).
+    /// Feature rows of the split (`N`), over all its chunks.
     pub rows: u64,
     /// Set when the entry lives in a private cache (the run folder's) because the shared one
     /// could not be written; `None` means the record's `cache_dir`.
@@ -79,30 +80,36 @@ impl ExtractionRecord {
         v
     }
 
-    /// Loads and verifies an entry from `cache` (any error, including a missing or corrupt
-    /// entry, names the key and tells how to recompute).
-    /// An entry with its own `cache_dir` is read from there instead of `cache`.
+    /// Opens and verifies the split of `entry` through its split index (every chunk checked
+    /// byte by byte; see [`SplitReader::open`]); rows are then read on demand. The index and its
+    /// chunks are looked for in the entry's own `cache_dir` (a private cache), then in `cache`.
+    /// Any error, including a missing or corrupt index or chunk, names the key, the split and
+    /// the record, and tells how to recompute.
+    pub fn open(
+        cache: &Cache,
+        entry: &EntryRef,
+        record_path: &Path,
+    ) -> Result<SplitReader, CacheError> {
+        let roots: Vec<&Path> =
+            entry.cache_dir.as_deref().into_iter().chain([cache.root()]).collect();
+        SplitReader::open(&roots, &entry.key).map_err(|err| CacheError::Corrupt {
+            path: crate::index_path(roots[0], &entry.key),
+            reason: format!(
+                "the {} features of {} (split index {}) cannot be used: {err}; rerun extract-features to recompute them",
+                entry.split,
+                record_path.display(),
+                entry.key
+            ),
+        })
+    }
+
+    /// [`ExtractionRecord::open`], then the whole split read into memory (small splits,
+    /// tests, tools; training stages stream through [`SplitReader`] instead).
     pub fn load(
         cache: &Cache,
         entry: &EntryRef,
         record_path: &Path,
-    ) -> Result<LoadedEntry, CacheError> {
-        let dir = match &entry.cache_dir {
-            Some(private) => private.join(&entry.key),
-            None => cache.entry_dir(&entry.key),
-        };
-        let reason = match crate::entry::load(&dir) {
-            Ok(loaded) => return Ok(loaded),
-            Err(err) => err.to_string(),
-        };
-        Err(CacheError::Corrupt {
-            path: dir,
-            reason: format!(
-                "cache entry {} ({} of {}) cannot be used: {reason}; rerun extract-features to recompute it",
-                entry.key,
-                entry.split,
-                record_path.display()
-            ),
-        })
+    ) -> Result<LoadedSplit, CacheError> {
+        Self::open(cache, entry, record_path)?.load()
     }
 }
