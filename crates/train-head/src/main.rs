@@ -1,7 +1,9 @@
-//! `train-head`: the dense-head stage. Reads the train / validation / test features that
-//! `extract-features` cached (verifying every entry), trains Flatten -> Dense(256, relu) ->
-//! Dropout(0.5) -> Dense(1, sigmoid) or Dense(N, softmax) with Keras RMSprop, and writes the
-//! head weights, history, plots, confusion matrix and metrics into its run folder.
+//! `train-head`: the dense-head stage. Opens the train / validation / test features that
+//! `extract-features` cached (verifying every chunk of every split), trains Flatten ->
+//! Dense(256, relu) -> Dropout(0.5) -> Dense(1, sigmoid) or Dense(N, softmax) with Keras RMSprop
+//! on batches read from the cache as they are needed (no split is ever held whole, so memory
+//! does not grow with the dataset), and writes the head weights, history, plots, confusion
+//! matrix and metrics into its run folder.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -10,14 +12,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use feature_cache::{Cache, ExtractionRecord, LoadedEntry};
+use feature_cache::{Cache, ExtractionRecord, SplitReader};
 use models::DeviceChoice;
 use models::classifier::{Classifier, ModelHeader};
 use serde::Serialize;
-use tch::{Device, Kind, Tensor, nn};
+use tch::{Device, nn};
+use training::fit_loop::BoxError;
 use training::outputs::{self, SplitEvaluation, StageEvaluation};
 use training::{
-    DenseHead, FeatureSet, HeadFit, HeadSpec, OptimizerChoice, OptimizerSpec, evaluate, tensors_io,
+    DenseHead, FeatureRows, HeadFit, HeadSpec, OptimizerChoice, OptimizerSpec, StreamedSet,
+    evaluate_features, tensors_io,
 };
 
 /// Train the dense classifier head on cached VGG16 features (the seed's "fast feature
@@ -169,46 +173,45 @@ fn run(args: Args) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
 
-    let load = |e: &feature_cache::EntryRef| ExtractionRecord::load(&cache, e, &args.features);
-    let train_entries: Vec<LoadedEntry> =
-        train_refs.iter().map(|e| load(e)).collect::<Result<_, _>>()?;
-    let val_entry = load(val_ref)?;
-    let test_entry = test_ref.map(load).transpose()?;
-    for e in train_entries.iter().chain([&val_entry]).chain(test_entry.as_ref()) {
-        if e.manifest.components.dataset.classes != classes {
+    // Every split is opened (its index and every chunk verified) but never read whole: batches
+    // are read from the chunk files as training and evaluation need them.
+    let open = |e: &feature_cache::EntryRef| -> Result<CachedRows> {
+        Ok(CachedRows(ExtractionRecord::open(&cache, e, &args.features)?))
+    };
+    let train_entries: Vec<CachedRows> =
+        train_refs.iter().map(|e| open(e)).collect::<Result<_>>()?;
+    let val_entry = open(val_ref)?;
+    let test_entry = test_ref.map(open).transpose()?;
+    for CachedRows(e) in train_entries.iter().chain([&val_entry]).chain(test_entry.as_ref()) {
+        if e.settings().dataset.classes != classes {
             bail!(
                 "cache entry {} has classes {:?}, the extraction record {:?}",
-                e.manifest.key,
-                e.manifest.components.dataset.classes,
+                e.key(),
+                e.settings().dataset.classes,
                 classes
             );
         }
     }
     let mut counts = vec![0usize; classes.len()];
-    for &label in &train_entries[0].labels {
+    for &label in train_entries[0].0.labels() {
         if let Some(n) = usize::try_from(label).ok().and_then(|l| counts.get_mut(l)) {
             *n += 1;
         }
     }
     dataset::require_training_classes(&args.features, &classes, &counts)?;
-    let train = FeatureSet {
-        passes: train_entries.iter().map(|e| to_tensor(e, device)).collect::<Result<_>>()?,
-        labels: labels(&train_entries[0], device),
-    };
-    if train_entries.iter().any(|e| e.labels != train_entries[0].labels) {
+    if train_entries.iter().any(|e| e.0.labels() != train_entries[0].0.labels()) {
         bail!("the augmented passes of the training split disagree on labels: re-extract them");
     }
-    let val = FeatureSet {
-        passes: vec![to_tensor(&val_entry, device)?],
-        labels: labels(&val_entry, device),
-    };
+    let train = streamed(&train_entries.iter().collect::<Vec<_>>(), device)?;
+    let val = streamed(&[&val_entry], device)?;
+    let test = test_entry.as_ref().map(|t| streamed(&[t], device)).transpose()?;
     tracing::info!(
         train = train.len(),
-        passes = train.passes.len(),
+        passes = train.passes(),
         validation = val.len(),
-        test = test_entry.as_ref().map(|e| e.labels.len()),
+        test = test.as_ref().map(StreamedSet::len),
         width,
-        "features loaded and verified"
+        "features verified (read in batches)"
     );
 
     tch::manual_seed(args.seed as i64);
@@ -246,8 +249,7 @@ fn run(args: Args) -> Result<()> {
                 ("features".to_owned(), config.train_keys.join(",")),
                 ("config".to_owned(), run_folder::json_sha256(&config)),
             ]);
-            let base =
-                ModelBase { weights, key: &val_entry.manifest.components, classes: &classes };
+            let base = ModelBase { weights, key: val_entry.0.settings(), classes: &classes };
             write_model(&base, &head_spec, &vs, trained_on, &args.out.join(MODEL_FILE))?;
             true
         }
@@ -259,15 +261,13 @@ fn run(args: Args) -> Result<()> {
         }
     };
 
-    let eval_split = |split: &str, entry: &LoadedEntry| -> Result<(Vec<i64>, Vec<i64>, f64)> {
-        let eval =
-            evaluate(&head, &to_tensor(entry, device)?, &labels(entry, device), args.batch_size)?;
+    let eval_split = |split: &str, set: &StreamedSet| -> Result<(Vec<i64>, Vec<i64>, f64)> {
+        let eval = evaluate_features(&head, set, args.batch_size)?;
         tracing::info!(split, loss = eval.loss, acc = eval.acc, "evaluated");
-        let truth = entry.labels.iter().map(|&l| l as i64).collect();
-        Ok((truth, eval.predictions, eval.loss))
+        Ok((set.labels().to_vec(), eval.predictions, eval.loss))
     };
-    let val_eval = eval_split("validation", &val_entry)?;
-    let test_eval = test_entry.as_ref().map(|t| eval_split("test", t)).transpose()?;
+    let val_eval = eval_split("validation", &val)?;
+    let test_eval = test.as_ref().map(|t| eval_split("test", t)).transpose()?;
     fn split((truth, predicted, loss): &(Vec<i64>, Vec<i64>, f64)) -> SplitEvaluation<'_> {
         SplitEvaluation { truth, predicted, loss: *loss, source: None }
     }
@@ -293,7 +293,7 @@ fn run(args: Args) -> Result<()> {
     let summary = outputs::stage_summary(
         &written.metrics,
         device,
-        serde_json::json!({ "augmented_passes": train.passes.len() }),
+        serde_json::json!({ "augmented_passes": train.passes() }),
     );
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     run_folder::StageRecord::write(
@@ -305,8 +305,10 @@ fn run(args: Args) -> Result<()> {
         started.elapsed().as_secs_f64(),
         summary,
     )?;
+    let peak_rss_mb = cli_support::peak_rss_mb().unwrap_or(f64::NAN);
+    tracing::info!(peak_rss_mb, "done");
     eprintln!(
-        "train-head: {} in {:.1}s -> {}",
+        "train-head: {} in {:.1}s, peak_rss_mb={peak_rss_mb:.0} -> {}",
         outputs::accuracy_line(&written.metrics),
         started.elapsed().as_secs_f64(),
         args.out.display()
@@ -364,12 +366,31 @@ fn write_model(
     Ok(())
 }
 
-/// Features of an entry as a `[N, ...]` float tensor on `device`.
-fn to_tensor(entry: &LoadedEntry, device: Device) -> Result<Tensor> {
-    let shape: Vec<i64> = entry.shape().iter().map(|&d| d as i64).collect();
-    Ok(Tensor::from_slice(&entry.features).f_reshape(&shape)?.f_to_device(device)?)
+/// A split of the cache as rows the training crate reads batch by batch (the reader keeps only
+/// chunk offsets and labels; rows are read from the chunk files on demand).
+struct CachedRows(SplitReader);
+
+impl FeatureRows for CachedRows {
+    fn rows(&self) -> u64 {
+        self.0.rows()
+    }
+
+    fn row_shape(&self) -> Vec<i64> {
+        self.0.row_shape().iter().map(|&d| d as i64).collect()
+    }
+
+    fn gather(&self, rows: &[u64], out: &mut [f32]) -> Result<(), BoxError> {
+        Ok(self.0.read_rows(rows, out)?)
+    }
+
+    fn read_range(&self, start: u64, len: u64, out: &mut [f32]) -> Result<(), BoxError> {
+        Ok(self.0.read_range(start, len, out)?)
+    }
 }
 
-fn labels(entry: &LoadedEntry, device: Device) -> Tensor {
-    Tensor::from_slice(&entry.labels).to_kind(Kind::Int64).to_device(device)
+/// Passes of one split (the first one's labels) read batch by batch onto `device`.
+fn streamed<'a>(passes: &[&'a CachedRows], device: Device) -> Result<StreamedSet<'a>> {
+    let labels = passes[0].0.labels().iter().map(|&l| l as i64).collect();
+    let rows = passes.iter().map(|&p| p as &dyn FeatureRows).collect();
+    Ok(StreamedSet::new(rows, labels, device)?)
 }

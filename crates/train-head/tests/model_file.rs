@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 use feature_cache::{
-    Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey,
+    Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey, SplitPlan,
+    write_index,
 };
 use models::weights::{Provenance, save_conv_base};
 use models::{Classifier, ConvArch, DenseHead, Pooling, Preprocessing, tensor_file};
@@ -60,17 +61,25 @@ fn cache_split(
                 .collect(),
         },
     };
-    let mut writer = cache.writer(key.clone(), "test", n as u64, &shape).unwrap();
+    // Chunk entries and the split index listing them, as extract-features stores a split.
+    let plan = SplitPlan::new(&key);
     let rows = features.view([n, -1]);
-    for i in 0..n {
-        let row = Vec::<f32>::try_from(rows.get(i)).unwrap();
-        writer.append(&row, &[(i % 2) as i32]).unwrap();
+    let mut counts = Vec::new();
+    for chunk in &plan.chunks {
+        let len = chunk.range.len() as u64;
+        let mut writer = cache.writer(chunk.key.clone(), "test", len, &shape).unwrap();
+        for i in chunk.range.clone() {
+            let row = Vec::<f32>::try_from(rows.get(i as i64)).unwrap();
+            writer.append(&row, &[(i % 2) as i32]).unwrap();
+        }
+        writer.finish().unwrap();
+        counts.push(len);
     }
-    writer.finish().unwrap();
+    write_index(cache.root(), &plan.index(&counts, "test")).unwrap();
     let entry = EntryRef {
         split: split.into(),
         pass: None,
-        key: key.digest(),
+        key: plan.index_key.clone(),
         rows: n as u64,
         cache_dir: None,
         origin: None,

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use feature_cache::{
-    Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey,
+    Cache, ChunkIndex, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey, FileKey,
+    SplitPlan, index_path, write_index,
 };
 
 const CLASSES: [&str; 2] = ["shirt", "t-shirt_top"];
@@ -40,23 +41,32 @@ fn write_split(cache: &Cache, split: &str, rows: u32, pass: Option<u32>, width: 
                 .collect(),
         },
     };
-    let mut w = cache.writer(key.clone(), "test", rows as u64, &[width]).unwrap();
-    for i in 0..rows {
-        let label = (i % 2) as i32;
-        let row: Vec<f32> = (0..width)
-            .map(|j| {
-                ((i * 7 + j as u32 * 13) % 10) as f32 / 10.0
-                    + 1.5 * label as f32
-                    + pass.unwrap_or(0) as f32 * 0.01
-            })
-            .collect();
-        w.append(&row, &[label]).unwrap();
+    // The split as extract-features stores it: chunk entries and the split index listing them.
+    let plan = SplitPlan::new(&key);
+    let mut counts = Vec::new();
+    for chunk in &plan.chunks {
+        let n = chunk.range.len() as u64;
+        let mut w = cache.writer(chunk.key.clone(), "test", n, &[width]).unwrap();
+        for i in chunk.range.clone() {
+            let i = i as u32;
+            let label = (i % 2) as i32;
+            let row: Vec<f32> = (0..width)
+                .map(|j| {
+                    ((i * 7 + j as u32 * 13) % 10) as f32 / 10.0
+                        + 1.5 * label as f32
+                        + pass.unwrap_or(0) as f32 * 0.01
+                })
+                .collect();
+            w.append(&row, &[label]).unwrap();
+        }
+        w.finish().unwrap();
+        counts.push(n);
     }
-    w.finish().unwrap();
+    write_index(cache.root(), &plan.index(&counts, "test")).unwrap();
     EntryRef {
         split: split.into(),
         pass,
-        key: key.digest(),
+        key: plan.index_key.clone(),
         rows: rows as u64,
         cache_dir: None,
         origin: None,
@@ -191,7 +201,9 @@ fn corrupt_cache_entry_is_named() {
     let features = setup(dir.path(), 8, 8);
     let record: ExtractionRecord = run_folder::read_json(&features).unwrap();
     let val = record.plain("validation").unwrap();
-    let npy = dir.path().join("cache").join(&val.key).join("features.npy");
+    let cache = dir.path().join("cache");
+    let chunk = &ChunkIndex::read(&index_path(&cache, &val.key)).unwrap().chunks[0];
+    let npy = cache.join(&chunk.key).join("features.npy");
     let mut bytes = std::fs::read(&npy).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 1;

@@ -19,7 +19,10 @@ pub mod tensors_io;
 
 pub use atomic::write_atomic_ctx;
 pub use error::TrainError;
-pub use features::{FeatureSet, FeatureTask, HeadFit, evaluate, fit_head};
+pub use features::{
+    FeatureRows, FeatureSet, FeatureTask, Features, HeadFit, StreamedSet, evaluate,
+    evaluate_features, fit_head,
+};
 pub use fit_loop::{EarlyStopping, Evaluation, FitConfig, Outcome, PhasePlan, Task, TrainState};
 pub use head::{DenseHead, HeadSpec};
 pub use history::{
