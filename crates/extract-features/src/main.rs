@@ -10,7 +10,7 @@
 
 mod model;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ use dataset::{
 };
 use feature_cache::{
     AugmentationKey, Cache, DatasetKey, EntryRef, ExtractionRecord, FORMAT_VERSION, FeatureKey,
-    FileKey, LoadedEntry, Lookup, Origin,
+    FileKey, LoadedEntry, Lookup, Origin, SplitPlan,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use models::{DeviceChoice, Layer, LayerName};
@@ -119,6 +119,86 @@ struct Args {
     /// `dataset check --follow-links`. Symlinked image files are read either way.
     #[arg(long)]
     follow_links: bool,
+    /// Compute only the chunks of shard I of N (a Slurm array task, a Kubernetes Indexed Job
+    /// pod): the plan's chunks are dealt round-robin, so every chunk is in exactly one of
+    /// shards 0..N-1. `auto/N` takes I from SLURM_ARRAY_TASK_ID, else JOB_COMPLETION_INDEX
+    /// (N is always given: a resubmitted array task sees SLURM_ARRAY_TASK_COUNT=1). Chunks
+    /// already cached are verified and skipped. Writes only `<out>/shards/I-of-N.json`; run
+    /// --merge when every shard is done.
+    #[arg(long, value_name = "I/N", conflicts_with = "merge")]
+    shard: Option<ShardSpec>,
+    /// Check that every chunk of the plan is in the cache and verifies, publish the split
+    /// indexes and write the stage outputs (features.json, classes.json, config.json,
+    /// stage.json) as a single-process run does; copies no feature bytes. Missing chunks are
+    /// listed (with --shards, with the shards to rerun) and the exit status is non-zero.
+    #[arg(long)]
+    merge: bool,
+    /// With --merge: the N the shards ran with, so missing chunks name the shard to rerun.
+    #[arg(long, requires = "merge")]
+    shards: Option<u32>,
+}
+
+/// `--shard I/N`: this worker's share of the chunks.
+#[derive(Debug, Clone, Copy)]
+struct Shard {
+    index: u32,
+    count: u32,
+}
+
+/// `--shard` as typed: `I/N` or `auto/N`.
+#[derive(Debug, Clone, Copy)]
+struct ShardSpec {
+    index: Option<u32>,
+    count: u32,
+}
+
+impl std::str::FromStr for ShardSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or("expected I/N (e.g. 3/8) or auto/N")?;
+        let count: u32 = n.parse().map_err(|_| format!("N in {s:?} is not a number"))?;
+        if count == 0 {
+            return Err("N must be at least 1".into());
+        }
+        let index = match i {
+            "auto" => None,
+            i => Some(i.parse().map_err(|_| format!("I in {s:?} is not a number or auto"))?),
+        };
+        Ok(Self { index, count })
+    }
+}
+
+/// Environment variables `--shard auto/N` reads the shard index from, in order.
+const SHARD_INDEX_VARS: [&str; 2] = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"];
+
+impl ShardSpec {
+    /// The shard index: given, or from the scheduler's environment.
+    fn resolve(self) -> Result<Shard> {
+        let index = match self.index {
+            Some(i) => i,
+            None => {
+                let (var, value) = SHARD_INDEX_VARS
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().map(|value| (*v, value)))
+                    .with_context(|| {
+                        format!(
+                            "--shard auto/{}: neither {} is set (give the index: --shard I/{})",
+                            self.count,
+                            SHARD_INDEX_VARS.join(" nor "),
+                            self.count
+                        )
+                    })?;
+                value.trim().parse().with_context(|| {
+                    format!("--shard auto/{}: {var}={value:?} is not a number", self.count)
+                })?
+            }
+        };
+        if index >= self.count {
+            bail!("--shard {index}/{}: the index must be below {}", self.count, self.count);
+        }
+        Ok(Shard { index, count: self.count })
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, Serialize)]
@@ -150,18 +230,43 @@ struct StageConfig {
     skip_bad_images: bool,
 }
 
-/// One unit of work: a split, plain or one augmented pass, with the key of each layer cut (in
-/// `FeatureModel::layers` order).
+/// One split, plain or one augmented pass, planned into chunks for each layer cut (in
+/// `FeatureModel::layers` order; every layer's plan has the same chunks, of the same files).
 struct Job<'a> {
     split: &'a str,
     index: &'a SplitIndex,
-    digests: &'a [String],
-    keys: Vec<FeatureKey>,
     pass: Option<u32>,
+    plans: Vec<SplitPlan>,
+}
+
+/// One chunk of a job, the unit of work: its files as a split index of their own (so decoding
+/// and batching start at the chunk), and its entry key for each layer.
+struct Unit<'a> {
+    split: &'a str,
+    pass: Option<u32>,
+    index: SplitIndex,
+    keys: Vec<FeatureKey>,
+}
+
+impl<'a> Unit<'a> {
+    fn new(job: &Job<'a>, chunk: usize) -> Self {
+        let range = job.plans[0].chunks[chunk].range.clone();
+        let mut index = job.index.clone();
+        index.files = job.index.files[range].to_vec();
+        index.omitted = Vec::new();
+        Self {
+            split: job.split,
+            pass: job.pass,
+            index,
+            keys: job.plans.iter().map(|p| p.chunks[chunk].key.clone()).collect(),
+        }
+    }
 }
 
 #[derive(Default)]
 struct Totals {
+    /// Chunks this process was given (all of them, or its shard's).
+    chunks: usize,
     hits: usize,
     computed: usize,
     derived: usize,
@@ -223,6 +328,7 @@ fn run(args: Args) -> Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
+    let shard = args.shard.map(ShardSpec::resolve).transpose()?;
     let device = args.device.resolve()?;
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
@@ -298,7 +404,10 @@ fn run(args: Args) -> Result<()> {
         derive: args.derive,
         skip_bad_images: args.skip_bad_images,
     };
-    run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
+    // A shard leaves the stage folder to the merge (every shard writing it would race).
+    if shard.is_none() {
+        run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
+    }
 
     // Scan and fingerprint every split first: the keys need every file's content digest.
     let mut indexes = Vec::new();
@@ -351,159 +460,194 @@ fn run(args: Args) -> Result<()> {
     };
     let mut jobs = Vec::new();
     for (split, index, digests) in &indexes {
-        jobs.push(Job {
-            split,
-            index,
-            digests,
-            keys: keys(split, index, digests, None),
-            pass: None,
-        });
-        if *split == "train" {
-            for p in 0..args.augment_passes {
-                jobs.push(Job {
-                    split,
-                    index,
-                    digests,
-                    keys: keys(split, index, digests, Some(p)),
-                    pass: Some(p),
-                });
-            }
+        let passes = std::iter::once(None)
+            .chain((0..if *split == "train" { args.augment_passes } else { 0 }).map(Some));
+        for pass in passes {
+            let plans: Vec<SplitPlan> =
+                keys(split, index, digests, pass).iter().map(SplitPlan::new).collect();
+            jobs.push(Job { split, index, pass, plans });
         }
     }
+    // Every chunk of every job, in plan order; shard i of n computes units i, i + n, ...
+    let units: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, job)| (0..job.plans[0].chunks.len()).map(move |c| (j, c)))
+        .collect();
+    let shard_of = |unit: usize, count: u32| (unit % count as usize) as u32;
 
     let mut totals = Totals::default();
     let fallback_dir = args.out.join("cache");
     let mut fallback: Option<Cache> = None;
-    // Per layer, in `model.layers()` order: the entries of every job.
-    let mut entries: Vec<Vec<EntryRef>> = vec![Vec::new(); model.layers().len()];
-    for job in &jobs {
-        let label = match job.pass {
-            Some(p) => format!("{} (augmented pass {p})", job.split),
-            None => job.split.to_owned(),
-        };
-        let mut got: Vec<Option<EntryRef>> = vec![None; job.keys.len()];
-        for (i, key) in job.keys.iter().enumerate() {
-            if let Some((entry, private)) = find(&cache, &fallback_dir, key)? {
-                if !skips_allowed(&args, entry.manifest.skipped.len(), job.index.files.len()) {
-                    tracing::info!(split = %label, layer = %key.layer, skipped = entry.manifest.skipped.len(), "cached entry skipped images this run's bad-image policy does not skip: recomputing");
-                    continue;
-                }
-                totals.skipped.extend(
-                    entry
-                        .manifest
-                        .skipped
-                        .iter()
-                        .map(|p| job.index.dir.join(p).display().to_string()),
-                );
-                totals.hits += 1;
-                tracing::info!(split = %label, layer = %key.layer, key = %key.digest(), "cache hit");
-                if private {
-                    fallback.get_or_insert(Cache::open(&fallback_dir)?);
-                }
-                got[i] = Some(entry_ref(
-                    job,
-                    key,
-                    entry.shape()[0],
-                    private.then(|| fallback_dir.clone()),
-                    Origin::Found,
-                ));
+    // What this process knows of each chunk entry, by (job, layer, chunk).
+    let mut known: HashMap<(usize, usize, usize), Known> = HashMap::new();
+    if !args.merge {
+        let mine: Vec<usize> = (0..units.len())
+            .filter(|&u| shard.is_none_or(|s| shard_of(u, s.count) == s.index))
+            .collect();
+        for (j, job) in jobs.iter().enumerate() {
+            let chunks: Vec<usize> =
+                mine.iter().filter(|&&u| units[u].0 == j).map(|&u| units[u].1).collect();
+            if chunks.is_empty() {
+                continue;
             }
-        }
-        let missing: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_none()).collect();
-        if !missing.is_empty() {
-            let keep: Vec<Layer> = missing.iter().map(|&i| model.layers()[i]).collect();
-            let lowest = *keep.iter().min().expect("missing is not empty");
-            // The highest lower layer whose unpooled entry for this job is cached.
-            let mut source = None;
-            if args.derive {
-                for below in model.layers_below(lowest) {
-                    let key =
-                        base_key(job.split, job.index, job.digests, job.pass, below, Pooling::None);
-                    if let Some((entry, _)) = find(&cache, &fallback_dir, &key)? {
-                        if !skips_allowed(
-                            &args,
-                            entry.manifest.skipped.len(),
-                            job.index.files.len(),
-                        ) {
-                            tracing::info!(split = %label, from = %key.layer, skipped = entry.manifest.skipped.len(), "not derived from a lower layer whose entry skipped images this run's bad-image policy does not skip");
-                            continue;
-                        }
-                        source = Some((below, key.digest(), entry));
-                        break;
-                    }
-                }
-            }
-            let mut writers = Vec::new();
-            let mut private = Vec::new();
-            for &i in &missing {
-                let rows_announced = job.index.files.len() as u64;
-                match cache.writer(job.keys[i].clone(), tool(), rows_announced, &row_shapes[i]) {
-                    Ok(w) => {
-                        writers.push(w);
-                        private.push(false);
-                    }
-                    Err(err) => {
-                        tracing::warn!(cache = %cache_dir.display(), %err, fallback = %fallback_dir.display(), "the feature cache cannot be written: using a private cache in the run folder");
-                        let fb = fallback.get_or_insert(Cache::open(&fallback_dir)?);
-                        writers.push(fb.writer(
-                            job.keys[i].clone(),
-                            tool(),
-                            rows_announced,
-                            &row_shapes[i],
-                        )?);
-                        private.push(true);
-                    }
-                }
-            }
-            let (rows, origin) = match source {
-                Some((from, from_key, entry)) => {
-                    let from_layer = model.layer_name(from).to_owned();
-                    tracing::info!(split = %label, from = %from_layer, key = %from_key, "computing from the cached lower layer");
-                    for w in &mut writers {
-                        w.derived_from(from_key.clone());
-                    }
-                    let rows = derive(
-                        &args,
-                        &model,
-                        job,
-                        &entry,
-                        from,
-                        &keep,
-                        writers,
-                        &label,
-                        &mut totals,
-                    )?;
-                    totals.derived += missing.len();
-                    (rows, Origin::Derived { from_key, from_layer })
-                }
-                None => {
-                    let rows = extract(
-                        &args,
-                        &model,
-                        job,
-                        size,
-                        &augment_config,
-                        &keep,
-                        writers,
-                        &label,
-                        &mut totals,
-                    )?;
-                    totals.computed += missing.len();
-                    (rows, Origin::Images)
-                }
+            let label = match job.pass {
+                Some(p) => format!("{} (augmented pass {p})", job.split),
+                None => job.split.to_owned(),
             };
-            for (&i, private) in missing.iter().zip(private) {
-                got[i] = Some(entry_ref(
-                    job,
-                    &job.keys[i],
-                    rows,
-                    private.then(|| fallback_dir.clone()),
-                    origin.clone(),
-                ));
+            let files: u64 =
+                chunks.iter().map(|&c| job.plans[0].chunks[c].range.len() as u64).sum();
+            let bar = progress_bar(files, &label);
+            for c in chunks {
+                let unit = Unit::new(job, c);
+                let got = compute_chunk(
+                    &args,
+                    (&model, size, &augment_config),
+                    (&cache, &fallback_dir, &mut fallback, shard.is_some()),
+                    &unit,
+                    (&bar, &label),
+                    &mut totals,
+                )?;
+                for (l, k) in got.into_iter().enumerate() {
+                    known.insert((j, l, c), k);
+                }
+            }
+            bar.finish();
+        }
+        totals.chunks = mine.len();
+    }
+    if let Some(shard) = shard {
+        let path = args.out.join("shards").join(format!("{}-of-{}.json", shard.index, shard.count));
+        std::fs::create_dir_all(path.parent().expect("a file in a folder"))
+            .with_context(|| format!("creating {}", path.display()))?;
+        let summary = ShardSummary {
+            shard: shard.index,
+            shards: shard.count,
+            chunks: totals.chunks,
+            found: totals.hits,
+            computed: totals.computed,
+            derived: totals.derived,
+            images_run: totals.images - totals.derived_rows,
+            seconds: started.elapsed().as_secs_f64(),
+            cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+            entries: totals.timings,
+        };
+        run_folder::write_json(&path, &summary)?;
+        eprintln!(
+            "extract-features: shard {}/{}: {} chunks ({} entries found, {} computed from images, {} from a lower layer) in {:.1}s -> {}",
+            shard.index,
+            shard.count,
+            summary.chunks,
+            summary.found,
+            summary.computed,
+            summary.derived,
+            summary.seconds,
+            path.display()
+        );
+        return Ok(());
+    }
+
+    // The merge: every chunk of the plan verified (this process's own from memory), then the
+    // split indexes published. A missing chunk stops it, naming the shard that computes it.
+    let mut missing = Vec::new();
+    for (u, &(j, c)) in units.iter().enumerate() {
+        let job = &jobs[j];
+        for (l, plan) in job.plans.iter().enumerate() {
+            if known.contains_key(&(j, l, c)) {
+                continue;
+            }
+            let chunk = &plan.chunks[c];
+            match find(&cache, &fallback_dir, &chunk.key)? {
+                Some((entry, private)) => {
+                    known.insert(
+                        (j, l, c),
+                        Known { rows: entry.shape()[0], private, origin: Origin::Found },
+                    );
+                    totals.hits += 1;
+                    totals.skipped.extend(
+                        entry
+                            .manifest
+                            .skipped
+                            .iter()
+                            .map(|p| job.index.dir.join(p).display().to_string()),
+                    );
+                }
+                None => missing.push((u, j, l, c)),
             }
         }
-        for (layer_entries, entry) in entries.iter_mut().zip(got) {
-            layer_entries.push(entry.expect("every layer found or computed"));
+    }
+    if !missing.is_empty() {
+        for &(u, j, l, c) in &missing {
+            let job = &jobs[j];
+            let chunk = &job.plans[l].chunks[c];
+            let files = &chunk.key.dataset.files;
+            let pass = job.pass.map_or(String::new(), |p| format!(" augmented pass {p}"));
+            let shard =
+                args.shards.map_or(String::new(), |n| format!(", shard {}/{n}", shard_of(u, n)));
+            eprintln!(
+                "missing: {}{pass} {} chunk {} of {} ({} files, {} .. {}): key {}{shard}",
+                job.split,
+                model.layer_name(model.layers()[l]),
+                c + 1,
+                job.plans[l].chunks.len(),
+                files.len(),
+                files.first().map_or("", |f| f.path.as_str()),
+                files.last().map_or("", |f| f.path.as_str()),
+                chunk.key.digest(),
+            );
+        }
+        let rerun = match args.shards {
+            Some(n) => {
+                let ids: std::collections::BTreeSet<u32> =
+                    missing.iter().map(|&(u, ..)| shard_of(u, n)).collect();
+                let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+                format!("rerun shards: {} (of --shard I/{n})", ids.join(","))
+            }
+            None => "rerun the shards that compute them (give --shards N to name them)".to_owned(),
+        };
+        bail!(
+            "{} of the plan's {} chunk entries are missing from {}: {rerun}",
+            missing.len(),
+            units.len() * model.layers().len(),
+            cache.root().display()
+        );
+    }
+    // Per layer, in `model.layers()` order: each job's split index.
+    let mut entries: Vec<Vec<EntryRef>> = vec![Vec::new(); model.layers().len()];
+    for (j, job) in jobs.iter().enumerate() {
+        for (l, plan) in job.plans.iter().enumerate() {
+            let chunks: Vec<&Known> = (0..plan.chunks.len()).map(|c| &known[&(j, l, c)]).collect();
+            let rows: Vec<u64> = chunks.iter().map(|k| k.rows).collect();
+            let skipped: u64 =
+                plan.chunks.iter().zip(&rows).map(|(c, r)| c.range.len() as u64 - r).sum();
+            if skipped > 0 && !skips_allowed(&args, skipped as usize, job.index.files.len()) {
+                bail!(
+                    "{}: {skipped} of {} images were skipped as bad, more than --max-bad-fraction {} allows",
+                    job.index.dir.display(),
+                    job.index.files.len(),
+                    args.max_bad_fraction
+                );
+            }
+            // The index goes where its chunks are: the private cache if any chunk is there.
+            let private = chunks.iter().any(|k| k.private);
+            let root = if private { fallback_dir.as_path() } else { cache.root() };
+            feature_cache::write_index(root, &plan.index(&rows, tool()))?;
+            // A derived split names the lower layer's split index (the chunks name its chunks).
+            let origin = match aggregate_origin(chunks.iter().map(|k| &k.origin)) {
+                Origin::Derived { from_layer, .. } => Origin::Derived {
+                    from_key: plan.at_layer(&from_layer, Pooling::None.name()).index_key,
+                    from_layer,
+                },
+                origin => origin,
+            };
+            entries[l].push(EntryRef {
+                split: job.split.to_owned(),
+                pass: job.pass,
+                key: plan.index_key.clone(),
+                rows: rows.iter().sum(),
+                cache_dir: private.then(|| fallback_dir.clone()),
+                origin: Some(origin),
+            });
         }
     }
 
@@ -535,8 +679,10 @@ fn run(args: Args) -> Result<()> {
     let model_share = if totals.images > 0 { totals.model.as_secs_f64() / wall } else { 0.0 };
     let summary = serde_json::json!({
         "device": format!("{device:?}"),
-        // Entries found in the cache, computed from the images, and computed from a cached
-        // lower layer (only the layers between run).
+        // Chunk entries found in the cache, computed from the images, and computed from a
+        // cached lower layer (only the layers between run); the plan's chunks (each holds every
+        // layer's entry).
+        "chunks": units.len(),
         "cache_hits": totals.hits,
         "computed": totals.computed,
         "derived": totals.derived,
@@ -586,8 +732,9 @@ fn run(args: Args) -> Result<()> {
         summary,
     )?;
     eprintln!(
-        "extract-features: {} entries ({} from cache, {} computed from images, {} from a lower layer; {} images and {} lower-layer rows run at {:.1} rows/s, model {:.0}% of wall time) in {wall:.1}s -> {}",
+        "extract-features: {} splits in {} chunk entries ({} from cache, {} computed from images, {} from a lower layer; {} images and {} lower-layer rows run at {:.1} rows/s, model {:.0}% of wall time) in {wall:.1}s -> {}",
         jobs.len() * model.layers().len(),
+        units.len() * model.layers().len(),
         totals.hits,
         totals.computed,
         totals.derived,
@@ -626,38 +773,181 @@ fn find(
     Ok(None)
 }
 
-fn entry_ref(
-    job: &Job<'_>,
-    key: &FeatureKey,
+/// A chunk entry the merge will list: its rows, whether it lives in the private cache, and
+/// how this process got it.
+struct Known {
     rows: u64,
-    cache_dir: Option<PathBuf>,
+    private: bool,
     origin: Origin,
-) -> EntryRef {
-    EntryRef {
-        split: job.split.to_owned(),
-        pass: job.pass,
-        key: key.digest(),
-        rows,
-        cache_dir,
-        origin: Some(origin),
-    }
 }
 
-/// Runs one job's images (augmented for an augmented pass) through the model in one pass per
+/// What a shard run leaves in `<out>/shards/I-of-N.json` (the merge writes the stage outputs).
+#[derive(Serialize)]
+struct ShardSummary {
+    shard: u32,
+    shards: u32,
+    /// Chunks assigned to this shard (each computes every layer of one chunk).
+    chunks: usize,
+    /// Chunk entries found in the cache (verified, no compute), computed from the images, and
+    /// computed from a cached lower layer.
+    found: usize,
+    computed: usize,
+    derived: usize,
+    images_run: usize,
+    seconds: f64,
+    /// The device the scheduler bound this task to (Slurm `--gres=gpu:1`), as seen here.
+    cuda_visible_devices: Option<String>,
+    entries: Vec<EntryTiming>,
+}
+
+/// A progress bar of `total` images labelled `label` (hidden without a terminal; then the
+/// loop logs every ~10%).
+fn progress_bar(total: u64, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total).with_message(label.to_owned());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// How a split index's chunks came to this run, as one [`Origin`]: all found, else derived
+/// (naming a source) when any chunk was, else computed from the images.
+fn aggregate_origin<'a>(origins: impl Iterator<Item = &'a Origin>) -> Origin {
+    let mut result = Origin::Found;
+    for origin in origins {
+        match (origin, &result) {
+            (Origin::Derived { .. }, Origin::Found | Origin::Images) => result = origin.clone(),
+            (Origin::Images, Origin::Found) => result = Origin::Images,
+            _ => {}
+        }
+    }
+    result
+}
+
+/// Finds or computes every layer's entry of one chunk: verified cache hits first; the missing
+/// layers from the highest lower layer's cached entry of the same chunk (`derive`) when there is
+/// one, else from the images (`extract`), in one pass. In a sharded run (`shared_only`) a cache
+/// that cannot be written is an error, since every shard and the merge must meet in one cache.
+fn compute_chunk(
+    args: &Args,
+    (model, size, augment_config): (&FeatureModel, Size, &AugmentConfig),
+    (cache, fallback_dir, fallback, shared_only): (&Cache, &Path, &mut Option<Cache>, bool),
+    unit: &Unit<'_>,
+    progress: (&ProgressBar, &str),
+    totals: &mut Totals,
+) -> Result<Vec<Known>> {
+    let label = progress.1;
+    let files = unit.index.files.len();
+    let mut got: Vec<Option<Known>> = (0..unit.keys.len()).map(|_| None).collect();
+    for (i, key) in unit.keys.iter().enumerate() {
+        let Some((entry, private)) = find(cache, fallback_dir, key)? else { continue };
+        if !entry.manifest.skipped.is_empty() && !args.skip_bad_images {
+            tracing::info!(split = %label, layer = %key.layer, skipped = entry.manifest.skipped.len(), "cached chunk skipped images this run does not skip (no --skip-bad-images): recomputing");
+            continue;
+        }
+        totals.skipped.extend(
+            entry.manifest.skipped.iter().map(|p| unit.index.dir.join(p).display().to_string()),
+        );
+        totals.hits += 1;
+        tracing::debug!(split = %label, layer = %key.layer, key = %key.digest(), "cache hit");
+        got[i] = Some(Known { rows: entry.shape()[0], private, origin: Origin::Found });
+    }
+    let missing: Vec<usize> = (0..got.len()).filter(|&i| got[i].is_none()).collect();
+    if missing.is_empty() {
+        progress.0.inc(files as u64);
+        return Ok(got.into_iter().map(|k| k.expect("every layer found")).collect());
+    }
+    let keep: Vec<Layer> = missing.iter().map(|&i| model.layers()[i]).collect();
+    let lowest = *keep.iter().min().expect("missing is not empty");
+    // The highest lower layer whose unpooled entry of this chunk is cached.
+    let mut source = None;
+    if args.derive {
+        for below in model.layers_below(lowest) {
+            let mut key = unit.keys[0].clone();
+            key.layer = model.layer_name(below).to_owned();
+            key.pooling = Pooling::None.name().to_owned();
+            if let Some((entry, _)) = find(cache, fallback_dir, &key)? {
+                if !entry.manifest.skipped.is_empty() && !args.skip_bad_images {
+                    continue;
+                }
+                source = Some((below, key.digest(), entry));
+                break;
+            }
+        }
+    }
+    let mut writers = Vec::new();
+    let mut private = Vec::new();
+    for &i in &missing {
+        let row_shape = model.row_shape(args.input_size as i64, model.layers()[i], args.pooling)?;
+        match cache.writer(unit.keys[i].clone(), tool(), files as u64, &row_shape) {
+            Ok(w) => {
+                writers.push(w);
+                private.push(false);
+            }
+            Err(err) if shared_only => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "the feature cache {} cannot be written: a sharded run needs the one cache every shard and the merge share",
+                    cache.root().display()
+                )));
+            }
+            Err(err) => {
+                tracing::warn!(cache = %cache.root().display(), %err, fallback = %fallback_dir.display(), "the feature cache cannot be written: using a private cache in the run folder");
+                let fb = match fallback {
+                    Some(fb) => fb,
+                    None => fallback.insert(Cache::open(fallback_dir)?),
+                };
+                writers.push(fb.writer(unit.keys[i].clone(), tool(), files as u64, &row_shape)?);
+                private.push(true);
+            }
+        }
+    }
+    let (rows, origin) = match source {
+        Some((from, from_key, entry)) => {
+            let from_layer = model.layer_name(from).to_owned();
+            tracing::debug!(split = %label, from = %from_layer, key = %from_key, "computing from the cached lower layer");
+            for w in &mut writers {
+                w.derived_from(from_key.clone());
+            }
+            let rows = derive(args, model, unit, &entry, from, &keep, writers, progress, totals)?;
+            totals.derived += missing.len();
+            (rows, Origin::Derived { from_key, from_layer })
+        }
+        None => {
+            let rows = extract(
+                args,
+                (model, size, augment_config),
+                unit,
+                &keep,
+                writers,
+                progress,
+                totals,
+            )?;
+            totals.computed += missing.len();
+            (rows, Origin::Images)
+        }
+    };
+    for (&i, private) in missing.iter().zip(private) {
+        got[i] = Some(Known { rows, private, origin: origin.clone() });
+    }
+    Ok(got.into_iter().map(|k| k.expect("every layer found or computed")).collect())
+}
+
+/// Runs one chunk's images (augmented for an augmented pass) through the model in one pass per
 /// batch, the output of each layer of `keep` into the writer at the same position; returns the
-/// rows written.
-#[allow(clippy::too_many_arguments)]
+/// rows written. An augmented image's draw is keyed by its identity (path and content digest,
+/// [`feature_cache::FileKey::identity`]), so it does not depend on where its chunk sits.
 fn extract(
     args: &Args,
-    model: &FeatureModel,
-    job: &Job<'_>,
-    size: Size,
-    augment_config: &AugmentConfig,
+    (model, size, augment_config): (&FeatureModel, Size, &AugmentConfig),
+    unit: &Unit<'_>,
     keep: &[Layer],
     writers: Vec<feature_cache::EntryWriter>,
-    label: &str,
+    progress: (&ProgressBar, &str),
     totals: &mut Totals,
 ) -> Result<u64> {
+    let label = progress.1;
     let decode = DecodeOptions {
         target_size: Some(size),
         interpolation: match args.resize {
@@ -671,22 +961,24 @@ fn extract(
         batch_size: args.batch_size,
         shuffle: None,
         prefetch: 2,
+        // The fraction is checked over the whole split when the split index is written.
         on_bad_image: if args.skip_bad_images {
-            BadImagePolicy::Skip { max_fraction: args.max_bad_fraction }
+            BadImagePolicy::Skip { max_fraction: 1.0 }
         } else {
             BadImagePolicy::FailFast
         },
         ..Default::default()
     };
     let (h, w) = (size.height as usize, size.width as usize);
-    let mut batches = dataset::batches(job.index, &decode, &options, 0)?;
+    let mut batches = dataset::batches(&unit.index, &decode, &options, 0)?;
+    let files = &unit.keys[0].dataset.files;
     // Decode (on the prefetch threads), augmentation and staging overlap the batch in flight.
     // Augmented pixels stay floats, as Keras hands them to the network (rounding to u8 would
     // move each by up to 0.5).
     let staged = batches.by_ref().map(|batch| -> Result<(Staged, Vec<i32>)> {
         let batch = batch?;
         let labels = batch.classes.iter().map(|&c| c as i32).collect();
-        let Some(pass) = job.pass else {
+        let Some(pass) = unit.pass else {
             return Ok((model.stage(&batch.images, batch.len(), h, w)?, labels));
         };
         let image_len = h * w * 3;
@@ -697,22 +989,26 @@ fn extract(
             .zip(batch.indices.par_iter())
             .try_for_each(|((dst, src), &i)| {
                 augment_config
-                    .sample(args.augment_seed, pass as u64, i as u64)
+                    .sample(args.augment_seed, pass as u64, files[i].identity())
                     .apply_u8_to_f32(src, h, w, 3, dst)
             })?;
         Ok((model.stage_f32(&pixels, batch.len(), h, w)?, labels))
     });
     let (mut writers, rows) =
-        pump(model, staged, |s| model.submit(s, keep), writers, job, label, totals)?;
+        pump(model, staged, |s| model.submit(s, keep), writers, unit, progress.0, totals)?;
     for skipped in batches.skipped() {
         tracing::warn!(path = %skipped.path.display(), reason = %skipped.reason, "skipped a bad image");
         for writer in &mut writers {
-            writer.skip(relative(&skipped.path, &job.index.dir));
+            writer.skip(relative(&skipped.path, &unit.index.dir));
         }
         totals.skipped.push(skipped.path.display().to_string());
     }
     if !batches.skipped().is_empty() {
-        eprintln!("{label}: skipped {} of {}", batches.skipped().len(), job.index.files.len());
+        eprintln!(
+            "{label}: skipped {} of a chunk of {}",
+            batches.skipped().len(),
+            unit.index.files.len()
+        );
     }
     for writer in writers {
         writer.finish()?;
@@ -720,8 +1016,8 @@ fn extract(
     Ok(rows)
 }
 
-/// Runs one job from `source`, the verified cached entry of the lower layer `from` for the same
-/// images and pass, through the layers above it up to each layer of `keep`. The rows are batched
+/// Runs one chunk from `source`, the verified cached entry of the lower layer `from` for the
+/// same images and pass, through the layers above it up to each layer of `keep`. The rows are batched
 /// exactly as [`extract`] batches the images (`--batch-size` files at a time, less the images the
 /// source skipped as bad), so the arithmetic, and on the CPU every bit, is the direct pass's;
 /// the source's skipped images are skipped here too. Returns the rows written.
@@ -729,17 +1025,17 @@ fn extract(
 fn derive(
     args: &Args,
     model: &FeatureModel,
-    job: &Job<'_>,
+    unit: &Unit<'_>,
     source: &LoadedEntry,
     from: Layer,
     keep: &[Layer],
     writers: Vec<feature_cache::EntryWriter>,
-    label: &str,
+    progress: (&ProgressBar, &str),
     totals: &mut Totals,
 ) -> Result<u64> {
     let row_shape = &source.shape()[1..];
     let row_len = row_shape.iter().product::<u64>() as usize;
-    let sizes = batch_rows(job.index, &source.manifest.skipped, args.batch_size);
+    let sizes = batch_rows(&unit.index, &source.manifest.skipped, args.batch_size);
     let mut start = 0;
     let staged = sizes.into_iter().map(|n| -> Result<(Staged, Vec<i32>)> {
         let (rows, labels) = (
@@ -749,13 +1045,20 @@ fn derive(
         start += n;
         Ok((model.stage_features(rows, n, row_shape)?, labels.to_vec()))
     });
-    let (mut writers, rows) =
-        pump(model, staged, |s| model.submit_from(s, from, keep), writers, job, label, totals)?;
+    let (mut writers, rows) = pump(
+        model,
+        staged,
+        |s| model.submit_from(s, from, keep),
+        writers,
+        unit,
+        progress.0,
+        totals,
+    )?;
     for skipped in &source.manifest.skipped {
         for writer in &mut writers {
             writer.skip(skipped.clone());
         }
-        totals.skipped.push(job.index.dir.join(skipped).display().to_string());
+        totals.skipped.push(unit.index.dir.join(skipped).display().to_string());
     }
     for writer in writers {
         writer.finish()?;
@@ -798,20 +1101,14 @@ fn pump(
     staged: impl Iterator<Item = Result<(Staged, Vec<i32>)>>,
     submit: impl Fn(Staged) -> Result<Pending>,
     writers: Vec<feature_cache::EntryWriter>,
-    job: &Job<'_>,
-    label: &str,
+    unit: &Unit<'_>,
+    bar: &ProgressBar,
     totals: &mut Totals,
 ) -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
-    let total = job.index.files.len() as u64;
-    let bar = ProgressBar::new(total).with_message(label.to_owned());
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>28} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    let total = bar.length().unwrap_or(0);
     let step = (total / 10).max(1);
     let mut timing =
-        EntryTiming { split: job.split.to_owned(), pass: job.pass, ..Default::default() };
+        EntryTiming { split: unit.split.to_owned(), pass: unit.pass, ..Default::default() };
     let loop_start = Instant::now();
     // Ends the batch in flight: waits for the device, accounts its time, hands back its rows.
     let settle = |in_flight: Option<InFlight>, timing: &mut EntryTiming| {
@@ -839,7 +1136,6 @@ fn pump(
     let (writers, rows) =
         std::thread::scope(|scope| -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
             let (to_writer, finished) = std::sync::mpsc::sync_channel::<(Pending, Vec<i32>)>(2);
-            let bar = &bar;
             let mut writers = writers;
             let write_thread =
                 scope.spawn(move || -> Result<(Vec<feature_cache::EntryWriter>, u64)> {
@@ -851,9 +1147,11 @@ fn pump(
                         let n = pending.len() as u64;
                         rows += n;
                         bar.inc(n);
-                        // Without a terminal (the pipeline logs to a file) the bar is hidden: log every ~10%.
-                        if bar.is_hidden() && (rows / step != (rows - n) / step || rows == total) {
-                            tracing::info!(split = %label, done = rows, total, "extracting");
+                        // Without a terminal (the pipeline logs to a file) the bar is hidden: log
+                        // every ~10% of the split (or of this shard's share of it).
+                        let done = bar.position();
+                        if bar.is_hidden() && (done / step != (done - n) / step || done == total) {
+                            tracing::info!(split = %bar.message(), done, total, "extracting");
                         }
                     }
                     Ok((writers, rows))
@@ -896,6 +1194,5 @@ fn pump(
     totals.model += Duration::from_secs_f64(timing.device_queued_seconds);
     totals.images += rows as usize;
     totals.timings.push(timing);
-    bar.finish();
     Ok((writers, rows))
 }

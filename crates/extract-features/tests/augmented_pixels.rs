@@ -90,7 +90,10 @@ fn augmented_pixels_reach_the_network_unrounded() {
     let entry = record.entries.iter().find(|e| e.pass.is_some()).expect("an augmented entry");
     let pass = entry.pass.unwrap() as u64;
     let cache = Cache::open(&record.cache_dir).unwrap();
-    let loaded = feature_cache::load(&cache.entry_dir(&entry.key)).unwrap();
+    let reader = ExtractionRecord::open(&cache, entry, Path::new("features.json")).unwrap();
+    let loaded = reader.load().unwrap();
+    // Draws are keyed by each image's identity (path and content digest), not its position.
+    let file_keys = reader.files().unwrap();
     let (h, w, c) = (62usize, 62usize, 32usize);
     assert_eq!(loaded.features.len(), 4 * h * w * c);
 
@@ -102,8 +105,9 @@ fn augmented_pixels_reach_the_network_unrounded() {
         let opts = DecodeOptions { target_size: Some(Size::square(SIZE)), ..Default::default() };
         let img = dataset::decode(&file.path, &opts).unwrap();
         let mut expected = vec![0f32; s * s * 3];
+        assert!(file.path.ends_with(&file_keys[i].path), "row {i} is not {}", file.path.display());
         config
-            .sample(SEED, pass, i as u64)
+            .sample(SEED, pass, file_keys[i].identity())
             .apply_u8_to_f32(img.as_raw(), s, s, 3, &mut expected)
             .unwrap();
         let rows = &loaded.features[i * h * w * c..(i + 1) * h * w * c];

@@ -90,15 +90,26 @@ fn extract(f: &Fixture, out: &str, cache: &str, extra: &[&str]) -> (ExtractionRe
     (run_folder::read_json(&f.root.join(out).join(feature_cache::EXTRACTION_FILE)).unwrap(), stderr)
 }
 
-/// The bytes of every entry's `features.npy` and `labels.npy`, by key.
-fn entry_bytes(record: &ExtractionRecord) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+/// The chunk entry keys of every split of `record`, in order (each split's index verified).
+fn chunk_keys(record: &ExtractionRecord) -> Vec<String> {
     record
         .entries
         .iter()
-        .map(|e| {
-            let dir = record.cache_dir.join(&e.key);
+        .flat_map(|e| {
+            let index = feature_cache::verify_split(&record.cache_dir, &e.key).unwrap();
+            index.chunks.into_iter().map(|c| c.key)
+        })
+        .collect()
+}
+
+/// The bytes of every chunk entry's `features.npy` and `labels.npy`, by key.
+fn entry_bytes(record: &ExtractionRecord) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    chunk_keys(record)
+        .into_iter()
+        .map(|key| {
+            let dir = record.cache_dir.join(&key);
             (
-                e.key.clone(),
+                key,
                 std::fs::read(dir.join("features.npy")).unwrap(),
                 std::fs::read(dir.join("labels.npy")).unwrap(),
             )
@@ -127,8 +138,10 @@ fn check_derived_equals_direct(f: &Fixture, lower: &str, upper: &str, extra: &[&
             entry.origin,
             Some(Origin::Derived { from_key: source.key.clone(), from_layer: low.layer.clone() })
         );
-        let manifest = feature_cache::verify(&cache.entry_dir(&entry.key)).unwrap();
-        assert_eq!(manifest.derived_from.as_deref(), Some(source.key.as_str()));
+    }
+    for (chunk, source) in chunk_keys(&derived).iter().zip(chunk_keys(&low)) {
+        let manifest = feature_cache::verify(&cache.entry_dir(chunk)).unwrap();
+        assert_eq!(manifest.derived_from.as_deref(), Some(source.as_str()));
     }
     assert!(direct.entries.iter().all(|e| e.origin == Some(Origin::Images)));
 }
@@ -169,7 +182,7 @@ fn small_convnet_derives_like_vgg16() {
 fn several_layers_come_from_one_pass_each_bit_identical_to_alone() {
     let f = fixture(ConvArch::vgg16(), "32");
     let (first, stderr) = extract(&f, "both", "both", &["--layer", "block4_pool,block5_pool"]);
-    assert!(stderr.contains("10 entries (0 from cache, 10 computed from images"), "{stderr}");
+    assert!(stderr.contains("10 chunk entries (0 from cache, 10 computed from images"), "{stderr}");
     assert_eq!(first.layer, "block4_pool", "features.json holds the first layer named");
     let per_layer = |layer: &str| -> ExtractionRecord {
         run_folder::read_json(&f.root.join("both").join(format!("features-{layer}.json"))).unwrap()
@@ -193,7 +206,9 @@ fn several_layers_come_from_one_pass_each_bit_identical_to_alone() {
     // Rerun: all found, nothing run.
     let (_, stderr) = extract(&f, "again", "both", &["--layer", "block5_pool,block4_pool"]);
     assert!(
-        stderr.contains("10 entries (10 from cache, 0 computed from images, 0 from a lower layer"),
+        stderr.contains(
+            "10 chunk entries (10 from cache, 0 computed from images, 0 from a lower layer"
+        ),
         "{stderr}"
     );
     let result =
@@ -211,7 +226,7 @@ fn derived_entries_verify_export_and_import_like_any_other() {
     let statuses = cache.verify_all().unwrap();
     assert_eq!(statuses.len(), 10);
     assert!(statuses.iter().all(|s| s.result.is_ok()), "{statuses:?}");
-    let keys: Vec<String> = derived.entries.iter().map(|e| e.key.clone()).collect();
+    let keys = chunk_keys(&derived);
     let bundle = f.root.join("bundle.tar");
     feature_cache::export(&cache, &keys, &bundle).unwrap();
     let other = Cache::open(f.root.join("other")).unwrap();
@@ -254,15 +269,14 @@ fn a_kill_while_deriving_leaves_no_entry_that_passes_for_finished() {
                 status.result
             );
         }
-        interrupted +=
-            usize::from(reference.entries.iter().any(|e| !cache.entry_dir(&e.key).exists()));
-        for entry in &reference.entries {
-            let features = cache.entry_dir(&entry.key).join("features.npy");
+        let chunks = chunk_keys(&reference);
+        interrupted += usize::from(chunks.iter().any(|k| !cache.entry_dir(k).exists()));
+        for key in &chunks {
+            let features = cache.entry_dir(key).join("features.npy");
             if features.exists() {
                 assert_eq!(
                     std::fs::read(&features).unwrap(),
-                    std::fs::read(reference.cache_dir.join(&entry.key).join("features.npy"))
-                        .unwrap()
+                    std::fs::read(reference.cache_dir.join(key).join("features.npy")).unwrap()
                 );
             }
         }

@@ -78,7 +78,7 @@ fn extract(f: &Fixture, out: &str, extra: &[&str]) -> (ExtractionRecord, String)
     (run_folder::read_json(&out.join(feature_cache::EXTRACTION_FILE)).unwrap(), stderr)
 }
 
-fn load(record: &ExtractionRecord, split: &str) -> feature_cache::LoadedEntry {
+fn load(record: &ExtractionRecord, split: &str) -> feature_cache::LoadedSplit {
     let cache = Cache::open(&record.cache_dir).unwrap();
     ExtractionRecord::load(&cache, record.plain(split).unwrap(), Path::new("features.json"))
         .unwrap()
@@ -88,7 +88,7 @@ fn load(record: &ExtractionRecord, split: &str) -> feature_cache::LoadedEntry {
 fn extracts_reuses_and_recomputes_only_what_changed() {
     let f = fixture();
     let (first, stderr) = extract(&f, "x1", &["--augment-passes", "2"]);
-    assert!(stderr.contains("5 entries (0 from cache, 5 computed"), "{stderr}");
+    assert!(stderr.contains("5 splits in 5 chunk entries (0 from cache, 5 computed"), "{stderr}");
     assert_eq!(first.feature_shape, vec![1, 1, 512]);
     assert_eq!(first.classes, vec!["a", "b"]);
     assert_eq!(first.passes("train").len(), 2);
@@ -104,7 +104,8 @@ fn extracts_reuses_and_recomputes_only_what_changed() {
     }
     let cache = Cache::open(f.root.join("cache")).unwrap();
     for e in &first.entries {
-        assert!(cache.verify_all().unwrap().iter().any(|s| s.key == e.key && s.result.is_ok()));
+        let index = feature_cache::verify_split(cache.root(), &e.key).unwrap();
+        assert_eq!(index.rows(), e.rows);
     }
     // Augmented passes differ from each other and from the plain features.
     let pass = |p: usize| {
@@ -114,7 +115,7 @@ fn extracts_reuses_and_recomputes_only_what_changed() {
     assert_ne!(pass(0), train.features);
 
     let (second, stderr) = extract(&f, "x2", &["--augment-passes", "2"]);
-    assert!(stderr.contains("5 entries (5 from cache, 0 computed"), "{stderr}");
+    assert!(stderr.contains("5 splits in 5 chunk entries (5 from cache, 0 computed"), "{stderr}");
     let keys = |r: &ExtractionRecord| {
         r.entries
             .iter()
@@ -128,7 +129,7 @@ fn extracts_reuses_and_recomputes_only_what_changed() {
     let img = f.data.join("train/a/0.png");
     image::RgbImage::from_pixel(40, 36, image::Rgb([1, 2, 3])).save(&img).unwrap();
     let (third, stderr) = extract(&f, "x3", &["--augment-passes", "2"]);
-    assert!(stderr.contains("5 entries (2 from cache, 3 computed"), "{stderr}");
+    assert!(stderr.contains("5 splits in 5 chunk entries (2 from cache, 3 computed"), "{stderr}");
     let key = |r: &ExtractionRecord, split: &str| r.plain(split).map(|e| e.key.clone());
     assert_ne!(key(&third, "train"), key(&first, "train"));
     assert_eq!(key(&third, "test"), key(&first, "test"));
@@ -301,7 +302,8 @@ fn features_load_in_numpy() {
     };
     let f = fixture();
     let (record, _) = extract(&f, "np", &["--splits", "validation"]);
-    let entry_dir = Cache::open(&record.cache_dir).unwrap().entry_dir(&record.entries[0].key);
+    let index = feature_cache::verify_split(&record.cache_dir, &record.entries[0].key).unwrap();
+    let entry_dir = record.cache_dir.join(&index.chunks[0].key);
     let script = "import numpy, sys; a = numpy.load(sys.argv[1]); l = numpy.load(sys.argv[2]); print(a.dtype, a.shape, l.dtype, l.tolist())";
     let out = Command::new(python)
         .args(["-c", script])

@@ -1,30 +1,66 @@
-//! Export and import of cache entries as one tar file, for sharing caches without a shared folder.
+//! Export and import of cache entries and split indexes as one tar file, for sharing caches
+//! without a shared folder.
 //!
-//! A bundle holds `<key>/<file>` members only. Import unpacks into a temp folder inside the cache
-//! root, verifies every entry completely (digests, key, shapes), and only then publishes them, so
-//! a tampered or truncated bundle adds nothing to the cache.
+//! A bundle holds `<key>/<entry file>` members (entries, chunks among them) and
+//! `index/<key>.json` members (split indexes) only; exporting a split index exports its chunks
+//! with it. Import unpacks into a temp folder inside the cache root and verifies everything
+//! before publishing anything: every entry completely (digests, key, shapes), and every split
+//! index with every chunk it lists, each found in the bundle or already in the cache (the checks
+//! of [`crate::SplitReader::open`]). Then entries are published first and indexes last, so an
+//! index is never visible before its chunks, and a tampered, truncated or incomplete bundle adds
+//! nothing to the cache.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::CacheError;
-use crate::cache::Cache;
+use crate::cache::{Cache, verify_split};
 use crate::entry::{self, CHECKSUMS, FEATURES, LABELS, MANIFEST};
-use crate::folders::remove_dir_quietly;
+use crate::folders::{remove_dir_quietly, sync_dir};
 use crate::key::is_key;
+use crate::split::{ChunkIndex, INDEX_DIR, SplitReader, index_path};
 
 const ENTRY_FILES: [&str; 4] = [FEATURES, LABELS, MANIFEST, CHECKSUMS];
 
-/// Writes the entries `keys` (each verified first) to the tar file `out`, atomically.
+/// Writes `keys` to the tar file `out`, atomically. Each key is an entry (exported as its
+/// folder) or a split index (exported as `index/<key>.json` and every chunk it lists); all are
+/// verified first. Entries come before indexes in the bundle, each entry once.
+///
+/// Errors: [`CacheError::Usage`] "no such cache entry or split index" for a key that names
+/// neither; otherwise the first problem verification found.
 pub fn export(cache: &Cache, keys: &[String], out: &Path) -> Result<(), CacheError> {
-    for key in keys {
-        let dir = cache.entry_dir(key);
-        // A key that names no entry says so, rather than naming a file inside it.
-        if !dir.is_dir() {
-            return Err(CacheError::Missing { path: dir });
+    let root = cache.root();
+    let mut entries: Vec<String> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut indexes: Vec<String> = Vec::new();
+    let mut add_entry = |key: &str, entries: &mut Vec<String>| {
+        if seen.insert(key.to_owned()) {
+            entries.push(key.to_owned());
         }
-        entry::verify(&dir)?;
+    };
+    for key in keys {
+        // Not a key (`..`, a path, a prefix) names nothing in the cache, whatever is on disk.
+        let (index, dir) = (index_path(root, key), cache.entry_dir(key));
+        let is_index = is_key(key) && index.is_file();
+        let is_entry = is_key(key) && dir.is_dir();
+        if !is_index && !is_entry {
+            return Err(unknown_key(cache, key));
+        }
+        if is_index {
+            let verified = verify_split(root, key)?;
+            for chunk in &verified.chunks {
+                add_entry(&chunk.key, &mut entries);
+            }
+            if !indexes.contains(key) {
+                indexes.push(key.clone());
+            }
+        }
+        if is_entry {
+            entry::verify(&dir)?;
+            add_entry(key, &mut entries);
+        }
     }
     // Streamed to a temp file beside `out`, fsynced and renamed: `run_folder::write_atomic` does
     // the same for bytes in memory, but a bundle can be larger than memory.
@@ -36,13 +72,17 @@ pub fn export(cache: &Cache, keys: &[String], out: &Path) -> Result<(), CacheErr
     let result = (|| {
         let file = File::create(&tmp)?;
         let mut builder = tar::Builder::new(BufWriter::new(file));
-        for key in keys {
+        for key in &entries {
             for name in ENTRY_FILES {
                 builder.append_path_with_name(
                     cache.entry_dir(key).join(name),
                     format!("{key}/{name}"),
                 )?;
             }
+        }
+        for key in &indexes {
+            builder
+                .append_path_with_name(index_path(root, key), format!("{INDEX_DIR}/{key}.json"))?;
         }
         let file = builder.into_inner()?.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()
@@ -54,8 +94,17 @@ pub fn export(cache: &Cache, keys: &[String], out: &Path) -> Result<(), CacheErr
     fs::rename(&tmp, out).map_err(CacheError::io(out))
 }
 
-/// Imports every entry of the bundle `bundle` into `cache`; returns the keys imported (entries
-/// already present and valid are kept as they are).
+/// The error for a key that names neither an entry nor a split index of `cache`.
+fn unknown_key(cache: &Cache, key: &str) -> CacheError {
+    CacheError::Usage {
+        path: cache.root().join(key),
+        reason: "no such cache entry or split index".into(),
+    }
+}
+
+/// Imports every entry and split index of the bundle `bundle` into `cache`; returns the keys
+/// imported, entries first, then indexes (entries already present and valid are kept as they
+/// are, and so are indexes).
 pub fn import(cache: &Cache, bundle: &Path) -> Result<Vec<String>, CacheError> {
     let staging = cache.tmp_dir();
     fs::create_dir(&staging).map_err(CacheError::io(&staging))?;
@@ -64,19 +113,29 @@ pub fn import(cache: &Cache, bundle: &Path) -> Result<Vec<String>, CacheError> {
     result
 }
 
+/// A bundle member, by its name.
+enum Member {
+    /// `<key>/<entry file>`.
+    Entry { key: String, name: String },
+    /// `index/<key>.json`.
+    Index { key: String },
+}
+
 fn import_via(cache: &Cache, bundle: &Path, staging: &Path) -> Result<Vec<String>, CacheError> {
     let file = File::open(bundle).map_err(CacheError::io(bundle))?;
     let mut archive = tar::Archive::new(io::BufReader::new(file));
     let mut keys = Vec::new();
+    let mut indexes = Vec::new();
+    let staged_indexes = staging.join(INDEX_DIR);
     let members = archive.entries().map_err(CacheError::io(bundle))?;
     for member in members {
         let mut member = member.map_err(CacheError::io(bundle))?;
         let path = member.path().map_err(CacheError::io(bundle))?.into_owned();
-        let (key, name) = member_name(&path).ok_or_else(|| {
+        let parsed = member_name(&path).ok_or_else(|| {
             CacheError::corrupt(
                 bundle,
                 format!(
-                    "unexpected member {}: bundles hold <key>/<entry file> only",
+                    "unexpected member {}: bundles hold <key>/<entry file> and {INDEX_DIR}/<key>.json only",
                     path.display()
                 ),
             )
@@ -87,20 +146,58 @@ fn import_via(cache: &Cache, bundle: &Path, staging: &Path) -> Result<Vec<String
                 format!("member {} is not a regular file", path.display()),
             ));
         }
-        let dir = staging.join(&key);
-        if !dir.exists() {
-            fs::create_dir(&dir).map_err(CacheError::io(&dir))?;
-            keys.push(key);
-        }
-        let target = dir.join(&name);
+        let target = match parsed {
+            Member::Entry { key, name } => {
+                let dir = staging.join(&key);
+                if !dir.exists() {
+                    fs::create_dir(&dir).map_err(CacheError::io(&dir))?;
+                    keys.push(key);
+                }
+                dir.join(name)
+            }
+            Member::Index { key } => {
+                fs::create_dir_all(&staged_indexes).map_err(CacheError::io(&staged_indexes))?;
+                let target = index_path(staging, &key);
+                if !indexes.contains(&key) {
+                    indexes.push(key);
+                }
+                target
+            }
+        };
         let mut out = File::create(&target).map_err(CacheError::io(&target))?;
         io::copy(&mut member, &mut out).map_err(CacheError::io(bundle))?;
         out.flush().map_err(CacheError::io(&target))?;
     }
-    for key in &keys {
-        entry::verify(&staging.join(key))
-            .map_err(|err| CacheError::corrupt(bundle, format!("entry {key} refused: {err}")))?;
+
+    // Verify everything before publishing anything. The chunks of the bundle's indexes are
+    // verified with their index (every byte, once); the other entries on their own.
+    let mut listed = BTreeSet::new();
+    for key in &indexes {
+        let index = ChunkIndex::read(&index_path(staging, key))
+            .map_err(|err| refused(bundle, "split index", key, err))?;
+        for chunk in &index.chunks {
+            if !staging.join(&chunk.key).is_dir() && !cache.entry_dir(&chunk.key).is_dir() {
+                return Err(CacheError::corrupt(
+                    bundle,
+                    format!(
+                        "split index {key} refused: its chunk {} is neither in the bundle nor in the cache {}",
+                        chunk.key,
+                        cache.root().display()
+                    ),
+                ));
+            }
+            listed.insert(chunk.key.clone());
+        }
     }
+    for key in keys.iter().filter(|k| !listed.contains(*k)) {
+        entry::verify(&staging.join(key)).map_err(|err| refused(bundle, "entry", key, err))?;
+    }
+    for key in &indexes {
+        SplitReader::open(&[staging, cache.root()], key)
+            .map_err(|err| refused(bundle, "split index", key, err))?;
+    }
+
+    // Chunks first, indexes last: an index is never visible before its chunks.
     for key in &keys {
         let final_dir = cache.entry_dir(key);
         let dir = staging.join(key);
@@ -113,11 +210,34 @@ fn import_via(cache: &Cache, bundle: &Path, staging: &Path) -> Result<Vec<String
         fs::rename(&dir, &moved).map_err(CacheError::io(&dir))?;
         entry::publish(&moved, &final_dir)?;
     }
+    if !indexes.is_empty() {
+        let dir = cache.root().join(INDEX_DIR);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
+            sync_dir(cache.root())?;
+        }
+        for key in &indexes {
+            let (staged, target) = (index_path(staging, key), index_path(cache.root(), key));
+            // One already there that reads is the same index (same key, same chunks): keep it.
+            if ChunkIndex::read(&target).is_ok() {
+                continue;
+            }
+            File::open(&staged).and_then(|f| f.sync_all()).map_err(CacheError::io(&staged))?;
+            fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
+        }
+        sync_dir(&dir)?;
+    }
+    keys.extend(indexes);
     Ok(keys)
 }
 
-/// `<key>/<entry file>` with nothing else (no `..`, no absolute paths, no extra depth).
-fn member_name(path: &Path) -> Option<(String, String)> {
+fn refused(bundle: &Path, what: &str, key: &str, err: CacheError) -> CacheError {
+    CacheError::corrupt(bundle, format!("{what} {key} refused: {err}"))
+}
+
+/// `<key>/<entry file>` or `index/<key>.json`, with nothing else (no `..`, no absolute paths,
+/// no other depth or names).
+fn member_name(path: &Path) -> Option<Member> {
     let parts: Vec<&str> = path
         .components()
         .map(|c| match c {
@@ -126,8 +246,12 @@ fn member_name(path: &Path) -> Option<(String, String)> {
         })
         .collect::<Option<_>>()?;
     match parts[..] {
+        [INDEX_DIR, file] => {
+            let key = file.strip_suffix(".json").filter(|k| is_key(k))?;
+            Some(Member::Index { key: key.to_owned() })
+        }
         [key, name] if is_key(key) && ENTRY_FILES.contains(&name) => {
-            Some((key.to_owned(), name.to_owned()))
+            Some(Member::Entry { key: key.to_owned(), name: name.to_owned() })
         }
         _ => None,
     }

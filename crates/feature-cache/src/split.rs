@@ -128,6 +128,24 @@ impl SplitPlan {
         Self { index_key, settings, chunks }
     }
 
+    /// The same files and chunks cut at another layer with another pooling (`none`, `avg`,
+    /// `max`): the plan of the lower-layer entries a derivation reads.
+    pub fn at_layer(&self, layer: &str, pooling: &str) -> Self {
+        let retarget = |key: &FeatureKey| FeatureKey {
+            layer: layer.to_owned(),
+            pooling: pooling.to_owned(),
+            ..key.clone()
+        };
+        let settings = retarget(&self.settings);
+        let chunks: Vec<PlannedChunk> = self
+            .chunks
+            .iter()
+            .map(|c| PlannedChunk { range: c.range.clone(), key: retarget(&c.key) })
+            .collect();
+        let chunk_keys: Vec<String> = chunks.iter().map(|c| c.key.digest()).collect();
+        Self { index_key: index_key(&settings, &chunk_keys), settings, chunks }
+    }
+
     /// The index of this split, given each chunk's row count (files less those skipped as bad).
     ///
     /// # Panics
@@ -695,6 +713,10 @@ mod tests {
         for c in &plan.chunks {
             assert_eq!(c.key.dataset.files, key.dataset.files[c.range.clone()]);
         }
+        // Another layer's plan is the plan of that layer's key.
+        let mut lower = key.clone();
+        lower.layer = "block4_pool".into();
+        assert_eq!(plan.at_layer("block4_pool", "none"), SplitPlan::new(&lower));
     }
 
     #[test]
