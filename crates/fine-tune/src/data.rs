@@ -1,7 +1,9 @@
 //! What the training loop eats: decoded splits held in memory, the seeded plan of every step
 //! (which samples, which augmentation, which cached pass), training batches built from images
-//! (augmented on the fly, run through the frozen trunk) or from the trunk cache, and the trunk's
-//! output for the validation and test splits, computed once.
+//! (augmented on the fly, run through the frozen trunk) or read row by row from the trunk cache,
+//! and the trunk's output for the validation and test splits, computed once from images or read
+//! from the cache in sequential batches. Cached features are never held whole: a split of the
+//! cache is a [`SplitReader`] (chunk offsets and labels), so memory does not grow with it.
 //!
 //! Every random choice is a pure function of `(seed, epoch, step)`: the batch order comes from
 //! `training::order::epoch_permutation`, the augmentation from `AugmentConfig::sample`, the cached
@@ -12,10 +14,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use augment::AugmentConfig;
 use dataset::{ClassMode, ScanOptions, SplitIndex};
-use feature_cache::{Cache, EntryRef, ExtractionRecord, LoadedEntry};
+use feature_cache::{Cache, EntryRef, ExtractionRecord, SplitReader};
 use rayon::prelude::*;
 use serde::Serialize;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use models::Classifier as Net;
 
@@ -121,13 +123,41 @@ pub fn upload(t: Tensor, device: Device) -> Result<Tensor> {
     })
 }
 
-/// The trunk's output for a whole split (validation, test): `[N, C, H, W]` and labels `[N]`.
+/// The trunk's output for a whole split (validation, test), read in batches: rows `[N, C, H, W]`
+/// and labels `[N]`.
 pub struct TrunkSet {
-    pub xs: Tensor,
+    rows: TrunkRows,
     pub labels: Tensor,
     pub truth: Vec<i64>,
     /// Where the features came from: `images` or `cache <key>`.
     pub source: String,
+}
+
+enum TrunkRows {
+    /// Computed from images, `[N, C, H, W]` on the device.
+    Computed(Tensor),
+    /// Read from the trunk cache on demand (`[H, W, C]` rows), put on `device`.
+    Cached { reader: Box<SplitReader>, row_shape: [i64; 3], device: Device },
+}
+
+impl TrunkSet {
+    pub fn len(&self) -> usize {
+        self.truth.len()
+    }
+
+    /// The trunk's output for rows `start..start + len`, `[len, C, H, W]` on the device (cached
+    /// rows are channels last, permuted to a view).
+    pub fn rows(&self, start: i64, len: i64) -> Result<Tensor> {
+        match &self.rows {
+            TrunkRows::Computed(xs) => Ok(xs.f_narrow(0, start, len)?),
+            TrunkRows::Cached { reader, row_shape: [h, w, c], device } => {
+                let mut buf = vec![0f32; len as usize * reader.row_len()];
+                reader.read_range(start as u64, len as u64, &mut buf)?;
+                let host = Tensor::from_slice(&buf).f_view([len, *h, *w, *c])?;
+                Ok(upload(host, *device)?.f_permute([0, 3, 1, 2])?)
+            }
+        }
+    }
 }
 
 /// Runs `images` through the frozen trunk once, in batches.
@@ -149,7 +179,7 @@ pub fn trunk_of_images(net: &Net, images: &Images, batch: usize) -> Result<Trunk
         bail!("split {} has no images", images.index.dir.display());
     }
     Ok(TrunkSet {
-        xs: Tensor::f_cat(&parts, 0)?,
+        rows: TrunkRows::Computed(Tensor::f_cat(&parts, 0)?),
         labels: upload(Tensor::from_slice(&images.labels), net.device())?,
         truth: images.labels.clone(),
         source: "images".into(),
@@ -160,23 +190,23 @@ pub fn trunk_of_images(net: &Net, images: &Images, batch: usize) -> Result<Trunk
 pub enum TrainSource {
     /// Decoded images, augmented per (seed, epoch, appearance) and run through the trunk.
     Images { images: Box<Images>, augment: Option<AugmentConfig> },
-    /// The trunk's output for K augmented passes, `[K * N, H, W, C]` (row `p * N + i` is image `i`
-    /// in pass `p`), from extract-features.
-    Cached { passes: Tensor, n: usize, k: u32, labels: Vec<i64> },
+    /// The trunk's output for K augmented passes from extract-features, one split reader per
+    /// pass (sample `i` of pass `p` is row `i` of reader `p`), rows `[H, W, C]` read per batch.
+    Cached { passes: Vec<SplitReader>, row_shape: [i64; 3], labels: Vec<i64> },
 }
 
 impl TrainSource {
     pub fn len(&self) -> usize {
         match self {
             Self::Images { images, .. } => images.len(),
-            Self::Cached { n, .. } => *n,
+            Self::Cached { labels, .. } => labels.len(),
         }
     }
 
     pub fn passes(&self) -> u32 {
         match self {
             Self::Images { .. } => 1,
-            Self::Cached { k, .. } => *k,
+            Self::Cached { passes, .. } => passes.len() as u32,
         }
     }
 
@@ -226,11 +256,30 @@ impl TrainSource {
                 };
                 Ok((net.trunk(&upload(host, net.device())?)?, labels(&images.labels)?))
             }
-            Self::Cached { passes, n, labels: all, .. } => {
-                let rows: Vec<i64> =
-                    samples.iter().map(|s| s.pass as i64 * *n as i64 + s.index as i64).collect();
-                let rows = upload(Tensor::from_slice(&rows), passes.device())?;
-                let xs = passes.f_index_select(0, &rows)?.f_permute([0, 3, 1, 2])?;
+            Self::Cached { passes, row_shape: [h, w, c], labels: all } => {
+                // Each pass's rows of the batch in one read, put in batch order.
+                let len = (h * w * c) as usize;
+                let mut buf = vec![0f32; samples.len() * len];
+                let mut part = Vec::new();
+                for (p, pass) in passes.iter().enumerate() {
+                    let (at, rows): (Vec<usize>, Vec<u64>) = samples
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.pass as usize == p)
+                        .map(|(at, s)| (at, s.index as u64))
+                        .unzip();
+                    if rows.is_empty() {
+                        continue;
+                    }
+                    part.resize(rows.len() * len, 0f32);
+                    pass.read_rows(&rows, &mut part)?;
+                    for (k, at) in at.into_iter().enumerate() {
+                        buf[at * len..(at + 1) * len]
+                            .copy_from_slice(&part[k * len..(k + 1) * len]);
+                    }
+                }
+                let host = Tensor::from_slice(&buf).f_view([samples.len() as i64, *h, *w, *c])?;
+                let xs = upload(host, net.device())?.f_permute([0, 3, 1, 2])?;
                 Ok((xs, labels(all)?))
             }
         }
@@ -315,16 +364,17 @@ impl TrunkCache {
         Ok(Self { info, record, cache, path: path.to_owned() })
     }
 
-    /// Loads and verifies an entry, then checks its manifest against `expect` and, when given,
-    /// its file list against the scanned split.
-    fn load(
+    /// Opens and verifies a split of the cache (its index and every chunk), then checks its
+    /// settings and row shape against `expect` and, when given, its file list against the
+    /// scanned split. Rows are read later, a batch at a time.
+    fn open_split(
         &self,
         entry: &EntryRef,
         expect: &TrunkExpect<'_>,
         split: Option<&SplitIndex>,
-    ) -> Result<LoadedEntry> {
-        let loaded = ExtractionRecord::load(&self.cache, entry, &self.path)?;
-        let c = &loaded.manifest.components;
+    ) -> Result<SplitReader> {
+        let reader = ExtractionRecord::open(&self.cache, entry, &self.path)?;
+        let c = reader.settings();
         let fail = |why: String| {
             anyhow::anyhow!(
                 "trunk cache {}: entry {} ({}): {why}",
@@ -354,10 +404,19 @@ impl TrunkCache {
         if c.precision != "f32" {
             tracing::warn!(key = %entry.key, precision = %c.precision, "trunk cache entry not extracted in f32: the top sees rounded features");
         }
-        if !loaded.manifest.skipped.is_empty() {
+        if !reader.skipped().is_empty() {
             return Err(fail(format!(
                 "{} images were skipped at extraction: rows no longer match files",
-                loaded.manifest.skipped.len()
+                reader.skipped().len()
+            )));
+        }
+        if reader.row_shape() != expect.row_shape {
+            return Err(fail(format!(
+                "rows of shape {:?}, the trunk at {}x{} gives {:?}",
+                reader.row_shape(),
+                expect.input_size,
+                expect.input_size,
+                expect.row_shape
             )));
         }
         if let Some(index) = split {
@@ -376,7 +435,7 @@ impl TrunkCache {
                 })
                 .collect();
             let cached: Vec<(String, u32)> =
-                c.dataset.files.iter().map(|f| (f.path.clone(), f.label)).collect();
+                reader.files()?.into_iter().map(|f| (f.path, f.label)).collect();
             if files != cached {
                 return Err(fail(format!(
                     "extracted from another file list ({} files) than {} holds now ({} files): extract again",
@@ -386,45 +445,34 @@ impl TrunkCache {
                 )));
             }
         }
-        Ok(loaded)
+        Ok(reader)
     }
 
-    /// The training passes stacked on `device`, checked against the scanned training split.
-    pub fn train(
-        &self,
-        expect: &TrunkExpect<'_>,
-        split: &SplitIndex,
-        device: Device,
-    ) -> Result<TrainSource> {
+    /// The training passes, opened and checked against the scanned training split; their rows
+    /// are read per batch.
+    pub fn train(&self, expect: &TrunkExpect<'_>, split: &SplitIndex) -> Result<TrainSource> {
         let refs = self.record.passes("train");
-        let mut parts = Vec::new();
-        let mut labels: Option<Vec<i32>> = None;
+        let mut passes: Vec<SplitReader> = Vec::with_capacity(refs.len());
         for entry in &refs {
-            let loaded = self.load(entry, expect, Some(split))?;
-            match &labels {
-                Some(l) if *l != loaded.labels => bail!(
+            let reader = self.open_split(entry, expect, Some(split))?;
+            if passes.first().is_some_and(|first| first.labels() != reader.labels()) {
+                bail!(
                     "trunk cache {}: the training passes disagree on labels",
                     self.path.display()
-                ),
-                Some(_) => {}
-                None => labels = Some(loaded.labels.clone()),
+                );
             }
-            // One pass at a time becomes a tensor, so the f32 vectors are not all alive at once.
-            parts.push(upload(to_tensor(&loaded)?, device)?);
+            passes.push(reader);
         }
-        let n = split.len();
-        let labels: Vec<i64> = labels.unwrap_or_default().iter().map(|&l| l as i64).collect();
+        let labels: Vec<i64> = passes
+            .first()
+            .map(|p| p.labels().iter().map(|&l| l as i64).collect())
+            .unwrap_or_default();
         tracing::info!(
             passes = refs.len(),
-            images = n,
-            "training trunk features loaded from the cache"
+            images = labels.len(),
+            "training trunk features verified in the cache (read per batch)"
         );
-        Ok(TrainSource::Cached {
-            passes: Tensor::f_cat(&parts, 0)?,
-            n,
-            k: refs.len() as u32,
-            labels,
-        })
+        Ok(TrainSource::Cached { passes, row_shape: row_shape(expect), labels })
     }
 
     /// The plain entry of `split` as a [`TrunkSet`], if the record has one.
@@ -438,21 +486,23 @@ impl TrunkCache {
         let Some(entry) = self.record.plain(split_name) else {
             return Ok(None);
         };
-        let loaded = self.load(entry, expect, Some(split))?;
-        let truth: Vec<i64> = loaded.labels.iter().map(|&l| l as i64).collect();
+        let reader = self.open_split(entry, expect, Some(split))?;
+        let truth: Vec<i64> = reader.labels().iter().map(|&l| l as i64).collect();
         Ok(Some(TrunkSet {
-            xs: upload(to_tensor(&loaded)?, device)?.f_permute([0, 3, 1, 2])?,
             labels: upload(Tensor::from_slice(&truth), device)?,
             truth,
             source: format!("cache {}", entry.key),
+            rows: TrunkRows::Cached {
+                reader: Box::new(reader),
+                row_shape: row_shape(expect),
+                device,
+            },
         }))
     }
 }
 
-/// An entry's features as `[N, H, W, C]` float32 on the CPU.
-fn to_tensor(entry: &LoadedEntry) -> Result<Tensor> {
-    let shape: Vec<i64> = entry.shape().iter().map(|&d| d as i64).collect();
-    Ok(Tensor::from_slice(&entry.features).f_reshape(&shape)?.f_to_kind(Kind::Float)?)
+fn row_shape(expect: &TrunkExpect<'_>) -> [i64; 3] {
+    expect.row_shape.map(|d| d as i64)
 }
 
 #[cfg(test)]

@@ -406,7 +406,7 @@ fn run(args: Args) -> Result<bool> {
     // Data: the training source, and the trunk's output for validation and test, computed once.
     let batch = args.batch_size;
     let source = match &trunk_cache {
-        Some(cache) => cache.train(&expect, &train_index, device)?,
+        Some(cache) => cache.train(&expect, &train_index)?,
         None => TrainSource::Images {
             images: Box::new(data::decode(train_index, args.input_size as usize)?),
             augment,

@@ -102,16 +102,16 @@ impl Task for FineTuneTask<'_> {
     }
 }
 
-/// Loss, accuracy and predictions of the network on a split's trunk output; no dropout, no
-/// gradients.
+/// Loss, accuracy and predictions of the network on a split's trunk output, taken batch by batch
+/// (cached rows are read from the cache per batch); no dropout, no gradients.
 pub fn evaluate(net: &Net, set: &TrunkSet, batch_size: usize) -> Result<Evaluation> {
-    let n = set.truth.len() as i64;
+    let n = set.len() as i64;
     let mut total = 0.0;
     let mut predictions = Vec::with_capacity(n as usize);
     tch::no_grad(|| -> Result<()> {
         for start in (0..n).step_by(batch_size) {
             let len = (batch_size as i64).min(n - start);
-            let logits = net.forward_from_trunk(&set.xs.f_narrow(0, start, len)?, false, false)?;
+            let logits = net.forward_from_trunk(&set.rows(start, len)?, false, false)?;
             total += loss(&logits, &set.labels.f_narrow(0, start, len)?)?.f_double_value(&[])?
                 * len as f64;
             predictions
