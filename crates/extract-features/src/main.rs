@@ -169,6 +169,13 @@ impl std::str::FromStr for ShardSpec {
     }
 }
 
+/// The shard that computes unit `unit` (a chunk, in plan order) of a run split `count` ways:
+/// dealt round-robin, so shards differ by at most one chunk and a shard's chunks spread over
+/// every split and pass.
+fn shard_of(unit: usize, count: u32) -> u32 {
+    (unit % count as usize) as u32
+}
+
 /// Environment variables `--shard auto/N` reads the shard index from, in order.
 const SHARD_INDEX_VARS: [&str; 2] = ["SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX"];
 
@@ -474,7 +481,6 @@ fn run(args: Args) -> Result<()> {
         .enumerate()
         .flat_map(|(j, job)| (0..job.plans[0].chunks.len()).map(move |c| (j, c)))
         .collect();
-    let shard_of = |unit: usize, count: u32| (unit % count as usize) as u32;
 
     let mut totals = Totals::default();
     let fallback_dir = args.out.join("cache");
@@ -1195,4 +1201,42 @@ fn pump(
     totals.images += rows as usize;
     totals.timings.push(timing);
     Ok((writers, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every chunk is computed by exactly one shard of N, whatever N, and the shares are even.
+    #[test]
+    fn every_chunk_is_assigned_exactly_once() {
+        for units in [1usize, 7, 40] {
+            for n in 1..=9u32 {
+                let mut count = vec![0usize; units];
+                let mut per_shard = vec![0usize; n as usize];
+                for i in 0..n {
+                    for (u, c) in count.iter_mut().enumerate() {
+                        if shard_of(u, n) == i {
+                            *c += 1;
+                            per_shard[i as usize] += 1;
+                        }
+                    }
+                }
+                assert!(count.iter().all(|&c| c == 1), "{units} chunks, {n} shards: {count:?}");
+                let (lo, hi) = (per_shard.iter().min(), per_shard.iter().max());
+                assert!(hi.unwrap() - lo.unwrap() <= 1, "{per_shard:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn shard_specs_parse() {
+        let spec: ShardSpec = "3/8".parse().unwrap();
+        assert_eq!((spec.index, spec.count), (Some(3), 8));
+        let spec: ShardSpec = "auto/4".parse().unwrap();
+        assert_eq!((spec.index, spec.count), (None, 4));
+        for bad in ["3", "3/0", "a/2", "-1/2", "1/x"] {
+            assert!(bad.parse::<ShardSpec>().is_err(), "{bad}");
+        }
+    }
 }
