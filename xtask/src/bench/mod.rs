@@ -8,6 +8,7 @@ mod extract;
 mod fine_tune;
 mod head;
 mod head_accuracy;
+mod head_memory;
 mod pipeline_extract;
 mod predict;
 
@@ -27,6 +28,9 @@ pub enum Target {
     /// Dense-head validation and test accuracy on a dataset (the demo's cats vs dogs by default):
     /// input sizes, caffe vs rescale, block5 vs block4, plain vs augmented passes.
     HeadAccuracy,
+    /// Peak RSS of `train-head` on the demo's cached features and on a training split ten times
+    /// larger (the same rows repeated under other file names): it must stay flat.
+    HeadMemory,
     /// One fine-tuning epoch (plain, cached-trunk) beside the same model in Python PyTorch;
     /// `-- --accuracy` adds small-budget accuracy of head only, head + augmented passes and both
     /// fine-tuning modes.
@@ -45,6 +49,7 @@ pub fn run(target: Target, args: &[String]) -> Result<()> {
         Target::Augment => augment::run(args),
         Target::Head => head::run(args),
         Target::HeadAccuracy => head_accuracy::run(args),
+        Target::HeadMemory => head_memory::run(args),
         Target::Extract => extract::run(args),
         Target::FineTune => fine_tune::run(args),
         Target::PipelineExtract => pipeline_extract::run(args),
