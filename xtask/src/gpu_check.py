@@ -248,13 +248,21 @@ def read_npy_f32(path):
 
 
 def split_features(run_dir, split):
-    """Features of a split from an extract-features run folder (features.json -> cache entry)."""
+    """Features of a split from an extract-features run folder: features.json names the split
+    index (cache/index/<key>.json), which lists the chunk entries holding the rows in order."""
     with open(os.path.join(run_dir, "features.json")) as f:
         record = json.load(f)
     for entry in record["entries"]:
         if entry["split"] == split and entry.get("pass") is None:
             cache = entry.get("cache_dir") or record["cache_dir"]
-            return read_npy_f32(os.path.join(cache, entry["key"], "features.npy"))
+            with open(os.path.join(cache, "index", entry["key"] + ".json")) as f:
+                index = json.load(f)
+            values, rows, row_shape = array("f"), 0, ()
+            for chunk in index["chunks"]:
+                part, shape = read_npy_f32(os.path.join(cache, chunk["key"], "features.npy"))
+                values.extend(part)
+                rows, row_shape = rows + shape[0], shape[1:]
+            return values, (rows,) + row_shape
     raise ValueError(f"{run_dir}/features.json has no entry for split {split}")
 
 
