@@ -136,6 +136,11 @@ struct Args {
     /// With --merge: the N the shards ran with, so missing chunks name the shard to rerun.
     #[arg(long, requires = "merge")]
     shards: Option<u32>,
+    /// Print the plan as JSON on stdout (`indexes`: the split index keys, `chunks`: every chunk
+    /// entry key) and exit, computing and writing nothing: what to fetch from a remote cache
+    /// before extracting (`cargo xtask pipeline --remote`).
+    #[arg(long, conflicts_with_all = ["shard", "merge"])]
+    plan_only: bool,
 }
 
 /// `--shard I/N`: this worker's share of the chunks.
@@ -390,8 +395,6 @@ fn run(args: Args) -> Result<()> {
     if !removed.is_empty() {
         tracing::info!(count = removed.len(), "removed leftovers of interrupted extractions");
     }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let config = StageConfig {
         data: args.data.clone(),
         splits: args.splits.clone(),
@@ -412,7 +415,9 @@ fn run(args: Args) -> Result<()> {
         skip_bad_images: args.skip_bad_images,
     };
     // A shard leaves the stage folder to the merge (every shard writing it would race).
-    if shard.is_none() {
+    if shard.is_none() && !args.plan_only {
+        std::fs::create_dir_all(&args.out)
+            .with_context(|| format!("creating {}", args.out.display()))?;
         run_folder::write_json(&args.out.join(run_folder::CONFIG_FILE), &config)?;
     }
 
@@ -481,6 +486,15 @@ fn run(args: Args) -> Result<()> {
         .enumerate()
         .flat_map(|(j, job)| (0..job.plans[0].chunks.len()).map(move |c| (j, c)))
         .collect();
+    if args.plan_only {
+        let plans = || jobs.iter().flat_map(|job| &job.plans);
+        let plan = serde_json::json!({
+            "indexes": plans().map(|p| p.index_key.clone()).collect::<Vec<_>>(),
+            "chunks": plans().flat_map(|p| p.chunks.iter().map(|c| c.key.digest())).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+        return Ok(());
+    }
 
     let mut totals = Totals::default();
     let fallback_dir = args.out.join("cache");

@@ -117,6 +117,15 @@ fn shards_merge_into_the_single_process_cache_and_reruns_compute_nothing() {
     let single = record(&f, "single");
     let chunks = chunk_keys(&single);
     assert!(chunks.len() >= 4, "{} chunks: too few to shard", chunks.len());
+    // The plan alone (what a remote pull fetches) names exactly these keys and writes nothing.
+    let plan = run(&f, "plan", "plan-cache", &["--plan-only"]);
+    assert!(plan.status.success(), "{}", String::from_utf8_lossy(&plan.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let indexes: Vec<String> = single.entries.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(plan["indexes"], serde_json::json!(indexes));
+    assert_eq!(plan["chunks"], serde_json::json!(chunks));
+    assert!(!f.root.join("plan").exists());
+    assert!(entry_files(&f.root.join("plan-cache")).is_empty());
 
     // Shards 0 and 1 of 3; shard 2 "failed". Shards write only their summary.
     let mut assigned = 0;
