@@ -168,19 +168,22 @@ fn count_images(split: &Path) -> Result<usize> {
     Ok(n)
 }
 
-/// `(key, features.npy bytes)` of every entry an extraction stage recorded.
+/// `(split index key, bytes)` of every split an extraction stage recorded, read through its
+/// split index (every chunk verified): the features' `f32` bit patterns, then the labels, little
+/// endian, so equal bytes are bit-identical features.
 fn block5_entries(stage: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let record: feature_cache::ExtractionRecord =
-        run_folder::read_json(&stage.join(feature_cache::EXTRACTION_FILE))?;
+    let record_path = stage.join(feature_cache::EXTRACTION_FILE);
+    let record: feature_cache::ExtractionRecord = run_folder::read_json(&record_path)?;
+    let cache = feature_cache::Cache::open(&record.cache_dir)?;
     record
         .entries
-        .into_iter()
+        .iter()
         .map(|e| {
-            let path = record.cache_dir.join(&e.key).join(feature_cache::FEATURES);
-            Ok((
-                e.key,
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-            ))
+            let split = feature_cache::ExtractionRecord::load(&cache, e, &record_path)?;
+            let mut bytes = Vec::with_capacity(4 * (split.features.len() + split.labels.len()));
+            bytes.extend(split.features.iter().flat_map(|v| v.to_le_bytes()));
+            bytes.extend(split.labels.iter().flat_map(|l| l.to_le_bytes()));
+            Ok((e.key.clone(), bytes))
         })
         .collect()
 }

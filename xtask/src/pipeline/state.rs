@@ -107,9 +107,11 @@ pub(super) fn status(step: &Step, dir: &Path) -> Status {
     Status::Done
 }
 
-/// Extraction is only done while the cache entries it recorded still verify (a teammate may
-/// have run `gc`, or a disk may have flipped a bit): each is checked byte for byte by
-/// `feature_cache::verify_entry`, the check every reader of the cache makes.
+/// Extraction is only done while the splits it recorded still verify (a teammate may have run
+/// `gc`, or a disk may have flipped a bit): each split index and every chunk it lists is checked
+/// byte for byte, the check every reader of the cache makes (`feature_cache::verify_split`, here
+/// through `SplitReader::open` because a split the run kept in its private cache may have found
+/// some of its chunks in the shared one: the private cache is looked in first, as readers do).
 fn missing_cache_entry(dir: &Path) -> Option<String> {
     let path = dir.join(feature_cache::EXTRACTION_FILE);
     let record: feature_cache::ExtractionRecord = match run_folder::read_json(&path) {
@@ -117,14 +119,21 @@ fn missing_cache_entry(dir: &Path) -> Option<String> {
         Err(err) => return Some(format!("its record is unreadable: {err}")),
     };
     for e in &record.entries {
-        let root = e.cache_dir.as_deref().unwrap_or(&record.cache_dir);
-        let problem = match feature_cache::verify_entry(root, &e.key) {
+        let roots: Vec<&Path> =
+            e.cache_dir.as_deref().into_iter().chain([record.cache_dir.as_path()]).collect();
+        let index = feature_cache::index_path(roots[0], &e.key);
+        let problem = match feature_cache::SplitReader::open(&roots, &e.key) {
             Ok(_) => continue,
-            Err(feature_cache::CacheError::Missing { .. }) => "is gone".to_owned(),
+            Err(feature_cache::CacheError::Missing { path }) if path == index => {
+                "is gone".to_owned()
+            }
+            Err(feature_cache::CacheError::Missing { path }) => {
+                format!("is gone: its chunk {} is missing", path.display())
+            }
             Err(err) if err.is_corruption() => format!("is damaged: {err}"),
             Err(err) => format!("cannot be read: {err}"),
         };
-        return Some(format!("cache entry {} ({}) {problem}", e.key, e.split));
+        return Some(format!("split index {} ({}) {problem}", e.key, e.split));
     }
     None
 }

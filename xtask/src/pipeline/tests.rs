@@ -280,8 +280,10 @@ fn interrupted_stage_resumes_only_with_the_same_invocation() {
     assert_eq!(status(extract, &run.join("extract")), Status::Interrupted { resumes: false });
 }
 
-/// A cache entry of one row (`[2]` features), written by the cache's own writer.
-fn cache_entry(root: &Path, split: &str) -> feature_cache::EntryRef {
+/// A split of `files` files (`[2]` features a row) written as an extraction writes it: every
+/// chunk of its plan by the cache's own writer, then its split index; returns the record's
+/// entry and the chunk keys in order.
+fn cache_split(root: &Path, split: &str, files: usize) -> (feature_cache::EntryRef, Vec<String>) {
     let key = feature_cache::FeatureKey {
         format_version: feature_cache::FORMAT_VERSION,
         weights_sha256: "w".repeat(64),
@@ -296,48 +298,58 @@ fn cache_entry(root: &Path, split: &str) -> feature_cache::EntryRef {
         dataset: feature_cache::DatasetKey {
             split: split.into(),
             classes: vec!["a".into()],
-            files: vec![feature_cache::FileKey {
-                path: "a/x.png".into(),
-                label: 0,
-                sha256: "0".repeat(64),
-            }],
+            files: (0..files)
+                .map(|i| feature_cache::FileKey {
+                    path: format!("a/{i:04}.png"),
+                    label: 0,
+                    sha256: format!("{i:064x}"),
+                })
+                .collect(),
         },
     };
-    let digest = key.digest();
     let cache = feature_cache::Cache::open(root).unwrap();
-    let mut writer = cache.writer(key, "test", 1, &[2]).unwrap();
-    writer.append(&[1.0, 2.0], &[0]).unwrap();
-    writer.finish().unwrap();
-    feature_cache::EntryRef {
+    let plan = feature_cache::SplitPlan::new(&key);
+    let mut rows = Vec::new();
+    for chunk in &plan.chunks {
+        let n = chunk.range.len() as u64;
+        let mut writer = cache.writer(chunk.key.clone(), "test", n, &[2]).unwrap();
+        for i in chunk.range.clone() {
+            writer.append(&[i as f32, 2.0], &[0]).unwrap();
+        }
+        writer.finish().unwrap();
+        rows.push(n);
+    }
+    feature_cache::write_index(root, &plan.index(&rows, "test")).unwrap();
+    let entry = feature_cache::EntryRef {
         split: split.into(),
         pass: None,
-        key: digest,
-        rows: 1,
+        key: plan.index_key.clone(),
+        rows: files as u64,
         cache_dir: None,
         origin: None,
-    }
+    };
+    (entry, plan.chunks.iter().map(|c| c.key.digest()).collect())
 }
 
-/// An extraction is done only while every cache entry it recorded verifies.
-#[test]
-fn extraction_is_done_while_its_cache_entries_verify() {
-    let (dir, data, weights) = inputs();
-    let run = dir.path().join("run");
-    let steps = planned(&Config::default(), &run, &data, &weights);
-    let extract = step(&steps, "extract");
-    let (stage, cache) = (run.join("extract"), dir.path().join("cache"));
-    let entry = cache_entry(&cache, "train");
+/// A finished extraction stage in `stage` (its record, stage record and invocation) whose
+/// `features.json` lists `entries` of the cache `cache`.
+fn finished_extraction(
+    stage: &Path,
+    extract: &Step,
+    cache: &Path,
+    entries: Vec<feature_cache::EntryRef>,
+) {
     let record = feature_cache::ExtractionRecord {
-        cache_dir: cache.clone(),
+        cache_dir: cache.to_owned(),
         classes: vec!["a".into()],
         feature_shape: vec![2],
         layer: "block5_pool".into(),
         weights_sha256: "w".repeat(64),
-        entries: vec![entry.clone()],
+        entries,
     };
     run_folder::write_json(&stage.join(feature_cache::EXTRACTION_FILE), &record).unwrap();
     run_folder::StageRecord::write(
-        &stage,
+        stage,
         "extract-features",
         "c".into(),
         BTreeMap::new(),
@@ -347,20 +359,79 @@ fn extraction_is_done_while_its_cache_entries_verify() {
     )
     .unwrap();
     run_folder::write_json(&stage.join("pipeline.json"), &extract.invocation()).unwrap();
+}
+
+/// An extraction is done only while every split it recorded verifies: its index and every
+/// chunk the index lists.
+#[test]
+fn extraction_is_done_while_its_splits_verify() {
+    let (dir, data, weights) = inputs();
+    let run = dir.path().join("run");
+    let steps = planned(&Config::default(), &run, &data, &weights);
+    let extract = step(&steps, "extract");
+    let (stage, cache) = (run.join("extract"), dir.path().join("cache"));
+    let (entry, chunks) = cache_split(&cache, "train", 300);
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    finished_extraction(&stage, extract, &cache, vec![entry.clone()]);
     assert_eq!(status(extract, &stage), Status::Done);
 
-    let labels = cache.join(&entry.key).join(feature_cache::LABELS);
-    let mut bytes = std::fs::read(&labels).unwrap();
+    let labels = cache.join(&chunks[1]).join(feature_cache::LABELS);
+    let good = std::fs::read(&labels).unwrap();
+    let mut bytes = good.clone();
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&labels, &bytes).unwrap();
-    let Status::Stale(why) = status(extract, &stage) else { panic!("a damaged entry is stale") };
-    assert!(why.starts_with(&format!("cache entry {} (train) is damaged", entry.key)), "{why}");
+    let Status::Stale(why) = status(extract, &stage) else { panic!("a damaged chunk is stale") };
+    assert!(why.starts_with(&format!("split index {} (train) is damaged", entry.key)), "{why}");
+    assert!(why.contains(&chunks[1]), "{why}");
+    std::fs::write(&labels, &good).unwrap();
+    assert_eq!(status(extract, &stage), Status::Done);
 
-    std::fs::remove_dir_all(cache.join(&entry.key)).unwrap();
+    // A tampered index (another row count) is damage too.
+    let index = feature_cache::index_path(&cache, &entry.key);
+    let original = std::fs::read(&index).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    json["chunks"][0]["rows"] = 1.into();
+    std::fs::write(&index, serde_json::to_vec(&json).unwrap()).unwrap();
+    let Status::Stale(why) = status(extract, &stage) else { panic!("a tampered index is stale") };
+    assert!(why.starts_with(&format!("split index {} (train) is damaged", entry.key)), "{why}");
+    std::fs::write(&index, &original).unwrap();
+
+    std::fs::remove_dir_all(cache.join(&chunks[0])).unwrap();
     assert_eq!(
         status(extract, &stage),
-        Status::Stale(format!("cache entry {} (train) is gone", entry.key))
+        Status::Stale(format!(
+            "split index {} (train) is gone: its chunk {} is missing",
+            entry.key,
+            cache.join(&chunks[0]).display()
+        ))
     );
+    std::fs::remove_file(&index).unwrap();
+    assert_eq!(
+        status(extract, &stage),
+        Status::Stale(format!("split index {} (train) is gone", entry.key))
+    );
+}
+
+/// A split the run kept in its private cache, with a chunk it found in the shared one, is done
+/// while both hold what the index lists.
+#[test]
+fn a_private_split_is_verified_through_both_caches() {
+    let (dir, data, weights) = inputs();
+    let run = dir.path().join("run");
+    let steps = planned(&Config::default(), &run, &data, &weights);
+    let extract = step(&steps, "extract");
+    let (stage, shared) = (run.join("extract"), dir.path().join("cache"));
+    let private = stage.join("cache");
+    let (mut entry, chunks) = cache_split(&private, "train", 300);
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::rename(private.join(&chunks[0]), shared.join(&chunks[0])).unwrap();
+    entry.cache_dir = Some(private.clone());
+    finished_extraction(&stage, extract, &shared, vec![entry.clone()]);
+    assert_eq!(status(extract, &stage), Status::Done);
+    std::fs::remove_dir_all(shared.join(&chunks[0])).unwrap();
+    let Status::Stale(why) = status(extract, &stage) else { panic!("a missing chunk is stale") };
+    assert!(why.contains("is gone") && why.contains(&chunks[0]), "{why}");
 }
 
 #[test]

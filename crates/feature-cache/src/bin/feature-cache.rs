@@ -102,6 +102,8 @@ fn run(args: Args) -> Result<bool> {
             for record in &from {
                 keys.extend(record_keys(&cache, record, false)?);
             }
+            let mut seen = BTreeSet::new();
+            keys.retain(|k| seen.insert(k.clone()));
             feature_cache::export(&cache, &keys, &out)?;
             let indexes = keys.iter().filter(|k| is_index(&cache, k)).count();
             eprintln!(
@@ -160,7 +162,7 @@ fn ls(cache: &Cache) -> Result<()> {
             Ok(index) => {
                 let s = &index.settings;
                 println!(
-                    "index  {key}  {:<10} {:<12} {}x{} {:<8} {:<18} {} chunks {} rows",
+                    "index  {key}  {:<10} {:<12} {}x{} pooling {:<8} {:<18} {} chunks {} rows",
                     s.dataset.split,
                     s.layer,
                     s.input_size[0],
@@ -225,7 +227,11 @@ fn verify(cache: &Cache) -> Result<bool> {
             ),
             Err(err) => {
                 bad += 1;
-                println!("{:<8} index  {}  {err}", problem(err), status.key);
+                let what = match err {
+                    CacheError::Missing { path } if path != &status.path => "a chunk is gone: ",
+                    _ => "",
+                };
+                println!("{:<8} index  {}  {what}{err}", problem(err), status.key);
             }
         }
     }
