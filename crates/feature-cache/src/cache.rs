@@ -182,6 +182,17 @@ impl Cache {
                 removed.push(entry.path());
             }
         }
+        // Split index temp files (`run_folder::write_atomic`'s `.tmp-<random>`) name no
+        // process: a day old means their writer is gone.
+        if let Ok(read) = fs::read_dir(self.root.join(INDEX_DIR)) {
+            for entry in read.filter_map(|e| e.ok()) {
+                let path = entry.path();
+                if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) && is_old(&path) {
+                    fs::remove_file(&path).map_err(CacheError::io(&path))?;
+                    removed.push(path);
+                }
+            }
+        }
         Ok(removed)
     }
 
@@ -240,17 +251,22 @@ pub fn verify_split(root: &Path, key: &str) -> Result<ChunkIndex, CacheError> {
     Ok(SplitReader::open(&[root], key)?.index().clone())
 }
 
+/// Whether `path` was last modified more than [`STALE_AFTER`] ago.
+fn is_old(path: &Path) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_AFTER)
+}
+
 /// `rest` is `<host>-<pid>-...` (or `trash-...`): a leftover if its process is gone or it is old.
 fn is_leftover(rest: &str, path: &Path) -> bool {
     if rest.starts_with("trash-") {
         // Moved out of the key namespace to be deleted; a kill came before the delete.
         return true;
     }
-    let old = fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > STALE_AFTER);
+    let old = is_old(path);
     let host = hostname();
     let ours_and_dead = rest
         .strip_prefix(&format!("{host}-"))

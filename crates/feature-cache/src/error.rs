@@ -23,7 +23,7 @@ pub enum CacheError {
     #[error("{path}: {reason}")]
     Usage { path: PathBuf, reason: String },
     /// There is no entry folder at `path` (gone, never written, or removed by `gc`).
-    #[error("{path}: no such cache entry")]
+    #[error("{path}: no such cache entry or split index")]
     Missing { path: PathBuf },
 }
 

@@ -280,6 +280,7 @@ pub fn write_index(root: &Path, index: &ChunkIndex) -> Result<PathBuf, CacheErro
     let mut bytes = serde_json::to_vec_pretty(index).expect("index serialises");
     bytes.push(b'\n');
     run_folder::write_atomic(&path, &bytes)?;
+    crate::folders::sync_dir(&dir)?;
     Ok(path)
 }
 
