@@ -447,17 +447,23 @@ impl SplitReader {
     /// an I/O error naming the chunk file.
     pub fn read_rows(&self, rows: &[u64], out: &mut [f32]) -> Result<(), CacheError> {
         self.check_out(rows.len(), out)?;
+        // Visited in row order, so each chunk file is opened once per call however shuffled
+        // the batch is.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_unstable_by_key(|&i| rows[i]);
+        let row_len = self.row_len;
         let mut open: Option<(usize, File)> = None;
-        let mut bytes = vec![0u8; self.row_len * 4];
-        for (&row, dst) in rows.iter().zip(out.chunks_exact_mut(self.row_len.max(1))) {
+        let mut bytes = vec![0u8; row_len * 4];
+        for i in order {
+            let row = rows[i];
             let c = self.chunk_of(row)?;
-            if open.as_ref().is_none_or(|(i, _)| *i != c) {
+            if open.as_ref().is_none_or(|(open_chunk, _)| *open_chunk != c) {
                 let path = &self.chunks[c].features;
                 open = Some((c, File::open(path).map_err(CacheError::io(path))?));
             }
             let (_, file) = open.as_ref().expect("opened above");
             self.read_at(c, file, row, &mut bytes)?;
-            decode_f32(&bytes, dst);
+            decode_f32(&bytes, &mut out[i * row_len..(i + 1) * row_len]);
         }
         Ok(())
     }
