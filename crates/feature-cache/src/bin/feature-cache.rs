@@ -5,6 +5,7 @@
 //! run's `features.json` are split index keys. Every command takes either kind of key.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -30,11 +31,35 @@ enum Cmd {
     /// One line per split index (`index`: key, split, layer, size, pooling, pass, chunks,
     /// rows), then one per entry (`chunk` when an index lists it, else `entry`: key, split,
     /// layer, size, preprocessing, precision, pass, shape). Reads index files and manifests
-    /// only.
-    Ls,
+    /// only. With --remote, the commits of an object store instead (`feature-cache-remote ls`).
+    Ls {
+        /// List the object store s3://BUCKET/PREFIX instead of the local cache.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        remote: Option<String>,
+    },
     /// Check every split index with every chunk it lists, and every byte of every entry; exits
-    /// non-zero if anything is missing or corrupt, naming it.
-    Verify,
+    /// non-zero if anything is missing or corrupt, naming it. With --remote, every commit of an
+    /// object store as a pull would (`feature-cache-remote verify`).
+    Verify {
+        /// Verify the object store s3://BUCKET/PREFIX instead of the local cache.
+        #[arg(long, value_name = "s3://BUCKET/PREFIX")]
+        remote: Option<String>,
+    },
+    /// Upload entries and split indexes to an S3-compatible object store: runs
+    /// `feature-cache-remote push` with these arguments (`feature-cache push --help` shows
+    /// them).
+    #[command(disable_help_flag = true)]
+    Push {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Download committed entries and split indexes from an S3-compatible object store, each
+    /// verified before it lands: runs `feature-cache-remote pull` with these arguments.
+    #[command(disable_help_flag = true)]
+    Pull {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
     /// Remove interrupted writes, corrupt entries and unreadable split indexes; with --keep or
     /// --keep-from, also every split index not kept and every entry that is neither kept nor a
     /// chunk of a kept index.
@@ -75,6 +100,34 @@ enum Cmd {
     },
 }
 
+/// The program that talks to object stores (crate `feature-remote`), kept out of this binary
+/// so that nothing else links an S3 client.
+const REMOTE_PROGRAM: &str = "feature-cache-remote";
+
+/// Runs `feature-cache-remote [--cache-dir DIR] ARGS...`, found beside this executable (as cargo
+/// builds them) or else on PATH, git-style; its exit status is ours.
+fn run_remote(cache_dir: Option<&Path>, args: Vec<OsString>) -> Result<bool> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(REMOTE_PROGRAM)))
+        .filter(|p| p.is_file());
+    let program = beside.unwrap_or_else(|| PathBuf::from(REMOTE_PROGRAM));
+    let mut command = std::process::Command::new(&program);
+    if let Some(dir) = cache_dir {
+        command.arg("--cache-dir").arg(dir);
+    }
+    let status = command.args(&args).status().map_err(|err| {
+        if err.kind() == std::io::ErrorKind::NotFound {
+            anyhow::anyhow!(
+                "{REMOTE_PROGRAM} is neither beside this program nor on PATH: build it with `cargo build -p feature-remote` (it holds the S3 client, which this tool does not link)"
+            )
+        } else {
+            anyhow::Error::new(err).context(format!("running {}", program.display()))
+        }
+    })?;
+    Ok(status.success())
+}
+
 fn main() -> ExitCode {
     cli_support::init_logging();
     cli_support::exit_code(
@@ -83,14 +136,32 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<bool> {
+    // The object store commands belong to `feature-cache-remote`, which holds the S3 client.
+    let remote_args: Option<Vec<OsString>> = match &args.command {
+        Cmd::Push { args } => {
+            Some([OsString::from("push")].into_iter().chain(args.clone()).collect())
+        }
+        Cmd::Pull { args } => {
+            Some([OsString::from("pull")].into_iter().chain(args.clone()).collect())
+        }
+        Cmd::Ls { remote: Some(r) } => Some(["ls", "--remote", r].map(OsString::from).to_vec()),
+        Cmd::Verify { remote: Some(r) } => {
+            Some(["verify", "--remote", r].map(OsString::from).to_vec())
+        }
+        _ => None,
+    };
+    if let Some(remote_args) = remote_args {
+        return run_remote(args.cache_dir.as_deref(), remote_args);
+    }
     let root = args.cache_dir.unwrap_or_else(feature_cache::default_cache_dir);
     let cache = Cache::open(&root).with_context(|| format!("opening cache {}", root.display()))?;
     match args.command {
-        Cmd::Ls => {
+        Cmd::Ls { .. } => {
             ls(&cache)?;
             Ok(true)
         }
-        Cmd::Verify => verify(&cache),
+        Cmd::Verify { .. } => verify(&cache),
+        Cmd::Push { .. } | Cmd::Pull { .. } => unreachable!("run by feature-cache-remote above"),
         Cmd::Gc { keep, keep_from } => {
             let keep = kept_keys(&cache, keep, keep_from)?;
             for path in cache.gc(keep.as_deref())? {
