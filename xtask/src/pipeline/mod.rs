@@ -17,6 +17,7 @@ mod layers;
 mod plan;
 mod report_settings;
 mod runner;
+mod slurm;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -67,6 +68,9 @@ pub struct PipelineArgs {
     /// with has its own).
     #[arg(skip)]
     without_scratch: bool,
+    /// `--emit slurm --shards N [--gpus-per-task G]`: job scripts instead of a run.
+    #[command(flatten)]
+    emit: slurm::EmitArgs,
 }
 
 /// One `cargo xtask pipeline` invocation: the runs it makes share one build.
@@ -134,6 +138,9 @@ fn run_pipeline(args: PipelineArgs, session: &Session) -> Result<Vec<&'static st
     let tables =
         layers::tables(config, &weights, |base| layers::from_binary(tools, base, input_size))?;
     let derived = layers::check(&settings, &tables)?;
+    if args.emit.emit.is_some() {
+        return slurm::emit(&args.emit, config, &derived, (&run_dir, &data, &weights), tools);
+    }
     let compared = match &config.compare {
         Some(compare) => {
             Some((compare.name.clone(), run_comparison(compare, &args, config, session)?))
@@ -277,6 +284,7 @@ fn run_comparison(
         profile: args.profile,
         status: args.status,
         without_scratch: true,
+        emit: slurm::EmitArgs::default(),
     };
     run_pipeline(nested_args, session).with_context(|| format!("compared run `{}`", compare.name))
 }

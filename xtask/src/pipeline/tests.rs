@@ -544,6 +544,7 @@ fn resolved_with(file: &str, profile: Profile) -> Config {
         profile: Some(profile),
         status: false,
         without_scratch: false,
+        emit: Default::default(),
     };
     config::resolve(&args, Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()).unwrap().config
 }
