@@ -15,6 +15,7 @@
 mod config;
 mod layers;
 mod plan;
+mod remote;
 mod report_settings;
 mod runner;
 mod slurm;
@@ -27,6 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+use crate::stage_args::{ExtractFeatures, StageArgs};
 
 pub use config::Profile;
 use config::{CompareConfig, Config, Settings, absolute};
@@ -71,6 +74,12 @@ pub struct PipelineArgs {
     /// `--emit slurm --shards N [--gpus-per-task G]`: job scripts instead of a run.
     #[command(flatten)]
     emit: slurm::EmitArgs,
+    /// Share the feature cache through an S3-compatible object store: before each extraction,
+    /// pull the entries it needs that the store has; after it, push what it recorded
+    /// (`feature-cache-remote`, built on first use; credentials and endpoint from the AWS_*
+    /// environment).
+    #[arg(long, value_name = "s3://BUCKET/PREFIX", conflicts_with = "emit")]
+    remote: Option<String>,
 }
 
 /// One `cargo xtask pipeline` invocation: the runs it makes share one build.
@@ -154,6 +163,14 @@ fn run_pipeline(args: PipelineArgs, session: &Session) -> Result<Vec<&'static st
         toml::to_string_pretty(config)?.as_bytes(),
     )?;
 
+    let remote = match &args.remote {
+        Some(url) => {
+            let cache_dir =
+                config.run.cache_dir.clone().unwrap_or_else(feature_cache::default_cache_dir);
+            Some(remote::RemoteCache::new(workspace, url, cache_dir)?)
+        }
+        None => None,
+    };
     let mut timings = Vec::new();
     let mut steps = plan(config, &derived, &run_dir, &data, &weights)?;
     for i in 0..steps.len() {
@@ -177,7 +194,14 @@ fn run_pipeline(args: PipelineArgs, session: &Session) -> Result<Vec<&'static st
                     && runner::same_binary_as_interrupted(tools, step, &dir)?
             }
         };
+        let extraction = step.binary == ExtractFeatures::BINARY;
+        if let Some(remote) = remote.as_ref().filter(|_| extraction) {
+            remote.pull_for(tools, step)?;
+        }
         runner::run_stage(tools, step, &dir, resume)?;
+        if let Some(remote) = remote.as_ref().filter(|_| extraction) {
+            remote.push_from(&dir)?;
+        }
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("{label}: done in {seconds:.1}s");
         timings.push((step.name, seconds, false));
@@ -285,6 +309,7 @@ fn run_comparison(
         status: args.status,
         without_scratch: true,
         emit: slurm::EmitArgs::default(),
+        remote: args.remote.clone(),
     };
     run_pipeline(nested_args, session).with_context(|| format!("compared run `{}`", compare.name))
 }

@@ -39,6 +39,14 @@ impl Tools {
     fn binary(&self, step: &Step) -> PathBuf {
         self.release.join(step.binary)
     }
+
+    /// The step's binary with its arguments and libtorch's environment, not started.
+    pub fn command(&self, step: &Step) -> Command {
+        let mut cmd = Command::new(self.binary(step));
+        cmd.args(&step.args);
+        self.torch.configure(&mut cmd);
+        cmd
+    }
 }
 
 /// A checkpoint is only continued by the build that wrote it: after a rebuild (a pull, an edit)

@@ -545,6 +545,7 @@ fn resolved_with(file: &str, profile: Profile) -> Config {
         status: false,
         without_scratch: false,
         emit: Default::default(),
+        remote: None,
     };
     config::resolve(&args, Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()).unwrap().config
 }
