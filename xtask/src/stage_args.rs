@@ -56,6 +56,12 @@ pub mod flag {
     pub const UNFREEZE_FROM: &str = "--unfreeze-from";
     pub const WEIGHTS: &str = "--weights";
     pub const WIDTH: &str = "--width";
+    /// extract-features' sharded runs (the Slurm scripts) and its plan (`--remote`); they are
+    /// appended to a planned extraction's arguments, not fields of [`super::ExtractFeatures`].
+    pub const MERGE: &str = "--merge";
+    pub const PLAN_ONLY: &str = "--plan-only";
+    pub const SHARD: &str = "--shard";
+    pub const SHARDS: &str = "--shards";
 }
 
 /// One element of a command line.

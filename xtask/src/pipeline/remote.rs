@@ -99,7 +99,7 @@ impl RemoteCache {
 /// The split index and chunk keys the extraction `step` needs (`extract-features --plan-only`).
 fn plan_keys(tools: &Tools, step: &Step) -> Result<Vec<String>> {
     let mut cmd = tools.command(step);
-    cmd.arg("--plan-only").stderr(Stdio::inherit());
+    cmd.arg(crate::stage_args::flag::PLAN_ONLY).stderr(Stdio::inherit());
     let out = cmd.output().with_context(|| format!("running {} --plan-only", step.binary))?;
     if !out.status.success() {
         bail!("{} --plan-only failed ({})", step.binary, out.status);

@@ -41,15 +41,7 @@ use super::plan::{Step, plan};
 use super::runner::Tools;
 use super::state::Pending;
 use crate::shell_quote;
-use crate::stage_args::{DatasetCheck, Evaluate, Explain, ExtractFeatures, StageArgs};
-
-/// extract-features' sharding flags (issue 21). They belong in `stage_args::flag` with the
-/// others; spelled here until `stage_args::ExtractFeatures` has them.
-mod shard_flag {
-    pub const SHARD: &str = "--shard";
-    pub const MERGE: &str = "--merge";
-    pub const SHARDS: &str = "--shards";
-}
+use crate::stage_args::{DatasetCheck, Evaluate, Explain, ExtractFeatures, StageArgs, flag};
 
 /// `cargo xtask pipeline` flags that write job scripts instead of running the stages.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -387,18 +379,14 @@ fn job_script(job: &Job, ctx: &JobSetup) -> Result<String> {
     match job.kind {
         Kind::Shards => {
             let mut args = step.args.clone();
-            args.extend([shard_flag::SHARD.into(), format!("auto/{}", ctx.shards)]);
+            args.extend([flag::SHARD.into(), format!("auto/{}", ctx.shards)]);
             // The tasks share the stage folder: each writes only shards/<i>-of-<n>.json there.
             s.push_str("mkdir -p \"$stage\"\n");
             writeln!(s, "exec \"$binary\" {}", quoted(&args))?;
         }
         Kind::Merge => {
             let mut args = step.args.clone();
-            args.extend([
-                shard_flag::MERGE.into(),
-                shard_flag::SHARDS.into(),
-                ctx.shards.to_string(),
-            ]);
+            args.extend([flag::MERGE.into(), flag::SHARDS.into(), ctx.shards.to_string()]);
             // The shards' folder: only the pipeline's own files change here before the merge.
             writeln!(s, "pending=$(printf '%s' {})", record_words(step, ctx, Some(expected))?)?;
             s.push_str(
