@@ -18,6 +18,7 @@
 //! about 150 crates and minutes of build), and only its binary `feature-cache-remote` links this
 //! crate; the stage binaries and `feature-cache` never do.
 
+mod aws_files;
 mod check;
 mod commit;
 mod error;
@@ -27,10 +28,11 @@ mod pull;
 mod push;
 mod store;
 
+pub use aws_files::settings_from_files;
 pub use check::RemoteStatus;
 pub use commit::{COMMIT_FORMAT, Commit, ENTRY_FILES, INDEX_FILE, Kind};
 pub use error::{DigestMismatch, RemoteError};
 pub use layout::{COMMITS_DIR, DATA_DIR, PROBE_DIR, RemoteUrl};
 pub use pull::Pulled;
 pub use push::{PushOutcome, Pushed};
-pub use store::{Remote, Transfer, endpoint_from_env, retry_config};
+pub use store::{Remote, Transfer, endpoint_shown, retry_config};

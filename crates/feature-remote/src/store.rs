@@ -70,10 +70,10 @@ pub fn retry_config() -> RetryConfig {
     }
 }
 
-/// The endpoint the AWS environment points at, for messages: `AWS_ENDPOINT_URL_S3`, else
-/// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT`, else AWS S3 in `AWS_REGION` / `AWS_DEFAULT_REGION`.
-pub fn endpoint_from_env() -> String {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+/// The endpoint for messages: `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL` / `AWS_ENDPOINT`,
+/// else AWS S3 in `AWS_REGION` / `AWS_DEFAULT_REGION` (us-east-1 when none), each looked up by
+/// `var` (the environment, then the shared files).
+pub fn endpoint_shown(var: &dyn Fn(&str) -> Option<String>) -> String {
     var("AWS_ENDPOINT_URL_S3")
         .or_else(|| var("AWS_ENDPOINT_URL"))
         .or_else(|| var("AWS_ENDPOINT"))
@@ -89,10 +89,22 @@ impl Remote {
     /// Connects to `url` with credentials, region and endpoint from the standard AWS
     /// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
     /// `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint such as
-    /// one on loopback), then runs the conformance probe ([`Remote::new`]).
+    /// one on loopback), then the shared files for what it leaves unset (`aws_files.rs`), then
+    /// runs the conformance probe ([`Remote::new`]).
     pub fn connect(url: &RemoteUrl, transfer: Transfer) -> Result<Self, RemoteError> {
-        let endpoint = endpoint_from_env();
-        let store = AmazonS3Builder::from_env()
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let from_files = crate::aws_files::settings_from_files(&env);
+        let var = |name: &str| {
+            env(name)
+                .or_else(|| from_files.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()))
+        };
+        let endpoint = endpoint_shown(&var);
+        let mut builder = AmazonS3Builder::from_env();
+        for (name, value) in &from_files {
+            let key = name.to_ascii_lowercase().parse().expect("an AWS_* name object_store reads");
+            builder = builder.with_config(key, value);
+        }
+        let store = builder
             .with_bucket_name(&url.bucket)
             .with_retry(retry_config())
             .build()

@@ -15,7 +15,8 @@ use feature_remote::{Kind, PushOutcome, Remote, RemoteError, RemoteUrl, Transfer
 /// Share a feature cache through an S3-compatible object store. Credentials, region and
 /// endpoint come from the standard AWS environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 /// AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL (another store than AWS S3), AWS_ALLOW_HTTP=true
-/// (a plain-HTTP endpoint, e.g. on loopback).
+/// (a plain-HTTP endpoint, e.g. on loopback); what it leaves unset comes from the profile
+/// AWS_PROFILE (else default) of ~/.aws/credentials and ~/.aws/config.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
