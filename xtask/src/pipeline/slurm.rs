@@ -531,28 +531,13 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::pipeline::config::{self, Config, Profile, Settings};
+    use crate::pipeline::config::{Config, Settings};
     use crate::pipeline::layers::{self, Tables};
     use crate::pipeline::plan::{base_weights, plan};
     use crate::pipeline::state::{Invocation, Status, status};
 
     /// A shipped config file with the demo profile, as `cargo xtask pipeline --config FILE`.
-    fn resolved(file: &str) -> Config {
-        let workspace = crate::workspace_root();
-        let args = crate::pipeline::PipelineArgs {
-            config: Some(workspace.join(file)),
-            name: None,
-            data: None,
-            weights: None,
-            device: None,
-            cache_dir: None,
-            profile: Some(Profile::Demo),
-            status: false,
-            without_scratch: false,
-            emit: EmitArgs::default(),
-        };
-        config::resolve(&args, &workspace).unwrap().config
-    }
+    use super::super::tests::resolved;
 
     /// The plan of `config` on a one-image dataset, its layer tables the committed fixtures
     /// (VGG16 at 64; the small convnet at 48 for a run that transfers its own base); the base

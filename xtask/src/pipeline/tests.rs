@@ -529,7 +529,7 @@ fn fixture() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     (dir, data, digits, weights)
 }
 
-fn resolved(file: &str) -> Config {
+pub(super) fn resolved(file: &str) -> Config {
     resolved_with(file, Profile::Demo)
 }
 
