@@ -104,9 +104,11 @@ enum Cmd {
 /// so that nothing else links an S3 client.
 const REMOTE_PROGRAM: &str = "feature-cache-remote";
 
-/// Runs `feature-cache-remote [--cache-dir DIR] ARGS...`, found beside this executable (as cargo
-/// builds them) or else on PATH, git-style; its exit status is ours.
+/// Replaces this process by `feature-cache-remote [--cache-dir DIR] ARGS...` (exec, git-style),
+/// found beside this executable (as cargo builds them) or else on PATH; returns only when it
+/// could not be started.
 fn run_remote(cache_dir: Option<&Path>, args: Vec<OsString>) -> Result<bool> {
+    use std::os::unix::process::CommandExt;
     let beside = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|dir| dir.join(REMOTE_PROGRAM)))
@@ -116,16 +118,13 @@ fn run_remote(cache_dir: Option<&Path>, args: Vec<OsString>) -> Result<bool> {
     if let Some(dir) = cache_dir {
         command.arg("--cache-dir").arg(dir);
     }
-    let status = command.args(&args).status().map_err(|err| {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            anyhow::anyhow!(
-                "{REMOTE_PROGRAM} is neither beside this program nor on PATH: build it with `cargo build -p feature-remote` (it holds the S3 client, which this tool does not link)"
-            )
-        } else {
-            anyhow::Error::new(err).context(format!("running {}", program.display()))
-        }
-    })?;
-    Ok(status.success())
+    let err = command.args(&args).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        bail!(
+            "{REMOTE_PROGRAM} is neither beside this program nor on PATH: build it with `cargo build -p feature-remote` (it holds the S3 client, which this tool does not link)"
+        );
+    }
+    Err(anyhow::Error::new(err).context(format!("running {}", program.display())))
 }
 
 fn main() -> ExitCode {
