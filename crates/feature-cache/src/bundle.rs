@@ -13,12 +13,12 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 
 use crate::CacheError;
 use crate::cache::{Cache, verify_split};
 use crate::entry::{self, CHECKSUMS, FEATURES, LABELS, MANIFEST};
-use crate::folders::{remove_dir_quietly, sync_dir};
+use crate::folders::remove_dir_quietly;
 use crate::key::is_key;
 use crate::split::{ChunkIndex, INDEX_DIR, SplitReader, index_path};
 
@@ -106,8 +106,7 @@ fn unknown_key(cache: &Cache, key: &str) -> CacheError {
 /// imported, entries first, then indexes (entries already present and valid are kept as they
 /// are, and so are indexes).
 pub fn import(cache: &Cache, bundle: &Path) -> Result<Vec<String>, CacheError> {
-    let staging = cache.tmp_dir();
-    fs::create_dir(&staging).map_err(CacheError::io(&staging))?;
+    let staging = cache.staging_dir()?;
     let result = import_via(cache, bundle, &staging);
     remove_dir_quietly(&staging);
     result
@@ -199,33 +198,10 @@ fn import_via(cache: &Cache, bundle: &Path, staging: &Path) -> Result<Vec<String
 
     // Chunks first, indexes last: an index is never visible before its chunks.
     for key in &keys {
-        let final_dir = cache.entry_dir(key);
-        let dir = staging.join(key);
-        for name in ENTRY_FILES {
-            File::open(dir.join(name))
-                .and_then(|f| f.sync_all())
-                .map_err(CacheError::io(dir.join(name)))?;
-        }
-        let moved: PathBuf = cache.tmp_dir();
-        fs::rename(&dir, &moved).map_err(CacheError::io(&dir))?;
-        entry::publish(&moved, &final_dir)?;
+        cache.publish_entry(&staging.join(key), key)?;
     }
-    if !indexes.is_empty() {
-        let dir = cache.root().join(INDEX_DIR);
-        if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
-            sync_dir(cache.root())?;
-        }
-        for key in &indexes {
-            let (staged, target) = (index_path(staging, key), index_path(cache.root(), key));
-            // One already there that reads is the same index (same key, same chunks): keep it.
-            if ChunkIndex::read(&target).is_ok() {
-                continue;
-            }
-            File::open(&staged).and_then(|f| f.sync_all()).map_err(CacheError::io(&staged))?;
-            fs::rename(&staged, &target).map_err(CacheError::io(&target))?;
-        }
-        sync_dir(&dir)?;
+    for key in &indexes {
+        cache.publish_index(&index_path(staging, key), key)?;
     }
     keys.extend(indexes);
     Ok(keys)

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::CacheError;
 use crate::entry::{self, EntryWriter, LoadedEntry, Manifest};
-use crate::folders::{TMP_PREFIX, aside_name, hostname, remove_dir_quietly};
+use crate::folders::{TMP_PREFIX, aside_name, hostname, remove_dir_quietly, sync_dir};
 use crate::key::{FeatureKey, is_key};
 use crate::split::{ChunkIndex, INDEX_DIR, SplitReader, index_path};
 /// Temp folders of other hosts (or whose owner we cannot check) are old leftovers after this long.
@@ -99,6 +99,47 @@ impl Cache {
     ) -> Result<EntryWriter, CacheError> {
         let final_dir = self.entry_dir(&key.digest());
         EntryWriter::create(self.tmp_dir(), final_dir, key, tool, rows, row_shape)
+    }
+
+    /// Creates a fresh, empty staging folder inside the root for entries and split indexes
+    /// that are not verified yet (bundle import, a pull from an object store). Its name marks it
+    /// as work in progress of this host and process, so what a killed importer leaves is
+    /// removed by [`Cache::clean_leftovers`]; the caller removes it when done.
+    pub fn staging_dir(&self) -> Result<PathBuf, CacheError> {
+        let dir = self.tmp_dir();
+        fs::create_dir(&dir).map_err(CacheError::io(&dir))?;
+        Ok(dir)
+    }
+
+    /// Publishes the complete, verified entry folder `staged` (inside the root, e.g. in a
+    /// [`Cache::staging_dir`]) as entry `key`: fsyncs its files and itself, then renames it into
+    /// place. An entry already there that verifies is the same entry and is kept (`staged` is
+    /// removed); one that does not verify is replaced.
+    pub fn publish_entry(&self, staged: &Path, key: &str) -> Result<(), CacheError> {
+        for file in fs::read_dir(staged).map_err(CacheError::io(staged))? {
+            let path = file.map_err(CacheError::io(staged))?.path();
+            fs::File::open(&path).and_then(|f| f.sync_all()).map_err(CacheError::io(&path))?;
+        }
+        sync_dir(staged)?;
+        entry::publish(staged, &self.entry_dir(key))
+    }
+
+    /// Publishes the verified split index file `staged` (inside the root) as index `key`, to be
+    /// called after its chunks are published: fsync, rename, fsync of the index folder. An index
+    /// already there that reads is the same one (same key, same chunks) and is kept.
+    pub fn publish_index(&self, staged: &Path, key: &str) -> Result<(), CacheError> {
+        let dir = self.root.join(INDEX_DIR);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
+            sync_dir(&self.root)?;
+        }
+        let target = index_path(&self.root, key);
+        if ChunkIndex::read(&target).is_ok() {
+            return Ok(());
+        }
+        fs::File::open(staged).and_then(|f| f.sync_all()).map_err(CacheError::io(staged))?;
+        fs::rename(staged, &target).map_err(CacheError::io(&target))?;
+        sync_dir(&dir)
     }
 
     /// A fresh temp folder name: host and pid tell later runs whether its writer is still alive.

@@ -22,7 +22,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::RemoteError;
 use crate::commit::{Commit, ENTRY_FILES, INDEX_FILE, Kind};
-use crate::local::{Staging, publish_entry, publish_index, sync_tree};
+use crate::local::Staging;
 use crate::store::Remote;
 
 /// One line of a pull report.
@@ -96,8 +96,7 @@ impl Remote {
         bar.finish_and_clear();
         let staged = staging.dir().join(key);
         feature_cache::verify(&staged).map_err(RemoteError::refused("entry", key))?;
-        sync_tree(&staged)?;
-        publish_entry(cache, &staged, key)?;
+        cache.publish_entry(&staged, key)?;
         line.downloaded = true;
         Ok(line)
     }
@@ -138,11 +137,9 @@ impl Remote {
 
         // Chunks first, the index last: an index is never visible before its chunks.
         for chunk in chunk_commits.keys() {
-            let dir = staging.dir().join(chunk);
-            sync_tree(&dir)?;
-            publish_entry(cache, &dir, chunk)?;
+            cache.publish_entry(&staging.dir().join(chunk), chunk)?;
         }
-        publish_index(cache, &staged_index, key)?;
+        cache.publish_index(&staged_index, key)?;
         line.downloaded = true;
         line.chunks_downloaded = chunk_commits.len();
         Ok(line)
