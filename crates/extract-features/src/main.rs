@@ -134,7 +134,7 @@ struct Args {
     #[arg(long)]
     merge: bool,
     /// With --merge: the N the shards ran with, so missing chunks name the shard to rerun.
-    #[arg(long, requires = "merge")]
+    #[arg(long, requires = "merge", value_parser = clap::value_parser!(u32).range(1..))]
     shards: Option<u32>,
     /// Print the plan as JSON on stdout (`indexes`: the split index keys, `chunks`: every chunk
     /// entry key) and exit, computing and writing nothing: what to fetch from a remote cache
@@ -201,9 +201,17 @@ impl ShardSpec {
                             self.count
                         )
                     })?;
-                value.trim().parse().with_context(|| {
+                let index: u32 = value.trim().parse().with_context(|| {
                     format!("--shard auto/{}: {var}={value:?} is not a number", self.count)
-                })?
+                })?;
+                if index >= self.count {
+                    let n = self.count;
+                    bail!(
+                        "--shard auto/{n}: {var}={index} is not below {n}: submit the array as --array=0-{}",
+                        n - 1
+                    );
+                }
+                index
             }
         };
         if index >= self.count {
@@ -341,7 +349,10 @@ fn run(args: Args) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let shard = args.shard.map(ShardSpec::resolve).transpose()?;
-    let device = args.device.resolve()?;
+    // A merge or a plan computes nothing: the weights are read on the CPU, so a merge job
+    // given the extraction's `--device cuda` runs without a GPU.
+    let device =
+        if args.merge || args.plan_only { tch::Device::Cpu } else { args.device.resolve()? };
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(args.cudnn_benchmark);
     }
@@ -640,6 +651,12 @@ fn run(args: Args) -> Result<()> {
             let rows: Vec<u64> = chunks.iter().map(|k| k.rows).collect();
             let skipped: u64 =
                 plan.chunks.iter().zip(&rows).map(|(c, r)| c.range.len() as u64 - r).sum();
+            if skipped > 0 && !args.skip_bad_images {
+                bail!(
+                    "{}: {skipped} images were skipped as bad when its chunks were computed, but this run does not skip bad images: merge with --skip-bad-images as the shards ran, or fix the images and recompute",
+                    job.index.dir.display()
+                );
+            }
             if skipped > 0 && !skips_allowed(&args, skipped as usize, job.index.files.len()) {
                 bail!(
                     "{}: {skipped} of {} images were skipped as bad, more than --max-bad-fraction {} allows",
@@ -1029,6 +1046,19 @@ fn extract(
             batches.skipped().len(),
             unit.index.files.len()
         );
+    }
+    // The key holds each file's digest from the plan, taken before decoding; a file replaced
+    // since (a dataset updated during a long sharded run) would put its new features under its
+    // old key, in every teammate's cache. So the files are hashed again before publishing.
+    let now = dataset::digests(&unit.index)?;
+    for (file, digest) in unit.keys[0].dataset.files.iter().zip(&now) {
+        if &file.sha256 != digest {
+            bail!(
+                "{}: changed while it was being extracted (sha256 {} when planned, {digest} now): nothing of its chunk was published; rerun extract-features",
+                unit.index.dir.join(&file.path).display(),
+                file.sha256
+            );
+        }
     }
     for writer in writers {
         writer.finish()?;

@@ -262,6 +262,7 @@ fn shard_arguments_are_checked() {
         (&["--shard", "x/2"], "not a number or auto"),
         (&["--shard", "auto/2"], "neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set"),
         (&["--shards", "2"], "--merge"),
+        (&["--merge", "--shards", "0"], "invalid value '0'"),
         (&["--shard", "0/2", "--merge"], "cannot be used with"),
     ] {
         let out = run(&f, "x", "cache", args);
@@ -269,4 +270,95 @@ fn shard_arguments_are_checked() {
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr.contains(wanted), "{args:?}: {stderr}");
     }
+    // An array submitted as 1-4 instead of 0-3: the message names the variable and the fix.
+    let out = Command::new(env!("CARGO_BIN_EXE_extract-features"))
+        .args(run_args(&f, "x", "cache"))
+        .args(["--shard", "auto/4"])
+        .env("SLURM_ARRAY_TASK_ID", "4")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("SLURM_ARRAY_TASK_ID=4 is not below 4"), "{stderr}");
+    assert!(stderr.contains("--array=0-3"), "{stderr}");
+}
+
+/// A merge computes nothing, so it runs where the shards' `--device cuda` has no GPU (a merge
+/// job of the emitted Slurm script, which asks for none); and a merge that does not skip bad
+/// images says so when the shards did.
+#[test]
+fn a_merge_needs_no_gpu_and_names_the_bad_image_policy() {
+    let f = fixture(3);
+    std::fs::write(f.data.join("train/a/0000b.png"), b"not a png").unwrap();
+    let skip = ["--skip-bad-images", "--max-bad-fraction", "0.5"];
+    ok(run(&f, "s", "cache", &[&["--shard", "0/1"], &skip[..]].concat()));
+    let mut on_cuda = run_args(&f, "s", "cache");
+    let device = on_cuda.iter().position(|a| a == "--device").unwrap();
+    on_cuda[device + 1] = "cuda".into();
+    let merged = Command::new(env!("CARGO_BIN_EXE_extract-features"))
+        .args(on_cuda)
+        .arg("--merge")
+        .args(skip)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&merged.stderr);
+    assert!(merged.status.success(), "{stderr}");
+    let strict = run(&f, "s", "cache", &["--merge"]);
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(!strict.status.success());
+    assert!(stderr.contains("merge with --skip-bad-images"), "{stderr}");
+}
+
+/// An image replaced while a run is under way (after its digest went into the plan) must not
+/// put its new features under its old key: the chunk is refused, nothing of it is published,
+/// and a rerun keys the new content.
+#[test]
+fn an_image_changed_during_extraction_publishes_nothing_under_its_old_key() {
+    let f = fixture(300);
+    let last = f.data.join("train/b/0299.png");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_extract-features"))
+        .args(run_args(&f, "changing", "cache"))
+        .args(["--splits", "train"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The plan (every digest) is made before the first chunk's temp folder appears.
+    let cache = f.root.join("cache");
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(&cache)
+        .is_ok_and(|mut d| d.any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".tmp-")))
+    {
+        assert!(started.elapsed().as_secs() < 60, "no chunk started");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    write_image(&last, 0, 777);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run must fail: {stderr}");
+    assert!(stderr.contains("0299.png: changed while it was being extracted"), "{stderr}");
+    // No entry in the cache holds a file whose recorded digest is not its content's now or
+    // before the change: every published chunk verifies and lists the digests it was made from.
+    let status = Command::new(env!("CARGO_BIN_EXE_extract-features"))
+        .args(run_args(&f, "after", "cache"))
+        .args(["--splits", "train"])
+        .output()
+        .unwrap();
+    ok(status);
+    let record = record(&f, "after");
+    let files: Vec<feature_cache::FileKey> = record
+        .entries
+        .iter()
+        .flat_map(|e| {
+            let reader = ExtractionRecord::open(
+                &feature_cache::Cache::open(&record.cache_dir).unwrap(),
+                e,
+                Path::new("f"),
+            )
+            .unwrap();
+            reader.files().unwrap()
+        })
+        .filter(|k| k.path == "b/0299.png")
+        .collect();
+    let now = run_folder::file_sha256(&last).unwrap().sha256;
+    assert!(!files.is_empty() && files.iter().all(|k| k.sha256 == now));
 }
