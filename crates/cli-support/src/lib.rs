@@ -8,7 +8,6 @@ use std::process::ExitCode;
 
 /// Installs the stderr subscriber. Call once, first thing in `main`.
 pub fn init_logging() {
-    restore_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -107,17 +106,5 @@ mod tests {
         // Causes that add something are all kept.
         let err = anyhow::anyhow!("inner").context("middle").context("outer");
         assert_eq!(error_chain(&err), "outer: middle: inner");
-    }
-}
-
-/// Puts SIGPIPE back to its default action, which Rust's runtime ignores: a binary whose stdout
-/// is a closed pipe (`feature-cache ls | head`) then ends quietly, as Unix tools do, instead of
-/// panicking in `println!`.
-fn restore_sigpipe() {
-    // SAFETY: setting a signal's disposition to SIG_DFL at start-up, before any thread exists,
-    // affects nothing else in the process.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

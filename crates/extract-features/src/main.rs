@@ -207,7 +207,7 @@ impl ShardSpec {
                 if index >= self.count {
                     let n = self.count;
                     bail!(
-                        "--shard auto/{n}: {var}={index} is not below {n}: submit the array as --array=0-{}",
+                        "--shard auto/{n}: {var}={index} is not below {n}: the array's indexes must run from 0 to {}",
                         n - 1
                     );
                 }

@@ -280,7 +280,7 @@ fn shard_arguments_are_checked() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("SLURM_ARRAY_TASK_ID=4 is not below 4"), "{stderr}");
-    assert!(stderr.contains("--array=0-3"), "{stderr}");
+    assert!(stderr.contains("must run from 0 to 3"), "{stderr}");
 }
 
 /// A merge computes nothing, so it runs where the shards' `--device cuda` has no GPU (a merge

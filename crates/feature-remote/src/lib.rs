@@ -8,8 +8,8 @@
 //! a reader trusts only committed keys and checks every byte before anything lands in its cache
 //! (`pull.rs`, the rule of `feature_cache::import`). The first writer of a key wins; a later one
 //! keeps that commit and says so (GPU features may differ in the last bits between machines;
-//! either is a valid entry). Every connection first proves that the store honours create-once
-//! writes (`store.rs`, the conformance probe), and is refused otherwise.
+//! either is a valid entry). Before its first write a remote proves that the store honours
+//! create-once writes (`store.rs`, the conformance probe), and is refused otherwise.
 //!
 //! Use: `Remote::connect(&"s3://bucket/prefix".parse()?, Transfer::default())?`, then
 //! `push(&cache, &keys)`, `pull(&cache, &keys)`, `list(None)`, `verify(&cache, None)`.

@@ -69,10 +69,12 @@ impl Remote {
     /// writes that makes a kill at any point harmless.
     ///
     /// Errors: [`RemoteError::UnknownKey`] for a key that names nothing in the cache, a local
-    /// verification failure (naming the file), before anything is sent; later the first failed
-    /// request (after retries).
+    /// verification failure (naming the file), before anything is sent; a store that ignores
+    /// create-once writes ([`Remote::check_create_once`]); later the first failed request
+    /// (after retries).
     pub fn push(&self, cache: &Cache, keys: &[String]) -> Result<Vec<Pushed>, RemoteError> {
         let (entries, indexes, chunk_keys) = resolve(cache, keys)?;
+        self.check_create_once()?;
         self.block_on(self.push_async(&entries, &indexes, &chunk_keys))
     }
 

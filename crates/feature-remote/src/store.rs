@@ -1,5 +1,5 @@
 //! The connection to a store: the S3 client from the standard AWS environment, the conformance
-//! probe every connection passes before use, and the transfers of single objects (streamed,
+//! probe a remote passes before its first write, and the transfers of single objects (streamed,
 //! multipart above one part, digests checked on the fly).
 
 use std::fs::File;
@@ -52,6 +52,10 @@ pub struct Remote {
     pub(crate) transfer: Transfer,
     pub(crate) writer: String,
     runtime: tokio::runtime::Runtime,
+    /// Name of this process's probe object.
+    probe_name: String,
+    /// Set once the probe passed.
+    create_once_checked: std::sync::OnceLock<()>,
 }
 
 /// The retries every request gets: up to 10, backing off from 100 ms doubling to at most 15 s,
@@ -112,11 +116,9 @@ impl Remote {
         Self::new(Arc::new(store), url.clone(), endpoint, transfer)
     }
 
-    /// A remote on `store` (any `ObjectStore`; tests use an in-memory one), after the
-    /// conformance probe: a fresh probe object is created twice with create-once PUTs; the
-    /// second must fail with "already exists", else the store ignores `If-None-Match: *` and is
-    /// refused ([`RemoteError::CreateOnceIgnored`]), because the commit protocol rests on it.
-    /// The probe object is deleted either way.
+    /// A remote on `store` (any `ObjectStore`; tests use an in-memory one). Nothing is sent
+    /// yet: the conformance probe runs before the first write ([`Remote::check_create_once`]),
+    /// so read-only credentials can pull, list and verify.
     pub fn new(
         store: Arc<dyn ObjectStore>,
         url: RemoteUrl,
@@ -134,9 +136,30 @@ impl Remote {
             format!("{}/{}/{nanos}/{:p}", hostname(), std::process::id(), &runtime).as_bytes(),
         );
         let writer = format!("{} pid {} {}", hostname(), std::process::id(), &nonce[..16]);
-        let remote = Self { store, url, endpoint, transfer, writer, runtime };
-        remote.block_on(remote.probe(&format!("{}-{}-{nanos}", hostname(), std::process::id())))?;
-        Ok(remote)
+        let probe_name = format!("{}-{}-{nanos}", hostname(), std::process::id());
+        let create_once_checked = std::sync::OnceLock::new();
+        Ok(Self {
+            store,
+            url,
+            endpoint,
+            transfer,
+            writer,
+            runtime,
+            probe_name,
+            create_once_checked,
+        })
+    }
+
+    /// The conformance probe, once per remote, before anything is written: a fresh probe object
+    /// is created twice with create-once PUTs; the second must fail with "already exists", else
+    /// the store ignores `If-None-Match: *` and is refused ([`RemoteError::CreateOnceIgnored`]),
+    /// because the commit protocol rests on it. The probe object is deleted either way.
+    pub fn check_create_once(&self) -> Result<(), RemoteError> {
+        if self.create_once_checked.get().is_none() {
+            self.block_on(self.probe(&self.probe_name))?;
+            let _ = self.create_once_checked.set(());
+        }
+        Ok(())
     }
 
     /// The store's address, `s3://BUCKET/PREFIX`.
@@ -241,9 +264,7 @@ impl Remote {
         }
     }
 
-    /// Makes sure the data object of `digest` holds the file `path`: nothing is sent when one
-    /// of that length is already there (its name fixes its content; pulls check it). Otherwise
-    /// the file is streamed up (one PUT up to a part, else a multipart upload of parts), hashed
+    /// Makes sure the data object of `digest` holds the file `path`: the file is streamed up (one PUT up to a part, else a multipart upload of parts), hashed
     /// on the way, and the upload is completed only if the bytes sent hash to `digest`; else it
     /// is abandoned ([`RemoteError::Changed`]). Returns the bytes sent.
     pub(crate) async fn upload(
@@ -252,15 +273,10 @@ impl Remote {
         digest: &FileDigest,
         bar: &indicatif::ProgressBar,
     ) -> Result<u64, RemoteError> {
+        // Always sent, even when an object of that name exists: the name fixes the content, so
+        // rewriting it repairs one damaged or lost behind our back (a same-size check would
+        // commit an entry whose data does not verify).
         let object = self.url.data_object(&digest.sha256);
-        match self.store.head(&object).await {
-            Ok(meta) if meta.size == digest.bytes => {
-                bar.inc(digest.bytes);
-                return Ok(0);
-            }
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(source) => return Err(self.store_error(&object, source)),
-        }
         let part = self.transfer.part_size.max(1);
         let mut file = File::open(path).map_err(RemoteError::io(path))?;
         let mut hasher = Sha256::new();

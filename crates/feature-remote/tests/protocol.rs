@@ -336,8 +336,9 @@ mod ignores_create {
 #[test]
 fn the_probe_refuses_a_store_that_ignores_create_once_writes() {
     let store = Arc::new(ignores_create::IgnoresCreate::default());
-    let err =
-        Remote::new(store.clone(), url(), "http://127.0.0.1:4568".into(), transfer()).unwrap_err();
+    let remote = Remote::new(store.clone(), url(), "http://127.0.0.1:4568".into(), transfer())
+        .expect("connecting sends nothing");
+    let err = remote.check_create_once().unwrap_err();
     assert!(matches!(err, RemoteError::CreateOnceIgnored { .. }), "{err}");
     let message = err.to_string();
     assert!(

@@ -368,7 +368,7 @@ fn record_keys(cache: &Cache, path: &Path, for_gc: bool) -> Result<Vec<String>> 
         if let Some(private) = e.cache_dir.as_deref().filter(|d| !same_dir(d, cache.root())) {
             if !for_gc {
                 bail!(
-                    "{what} lives in the run's private cache {}: export it with --cache-dir {0}",
+                    "{what} lives in the run's private cache {}: export it with that folder as the cache directory",
                     private.display()
                 );
             }
