@@ -316,7 +316,7 @@ fn a_merge_needs_no_gpu_and_names_the_bad_image_policy() {
 fn an_image_changed_during_extraction_publishes_nothing_under_its_old_key() {
     let f = fixture(300);
     let last = f.data.join("train/b/0299.png");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_extract-features"))
+    let child = Command::new(env!("CARGO_BIN_EXE_extract-features"))
         .args(run_args(&f, "changing", "cache"))
         .args(["--splits", "train"])
         .stderr(std::process::Stdio::piped())
