@@ -238,10 +238,18 @@ fn data_without_a_commit_is_not_there() {
     assert!(matches!(err, RemoteError::NotCommitted { .. }), "{err}");
     assert!(r.list(None).unwrap().is_empty());
     assert!(r.verify(&other, None).unwrap().is_empty());
-    // The next push commits it, reusing the data objects already there.
+    // One of them is damaged behind the tool's back, keeping its size: the next push sends
+    // every data object again (their names fix their content), so it commits the entry over
+    // repaired data, and a pull verifies.
+    let data = objects(&store, "features/data");
+    let victim = ObjectPath::from(data[0].as_str());
+    let size = rt.block_on(store.head(&victim)).unwrap().size;
+    rt.block_on(store.put(&victim, PutPayload::from(vec![0xAB; size as usize]))).unwrap();
     let again = r.push(&cache, std::slice::from_ref(&entry)).unwrap();
     assert_eq!(again[0].outcome, PushOutcome::Committed);
-    assert_eq!(again[0].sent, 0);
+    assert!(again[0].sent > 0, "the data objects are sent again");
+    r.pull(&other, std::slice::from_ref(&entry)).unwrap();
+    feature_cache::verify_entry(other.root(), &entry).unwrap();
 }
 
 #[test]
