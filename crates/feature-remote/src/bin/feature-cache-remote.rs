@@ -34,7 +34,7 @@ struct RemoteArg {
     #[arg(long, value_name = "s3://BUCKET/PREFIX")]
     remote: String,
     /// Transfers in flight at once.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     jobs: usize,
 }
 
@@ -150,7 +150,10 @@ fn run(args: Args) -> Result<()> {
                 if line.downloaded {
                     pulled += 1;
                     let chunks = match line.kind {
-                        Kind::Index => format!("  ({} chunks downloaded)", line.chunks_downloaded),
+                        Kind::Index => {
+                            let n = line.chunks_downloaded;
+                            format!("  ({n} chunk{} downloaded)", if n == 1 { "" } else { "s" })
+                        }
                         Kind::Entry => String::new(),
                     };
                     println!("pulled   {kind:<5}  {}{chunks}", line.key);
@@ -170,6 +173,10 @@ fn run(args: Args) -> Result<()> {
         Cmd::Ls { remote } => {
             let remote = connect(&remote)?;
             let statuses = remote.list(None)?;
+            if statuses.is_empty() {
+                // Most often a mistyped bucket or prefix: say so rather than print nothing.
+                eprintln!("no commits under {}", remote.url());
+            }
             let chunks: BTreeSet<&String> = statuses
                 .iter()
                 .filter_map(|s| s.result.as_ref().ok())
